@@ -1,0 +1,23 @@
+# clinic_migrate: move tenants from shared tables into a schema each, inside PostgreSQL.
+EXTENSION = clinic_migrate
+MODULE_big = clinic_migrate
+OBJS = src/clinic_migrate.o src/state.o src/plan.o src/clone.o src/copy.o \
+       src/worker.o src/validate.o src/rollback.o
+DATA = sql/clinic_migrate--0.1.sql
+PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
+
+# -Wno-unused-parameter: fmgr's PG_FUNCTION_ARGS and PostgreSQL's own headers
+# trip it; everything else in -Wall -Wextra is an error.
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
+            -Wno-sign-compare -Wno-cast-function-type
+
+REGRESS = setup plan clone migrate validate errors rollback
+REGRESS_OPTS = --inputdir=. --temp-config=test/clinic_migrate.conf \
+               --temp-instance=./tmp_check_regress
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

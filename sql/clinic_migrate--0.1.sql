@@ -1,0 +1,194 @@
+/* clinic_migrate--0.1.sql: state, views and functions of clinic_migrate */
+
+\echo Use "CREATE EXTENSION clinic_migrate" to load this file. \quit
+
+-- Tables the user keeps out of the plan (they stay shared, like reference tables).
+CREATE TABLE clinic_migrate.excluded_tables (
+    table_name  regclass PRIMARY KEY,
+    reason      text,
+    excluded_by name NOT NULL DEFAULT current_user,
+    excluded_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per tenant clinic_migrate has made a schema for.
+CREATE TABLE clinic_migrate.tenants (
+    tenant_id       text PRIMARY KEY,
+    schema_name     name NOT NULL UNIQUE,
+    schema_oid      oid NOT NULL UNIQUE,
+    source_schema   name NOT NULL,
+    tenant_column   name NOT NULL,
+    state           text NOT NULL DEFAULT 'schema_created'
+                    CHECK (state IN ('schema_created', 'copying', 'copied', 'failed')),
+    structure_done  boolean NOT NULL DEFAULT false,
+    rows_copied     bigint NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    completed_at    timestamptz,
+    last_error      text
+);
+
+-- The tenant's copy of the plan, with a checkpoint per table.
+CREATE TABLE clinic_migrate.tenant_tables (
+    tenant_id     text NOT NULL REFERENCES clinic_migrate.tenants ON DELETE CASCADE,
+    position      integer NOT NULL,
+    source_table  oid NOT NULL,
+    target_table  oid NOT NULL,
+    table_name    name NOT NULL,
+    kind          text NOT NULL CHECK (kind IN ('tenant', 'child')),
+    rows_total    bigint,
+    rows_copied   bigint NOT NULL DEFAULT 0,
+    checkpoint    text[],
+    copied        boolean NOT NULL DEFAULT false,
+    indexed       boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (tenant_id, source_table)
+);
+
+-- Every run of every action, as seed 000's schema_migrations table records them.
+CREATE TABLE clinic_migrate.runs (
+    run_id        bigserial PRIMARY KEY,
+    tenant_id     text NOT NULL,
+    schema_name   name,
+    action        text NOT NULL CHECK (action IN ('create_schema', 'migrate', 'rollback')),
+    status        text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at  timestamptz,
+    rows_copied   bigint NOT NULL DEFAULT 0,
+    error         text,
+    sqlstate      text,
+    started_by    name NOT NULL,
+    worker_pid    integer
+);
+CREATE INDEX ON clinic_migrate.runs (tenant_id, run_id);
+
+CREATE FUNCTION clinic_migrate.plan()
+RETURNS TABLE (
+    "position"   integer,
+    table_name   regclass,
+    kind         text,
+    key_columns  name[],
+    tenant_path  text,
+    batch_index  regclass,
+    note         text)
+AS 'MODULE_PATHNAME', 'cm_plan'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION clinic_migrate.plan() IS
+'which tables of the source schema hold tenant rows, in copy order';
+
+CREATE FUNCTION clinic_migrate.exclude_table(table_name regclass, reason text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql
+BEGIN ATOMIC
+    INSERT INTO clinic_migrate.excluded_tables (table_name, reason)
+    VALUES (exclude_table.table_name, exclude_table.reason)
+    ON CONFLICT (table_name) DO UPDATE SET reason = EXCLUDED.reason;
+END;
+
+CREATE FUNCTION clinic_migrate.include_table(table_name regclass)
+RETURNS boolean
+LANGUAGE sql
+BEGIN ATOMIC
+    WITH d AS (DELETE FROM clinic_migrate.excluded_tables e
+               WHERE e.table_name = include_table.table_name RETURNING 1)
+    SELECT count(*) > 0 FROM d;
+END;
+
+CREATE FUNCTION clinic_migrate.schema_name_for(tenant text)
+RETURNS name
+AS 'MODULE_PATHNAME', 'cm_schema_name_for_sql'
+LANGUAGE C STABLE;
+
+CREATE FUNCTION clinic_migrate.create_tenant_schema(tenant text)
+RETURNS name
+AS 'MODULE_PATHNAME', 'cm_create_tenant_schema'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.migrate_tenant(
+    tenant text,
+    OUT schema_name name,
+    OUT tables integer,
+    OUT rows_copied bigint,
+    OUT resumed boolean)
+RETURNS record
+AS 'MODULE_PATHNAME', 'cm_migrate_tenant'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.validate_migration(tenant text, max_keys integer DEFAULT 10)
+RETURNS TABLE (
+    table_name       name,
+    source_rows      bigint,
+    target_rows      bigint,
+    source_checksum  text,
+    target_checksum  text,
+    missing_keys     text[],
+    extra_keys       text[],
+    different_keys   text[],
+    fk_orphans       bigint,
+    sequences_ok     boolean,
+    match            boolean)
+AS 'MODULE_PATHNAME', 'cm_validate_migration'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.validate_differences(tenant text)
+RETURNS TABLE (
+    table_name  name,
+    key         text,
+    difference  text)
+AS 'MODULE_PATHNAME', 'cm_validate_differences'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.rollback_tenant(tenant text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_rollback_tenant'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.migration_active(tenant text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_migration_active'
+LANGUAGE C VOLATILE STRICT;
+
+-- One row per tenant: where it is, how far, and what went wrong last.
+CREATE VIEW clinic_migrate.status AS
+SELECT t.tenant_id,
+       t.schema_name,
+       CASE WHEN t.state = 'copying' AND NOT clinic_migrate.migration_active(t.tenant_id)
+            THEN 'interrupted' ELSE t.state END AS state,
+       t.rows_copied,
+       p.rows_total,
+       CASE WHEN p.rows_total > 0
+            THEN round(100.0 * t.rows_copied / p.rows_total, 1) END AS percent,
+       p.tables_copied,
+       p.tables,
+       p.current_table,
+       t.started_at,
+       t.completed_at,
+       coalesce(t.completed_at, now()) - t.started_at AS elapsed,
+       t.last_error
+FROM clinic_migrate.tenants t
+LEFT JOIN LATERAL (
+    SELECT sum(tt.rows_total)::bigint AS rows_total,
+           count(*) FILTER (WHERE tt.copied)::integer AS tables_copied,
+           count(*)::integer AS tables,
+           (array_agg(tt.table_name ORDER BY tt.position)
+                FILTER (WHERE NOT tt.copied))[1] AS current_table
+    FROM clinic_migrate.tenant_tables tt
+    WHERE tt.tenant_id = t.tenant_id) p ON true;
+
+-- One row per table of every tenant being or having been copied.
+CREATE VIEW clinic_migrate.progress AS
+SELECT tt.tenant_id,
+       tt.position,
+       tt.table_name,
+       tt.kind,
+       tt.rows_copied,
+       tt.rows_total,
+       CASE WHEN tt.rows_total > 0
+            THEN round(100.0 * tt.rows_copied / tt.rows_total, 1)
+            WHEN tt.copied THEN 100.0 END AS percent,
+       tt.copied,
+       tt.indexed
+FROM clinic_migrate.tenant_tables tt;
+
+-- Nothing is granted to PUBLIC: a DBA grants the migration role what it needs
+-- (see the README, "Privileges").
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA clinic_migrate FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA clinic_migrate FROM PUBLIC;

@@ -1,0 +1,309 @@
+/*-------------------------------------------------------------------------
+ * clinic_migrate.c
+ *	  Module entry point: settings, and the helpers every part shares
+ *	  (tenant arguments, schema names, the per-tenant lock, stable output
+ *	  settings, identifier quoting).
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+#include "clinic_migrate.h"
+#include "worker.h"
+
+PG_MODULE_MAGIC;
+
+char	   *cm_source_schema = NULL;
+char	   *cm_tenant_column = NULL;
+char	   *cm_schema_template = NULL;
+char	   *cm_registry_table = NULL;
+int			cm_batch_size = 10000;
+int			cm_progress_interval = 10;
+
+void		_PG_init(void);
+
+/* A schema template must hold exactly one %s and no other % sequence. */
+static bool
+check_schema_template(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+	int			n = 0;
+
+	for (; p && *p; p++)
+	{
+		if (*p != '%')
+			continue;
+		if (p[1] == 's')
+		{
+			n++;
+			p++;
+			continue;
+		}
+		GUC_check_errdetail("Only %%s may follow a %% sign.");
+		return false;
+	}
+	if (n != 1)
+	{
+		GUC_check_errdetail("The template must contain %%s exactly once.");
+		return false;
+	}
+	if (strlen(*newval) > NAMEDATALEN - 10)
+	{
+		GUC_check_errdetail("The template leaves too little room for the tenant id.");
+		return false;
+	}
+	return true;
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("clinic_migrate.source_schema",
+							   "Schema that holds the shared multi-tenant tables.",
+							   NULL, &cm_source_schema, "public",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.tenant_column",
+							   "Column that tells tenants apart in shared tables.",
+							   NULL, &cm_tenant_column, "tenant_id",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.schema_template",
+							   "Name of a tenant's schema; %s stands for the tenant id.",
+							   NULL, &cm_schema_template, "tenant_%s",
+							   PGC_USERSET, 0, check_schema_template, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.registry_table",
+							   "Tenant registry table in the source schema (empty: none).",
+							   "It is never copied; a tenant listed there may be migrated even with no rows.",
+							   &cm_registry_table, "tenants",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.batch_size",
+							"Rows copied per committed batch.",
+							NULL, &cm_batch_size, 10000, 1, 10000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.progress_interval",
+							"Seconds between progress notices from migrate_tenant (0: none).",
+							NULL, &cm_progress_interval, 10, 0, 3600,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("clinic_migrate");
+
+	cm_worker_init();
+}
+
+/* The settings a migration starts with; the worker runs with these. */
+void
+cm_current_settings(CmSettings *s)
+{
+	memset(s, 0, sizeof(*s));
+	strlcpy(s->source_schema, cm_source_schema, sizeof(s->source_schema));
+	strlcpy(s->tenant_column, cm_tenant_column, sizeof(s->tenant_column));
+	strlcpy(s->schema_template, cm_schema_template, sizeof(s->schema_template));
+	strlcpy(s->registry_table, cm_registry_table ? cm_registry_table : "",
+			sizeof(s->registry_table));
+	s->batch_size = cm_batch_size;
+}
+
+/*
+ * Fetch and check a tenant id argument.  Everything that is not a usable id
+ * fails here, before anything is touched.
+ */
+char *
+cm_tenant_arg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *tenant;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant id must not be null"),
+				 errhint("Pass the value of the tenant column, for example '%s'.", "t1")));
+	tenant = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (tenant[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant id must not be empty"),
+				 errhint("Pass the value of the tenant column, for example '%s'.", "t1")));
+	if (strlen(tenant) > CM_MAX_TENANT_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant id is too long"),
+				 errdetail("The id has %zu bytes; at most %d are accepted.",
+						   strlen(tenant), CM_MAX_TENANT_LEN),
+				 errhint("Check that the right value was passed as the tenant id.")));
+	return tenant;
+}
+
+/*
+ * The schema name of a tenant: the template with the id in place of %s.
+ * An id that is not already a plain lower-case identifier is folded to
+ * [a-z0-9_] and given a hash suffix of the original bytes, so that distinct
+ * ids never share a name however they fold; the result always fits in
+ * NAMEDATALEN - 1 bytes.
+ */
+char *
+cm_schema_name_for(const char *tenant, const char *template)
+{
+	const char *pct = strstr(template, "%s");
+	int			prefix_len = pct - template;
+	const char *suffix = pct + 2;
+	int			fixed = prefix_len + strlen(suffix);
+	int			room = NAMEDATALEN - 1 - fixed;
+	StringInfoData id;
+	StringInfoData name;
+	bool		plain = true;
+	const char *p;
+
+	initStringInfo(&id);
+	for (p = tenant; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')
+			appendStringInfoChar(&id, c);
+		else
+		{
+			plain = false;
+			appendStringInfoChar(&id, (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : '_');
+		}
+	}
+	if (id.len > room)
+		plain = false;
+	if (!plain)
+	{
+		uint64		h = hash_bytes_extended((const unsigned char *) tenant,
+										   strlen(tenant), 0);
+		int			keep = Min(id.len, room - 9);
+
+		id.data[keep] = '\0';
+		id.len = keep;
+		appendStringInfo(&id, "_%08x", (uint32) (h ^ (h >> 32)));
+	}
+	initStringInfo(&name);
+	appendBinaryStringInfo(&name, template, prefix_len);
+	appendStringInfoString(&name, id.data);
+	appendStringInfoString(&name, suffix);
+	Assert(name.len < NAMEDATALEN);
+	return name.data;
+}
+
+/* 64 bits of the tenant id, for the lock tag */
+void
+cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) tenant,
+									   strlen(tenant), 0x636c696e);
+
+	*hi = (uint32) (h >> 32);
+	*lo = (uint32) h;
+}
+
+static void
+tenant_locktag(LOCKTAG *tag, const char *tenant)
+{
+	uint32		hi,
+				lo;
+
+	cm_tenant_lock_key(tenant, &hi, &lo);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, hi, lo, CM_LOCK_FIELD4);
+}
+
+/* Take the tenant's migration lock for the session; false if busy. */
+bool
+cm_lock_tenant(const char *tenant, bool wait)
+{
+	LOCKTAG		tag;
+
+	tenant_locktag(&tag, tenant);
+	return LockAcquire(&tag, ExclusiveLock, true, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+cm_unlock_tenant(const char *tenant)
+{
+	LOCKTAG		tag;
+
+	tenant_locktag(&tag, tenant);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* Is no session holding the tenant's lock?  Probes without waiting. */
+bool
+cm_tenant_lock_free(const char *tenant)
+{
+	LOCKTAG		tag;
+	LockAcquireResult r;
+
+	tenant_locktag(&tag, tenant);
+	r = LockAcquire(&tag, ExclusiveLock, true, true);
+	if (r == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	LockRelease(&tag, ExclusiveLock, true);
+	return r == LOCKACQUIRE_OK;
+}
+
+/*
+ * Text output of dates, times, floats, bytea and money depends on session
+ * settings; checksums and checkpoints must not.  Pin them for the current
+ * (sub)transaction; cm_restore_output_settings puts them back.
+ */
+int
+cm_stable_output_settings(void)
+{
+	int			nest = NewGUCNestLevel();
+	static const char *const settings[][2] = {
+		{"DateStyle", "ISO, YMD"},
+		{"IntervalStyle", "postgres"},
+		{"TimeZone", "UTC"},
+		{"extra_float_digits", "3"},
+		{"bytea_output", "hex"},
+		{"lc_monetary", "C"},
+	};
+
+	for (int i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i][0], settings[i][1],
+								 superuser() ? PGC_SUSET : PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+void
+cm_restore_output_settings(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}
+
+char *
+cm_qualified_relname(Oid relid)
+{
+	char	   *rel = get_rel_name(relid);
+	char	   *nsp;
+
+	if (rel == NULL)
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	nsp = get_namespace_name(get_rel_namespace(relid));
+	return quote_qualified_identifier(nsp, rel);
+}
+
+/* append prefix."a", prefix."b", ... (prefix may be NULL) */
+void
+cm_append_quoted_list(StringInfo buf, List *names, const char *prefix)
+{
+	ListCell   *lc;
+	bool		first = true;
+
+	foreach(lc, names)
+	{
+		if (!first)
+			appendStringInfoString(buf, ", ");
+		first = false;
+		if (prefix)
+			appendStringInfo(buf, "%s.", prefix);
+		appendStringInfoString(buf, quote_identifier((char *) lfirst(lc)));
+	}
+}

@@ -1,0 +1,71 @@
+/*-------------------------------------------------------------------------
+ * clinic_migrate.h
+ *	  Settings and small helpers shared by every part of clinic_migrate:
+ *	  tenant argument checks, the tenant's schema name, the per-tenant
+ *	  migration lock, and stable output settings for text renderings.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CLINIC_MIGRATE_H
+#define CLINIC_MIGRATE_H
+
+#include "postgres.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+
+#define CM_SCHEMA "clinic_migrate"
+
+/* settings (clinic_migrate.*) */
+extern char *cm_source_schema;
+extern char *cm_tenant_column;
+extern char *cm_schema_template;
+extern char *cm_registry_table;
+extern int	cm_batch_size;
+extern int	cm_progress_interval;
+
+/* the longest tenant id we accept (bytes); longer ids are rejected cleanly */
+#define CM_MAX_TENANT_LEN 1024
+
+/* settings a migration runs with, fixed when it starts */
+typedef struct CmSettings
+{
+	char		source_schema[NAMEDATALEN];
+	char		tenant_column[NAMEDATALEN];
+	char		schema_template[NAMEDATALEN * 2];
+	char		registry_table[NAMEDATALEN];
+	int			batch_size;
+} CmSettings;
+
+extern void cm_current_settings(CmSettings *s);
+
+/* tenant argument: not NULL, not empty, not too long, valid encoding */
+extern char *cm_tenant_arg(FunctionCallInfo fcinfo, int argno);
+
+/* schema name for a tenant under a template: safe, unique, <= 63 bytes */
+extern char *cm_schema_name_for(const char *tenant, const char *template);
+
+/*
+ * The per-tenant migration lock: a session-level advisory lock in a key
+ * space of its own (field4 = CM_LOCK_FIELD4) so that it never collides with
+ * the application's advisory locks.  Held by whoever copies or rolls back a
+ * tenant; a crash releases it.
+ */
+#define CM_LOCK_FIELD4 0x434D
+extern bool cm_lock_tenant(const char *tenant, bool wait);
+extern void cm_unlock_tenant(const char *tenant);
+extern bool cm_tenant_lock_free(const char *tenant);
+extern void cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo);
+
+/*
+ * Output settings that make text renderings independent of the session:
+ * returns a GUC nest level to hand to cm_restore_output_settings.
+ */
+extern int	cm_stable_output_settings(void);
+extern void cm_restore_output_settings(int nestlevel);
+
+/* "schema"."table" for a relation OID, quoted */
+extern char *cm_qualified_relname(Oid relid);
+
+/* a comma separated list of quoted identifiers */
+extern void cm_append_quoted_list(StringInfo buf, List *names, const char *prefix);
+
+#endif
