@@ -27,6 +27,7 @@ char	   *cm_schema_template = NULL;
 char	   *cm_registry_table = NULL;
 int			cm_batch_size = 10000;
 int			cm_progress_interval = 10;
+int			cm_batch_delay = 0;
 
 void		_PG_init(void);
 
@@ -87,6 +88,11 @@ _PG_init(void)
 							"Rows copied per committed batch.",
 							NULL, &cm_batch_size, 10000, 1, 10000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.batch_delay",
+							"Pause between committed batches of a copy.",
+							"Throttles a copy on a busy server.",
+							&cm_batch_delay, 0, 0, 60000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.progress_interval",
 							"Seconds between progress notices from migrate_tenant (0: none).",
 							NULL, &cm_progress_interval, 10, 0, 3600,
@@ -107,6 +113,7 @@ cm_current_settings(CmSettings *s)
 	strlcpy(s->registry_table, cm_registry_table ? cm_registry_table : "",
 			sizeof(s->registry_table));
 	s->batch_size = cm_batch_size;
+	s->batch_delay = cm_batch_delay;
 }
 
 /*
@@ -215,21 +222,21 @@ tenant_locktag(LOCKTAG *tag, const char *tenant)
 
 /* Take the tenant's migration lock for the session; false if busy. */
 bool
-cm_lock_tenant(const char *tenant, bool wait)
+cm_lock_tenant(const char *tenant, bool wait, bool session)
 {
 	LOCKTAG		tag;
 
 	tenant_locktag(&tag, tenant);
-	return LockAcquire(&tag, ExclusiveLock, true, !wait) != LOCKACQUIRE_NOT_AVAIL;
+	return LockAcquire(&tag, ExclusiveLock, session, !wait) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 void
-cm_unlock_tenant(const char *tenant)
+cm_unlock_tenant(const char *tenant, bool session)
 {
 	LOCKTAG		tag;
 
 	tenant_locktag(&tag, tenant);
-	LockRelease(&tag, ExclusiveLock, true);
+	LockRelease(&tag, ExclusiveLock, session);
 }
 
 /* Is no session holding the tenant's lock?  Probes without waiting. */

@@ -21,6 +21,7 @@ extern char *cm_schema_template;
 extern char *cm_registry_table;
 extern int	cm_batch_size;
 extern int	cm_progress_interval;
+extern int	cm_batch_delay;
 
 /* the longest tenant id we accept (bytes); longer ids are rejected cleanly */
 #define CM_MAX_TENANT_LEN 1024
@@ -33,6 +34,7 @@ typedef struct CmSettings
 	char		schema_template[NAMEDATALEN * 2];
 	char		registry_table[NAMEDATALEN];
 	int			batch_size;
+	int			batch_delay;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);
@@ -50,8 +52,8 @@ extern char *cm_schema_name_for(const char *tenant, const char *template);
  * tenant; a crash releases it.
  */
 #define CM_LOCK_FIELD4 0x434D
-extern bool cm_lock_tenant(const char *tenant, bool wait);
-extern void cm_unlock_tenant(const char *tenant);
+extern bool cm_lock_tenant(const char *tenant, bool wait, bool session);
+extern void cm_unlock_tenant(const char *tenant, bool session);
 extern bool cm_tenant_lock_free(const char *tenant);
 extern void cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo);
 

@@ -1,0 +1,773 @@
+/*-------------------------------------------------------------------------
+ * clone.c
+ *	  create_tenant_schema: a tenant's schema with a faithful copy of the
+ *	  structure of every planned table.
+ *
+ * Columns, types, collations, defaults, NOT NULL, CHECK, generated and
+ * identity columns, storage, compression, comments and extended statistics
+ * come from CREATE TABLE ... (LIKE ...).  What LIKE leaves out is added
+ * from the catalogs: a sequence of its own for each serial column (LIKE
+ * would share the shared table's), owner, grants, reloptions, row level
+ * security and policies, replica identity, and foreign keys, re-pointed to
+ * the tenant's copies or kept on shared reference tables.  Indexes and key
+ * constraints are cloned as parse trees with generateClonedIndexStmt, the
+ * function LIKE ... INCLUDING INDEXES uses, so no DDL text is rewritten.
+ *
+ * Every statement is built from catalog OIDs with quoted identifiers and
+ * runs with search_path = pg_catalog, so that deparsed expressions come
+ * out fully qualified.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/attmap.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
+#include "catalog/pg_type.h"
+#include "commands/comment.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_utilcmd.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "plan.h"
+#include "state.h"
+
+/* run a DDL statement built here */
+static void
+exec_ddl(const char *sql)
+{
+	int			ret = SPI_execute(sql, false, 0);
+
+	if (ret < 0)
+		elog(ERROR, "clinic_migrate: SPI error %d in \"%s\"", ret, sql);
+}
+
+/* first column of the first row as text, or NULL */
+static char *
+query_text(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, true, 1);
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: query failed: %s", sql);
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+void
+clone_tenant_info(const char *tenant, TenantInfo *info)
+{
+	memset(info, 0, sizeof(*info));
+	cm_state_exec_tenant("SELECT schema_name, schema_oid, source_schema, tenant_column, "
+						 "state, structure_done FROM clinic_migrate.tenants WHERE tenant_id = $1",
+						 tenant);
+	if (SPI_processed == 0)
+		return;
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		info->exists = true;
+		strlcpy(info->schema_name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
+		info->schema_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		strlcpy(info->source_schema, SPI_getvalue(tup, desc, 3), NAMEDATALEN);
+		strlcpy(info->tenant_column, SPI_getvalue(tup, desc, 4), NAMEDATALEN);
+		strlcpy(info->state, SPI_getvalue(tup, desc, 5), sizeof(info->state));
+		info->structure_done = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	}
+}
+
+void
+clone_settings_for_tenant(const char *tenant, CmSettings *s)
+{
+	TenantInfo	info;
+
+	clone_tenant_info(tenant, &info);
+	if (info.exists)
+	{
+		strlcpy(s->source_schema, info.source_schema, NAMEDATALEN);
+		strlcpy(s->tenant_column, info.tenant_column, NAMEDATALEN);
+	}
+}
+
+void
+clone_check_tenant_exists(TenantPlan *plan, const char *tenant)
+{
+	/* the registry first, then every tenant table, one index probe each */
+	for (int pass = 0; pass < 2; pass++)
+	{
+		for (int i = 0; i < plan->ntables; i++)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			StringInfoData sql;
+			Oid			type;
+			Datum		value;
+
+			if (pt->tenant_att == InvalidAttrNumber)
+				continue;
+			if (pass == 0 ? pt->kind != PLAN_REGISTRY : pt->kind != PLAN_TENANT)
+				continue;
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "SELECT 1 FROM %s WHERE %s = $1 LIMIT 1",
+							 cm_qualified_relname(pt->relid),
+							 quote_identifier(plan->tenant_column));
+			type = pt->tenant_type;
+			value = plan_tenant_datum(pt, tenant);
+			if (query_text(sql.data, 1, &type, &value) != NULL)
+				return;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("tenant \"%s\" not found", tenant),
+			 errdetail("No table of schema \"%s\" has rows with %s = '%s', and the registry does not list it.",
+					   plan->source_schema, plan->tenant_column, tenant),
+			 errhint("Check the tenant id, clinic_migrate.source_schema and clinic_migrate.tenant_column.")));
+}
+
+Oid
+clone_target_relid(const char *schema, const char *relname)
+{
+	Oid			nsp = get_namespace_oid(schema, true);
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	return get_relname_relid(relname, nsp);
+}
+
+static const char *
+fk_action(char c)
+{
+	switch (c)
+	{
+		case FKCONSTR_ACTION_RESTRICT:
+			return "RESTRICT";
+		case FKCONSTR_ACTION_CASCADE:
+			return "CASCADE";
+		case FKCONSTR_ACTION_SETNULL:
+			return "SET NULL";
+		case FKCONSTR_ACTION_SETDEFAULT:
+			return "SET DEFAULT";
+		default:
+			return "NO ACTION";
+	}
+}
+
+/* Serial columns: a sequence of the tenant's own, and the default on it. */
+static void
+clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(src)};
+	int			ret;
+	int			n;
+	SPITupleTable *tt;
+
+	ret = SPI_execute_with_args(
+								"SELECT a.attname, c.relname, format_type(s.seqtypid, NULL), "
+								"  s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, s.seqcycle "
+								"FROM pg_depend d "
+								"JOIN pg_sequence s ON s.seqrelid = d.objid "
+								"JOIN pg_class c ON c.oid = s.seqrelid "
+								"JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+								"WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+								"  AND d.refobjid = $1 AND d.deptype = 'a' "
+								"  AND EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_depend dd "
+								"      ON dd.classid = 'pg_attrdef'::regclass AND dd.objid = ad.oid "
+								"     AND dd.refclassid = 'pg_class'::regclass AND dd.refobjid = s.seqrelid "
+								"      WHERE ad.adrelid = $1 AND ad.adnum = a.attnum) "
+								"ORDER BY a.attnum",
+								1, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		char	   *col = SPI_getvalue(tup, tt->tupdesc, 1);
+		char	   *seq = quote_qualified_identifier(schema, SPI_getvalue(tup, tt->tupdesc, 2));
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "CREATE SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s "
+						 "START WITH %s CACHE %s %s OWNED BY %s.%s",
+						 seq, SPI_getvalue(tup, tt->tupdesc, 3),
+						 SPI_getvalue(tup, tt->tupdesc, 4), SPI_getvalue(tup, tt->tupdesc, 5),
+						 SPI_getvalue(tup, tt->tupdesc, 6), SPI_getvalue(tup, tt->tupdesc, 7),
+						 SPI_getvalue(tup, tt->tupdesc, 8),
+						 strcmp(SPI_getvalue(tup, tt->tupdesc, 9), "t") == 0 ? "CYCLE" : "NO CYCLE",
+						 qtarget, quote_identifier(col));
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT nextval(%s::pg_catalog.regclass)",
+						 qtarget, quote_identifier(col), quote_literal_cstr(seq));
+		exec_ddl(sql.data);
+	}
+}
+
+/* Owner, grants, comment, reloptions, row level security and policies. */
+static void
+clone_table_properties(Oid src, const char *schema, const char *qtarget)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(src)};
+	HeapTuple	ctup;
+	Form_pg_class cls;
+	Oid			owner;
+	bool		rls,
+				force_rls;
+	StringInfoData sql;
+	int			ret,
+				n;
+	SPITupleTable *tt;
+
+	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(src));
+	if (!HeapTupleIsValid(ctup))
+		elog(ERROR, "cache lookup failed for relation %u", src);
+	cls = (Form_pg_class) GETSTRUCT(ctup);
+	owner = cls->relowner;
+	rls = cls->relrowsecurity;
+	force_rls = cls->relforcerowsecurity;
+	ReleaseSysCache(ctup);
+	initStringInfo(&sql);
+
+	/* the table comment (LIKE copies column, constraint and index comments) */
+	{
+		char	   *comment = GetComment(src, RelationRelationId, 0);
+
+		if (comment)
+		{
+			appendStringInfo(&sql, "COMMENT ON TABLE %s IS %s", qtarget, quote_literal_cstr(comment));
+			exec_ddl(sql.data);
+		}
+	}
+
+	/* storage parameters */
+	ret = SPI_execute_with_args("SELECT split_part(o, '=', 1), substr(o, strpos(o, '=') + 1) "
+								"FROM pg_class c, unnest(c.reloptions) o WHERE c.oid = $1",
+								1, types, values, NULL, true, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; ret == SPI_OK_SELECT && i < n; i++)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s SET (%s = %s)", qtarget,
+						 quote_identifier(SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
+						 quote_literal_cstr(SPI_getvalue(tt->vals[i], tt->tupdesc, 2)));
+		exec_ddl(sql.data);
+	}
+
+	/* grants on the table and on its columns; grantees get USAGE on the schema */
+	ret = SPI_execute_with_args(
+								"SELECT a.privilege_type, "
+								"  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, "
+								"  a.is_grantable, NULL::name "
+								"FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+								"WHERE c.oid = $1 AND a.grantee <> c.relowner "
+								"UNION ALL "
+								"SELECT a.privilege_type, "
+								"  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, "
+								"  a.is_grantable, att.attname "
+								"FROM pg_attribute att, aclexplode(att.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+								"WHERE att.attrelid = $1 AND att.attnum > 0 AND NOT att.attisdropped "
+								"  AND att.attacl IS NOT NULL",
+								1, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: grant lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		char	   *priv = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		char	   *grantee = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		bool		grantable = strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 3), "t") == 0;
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 4);
+
+		resetStringInfo(&sql);
+		/* privilege_type is one of a fixed set of keywords */
+		appendStringInfo(&sql, "GRANT %s%s%s%s ON TABLE %s TO %s%s", priv,
+						 col ? " (" : "", col ? quote_identifier(col) : "", col ? ")" : "",
+						 qtarget, grantee, grantable ? " WITH GRANT OPTION" : "");
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema), grantee);
+		exec_ddl(sql.data);
+	}
+
+	/* the same owner, when we may hand the table over */
+	if (owner != GetUserId() && has_privs_of_role(GetUserId(), owner))
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s OWNER TO %s", qtarget,
+						 quote_identifier(GetUserNameFromId(owner, false)));
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema),
+						 quote_identifier(GetUserNameFromId(owner, false)));
+		exec_ddl(sql.data);
+	}
+	else if (owner != GetUserId())
+		ereport(NOTICE,
+				(errmsg("table %s is owned by %s, not by the role that created it",
+						qtarget, GetUserNameFromId(GetUserId(), false)),
+				 errhint("Migrate as a member of role \"%s\" to keep the owner.",
+						 GetUserNameFromId(owner, false))));
+
+	/* row level security and its policies */
+	if (rls || force_rls)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s %s ROW LEVEL SECURITY", qtarget,
+						 rls ? "ENABLE" : "DISABLE");
+		exec_ddl(sql.data);
+		if (force_rls)
+		{
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s FORCE ROW LEVEL SECURITY", qtarget);
+			exec_ddl(sql.data);
+		}
+	}
+	ret = SPI_execute_with_args(
+								"SELECT quote_ident(p.polname), p.polpermissive, "
+								"  CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' "
+								"    WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END, "
+								"  (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') "
+								"     FROM unnest(p.polroles) r), "
+								"  pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid) "
+								"FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname",
+								1, types, values, NULL, true, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; ret == SPI_OK_SELECT && i < n; i++)
+	{
+		char	   *qual = SPI_getvalue(tt->vals[i], tt->tupdesc, 5);
+		char	   *check = SPI_getvalue(tt->vals[i], tt->tupdesc, 6);
+
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE POLICY %s ON %s AS %s FOR %s TO %s",
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 1), qtarget,
+						 strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 2), "t") == 0 ? "PERMISSIVE" : "RESTRICTIVE",
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 3),
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 4));
+		if (qual)
+			appendStringInfo(&sql, " USING (%s)", qual);
+		if (check)
+			appendStringInfo(&sql, " WITH CHECK (%s)", check);
+		exec_ddl(sql.data);
+	}
+}
+
+/* Create one table of the tenant's schema; returns its OID. */
+static Oid
+clone_create_table(PlanTable *pt, const char *schema)
+{
+	char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TABLE %s (LIKE %s INCLUDING COMMENTS INCLUDING COMPRESSION "
+					 "INCLUDING CONSTRAINTS INCLUDING DEFAULTS INCLUDING GENERATED "
+					 "INCLUDING IDENTITY INCLUDING STATISTICS INCLUDING STORAGE)",
+					 qtarget, cm_qualified_relname(pt->relid));
+	exec_ddl(sql.data);
+	CommandCounterIncrement();
+	clone_serial_sequences(pt->relid, schema, qtarget);
+	clone_table_properties(pt->relid, schema, qtarget);
+	CommandCounterIncrement();
+	return clone_target_relid(schema, pt->relname);
+}
+
+/*
+ * Pin search_path to pg_catalog for the DDL: deparsed expressions (policies)
+ * then come out schema-qualified, and nothing resolves through a schema the
+ * caller controls.
+ */
+static int
+pin_search_path(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+char *
+clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
+					 bool defer_indexes)
+{
+	TenantInfo	info;
+	char	   *schema;
+	int			nest;
+
+	clone_tenant_info(tenant, &info);
+	if (info.exists)
+	{
+		char	   *name = get_namespace_name(info.schema_oid);
+
+		if (name == NULL || strcmp(name, info.schema_name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("schema \"%s\" of tenant \"%s\" was dropped or renamed outside clinic_migrate",
+							info.schema_name, tenant),
+					 errhint("Run SELECT clinic_migrate.rollback_tenant('%s') to clear its state, then migrate again.",
+							 tenant)));
+		schema = pstrdup(info.schema_name);
+	}
+	else
+	{
+		Oid			types[5] = {TEXTOID, NAMEOID, OIDOID, NAMEOID, NAMEOID};
+		Datum		values[5];
+		Oid			nsp;
+		StringInfoData sql;
+
+		schema = cm_schema_name_for(tenant, s->schema_template);
+		if (strncmp(schema, "pg_", 3) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_RESERVED_NAME),
+					 errmsg("schema name \"%s\" for tenant \"%s\" is reserved", schema, tenant),
+					 errhint("Set clinic_migrate.schema_template to a pattern with a prefix, such as 'tenant_%%s'.")));
+		if (OidIsValid(get_namespace_oid(schema, true)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_SCHEMA),
+					 errmsg("schema \"%s\" already exists and was not created by clinic_migrate", schema),
+					 errdetail("clinic_migrate only writes into schemas it created for the tenant."),
+					 errhint("Drop or rename that schema, or set clinic_migrate.schema_template to another pattern.")));
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(schema));
+		cm_state_exec("SELECT tenant_id FROM clinic_migrate.tenants WHERE schema_name = $1",
+					  1, &types[1], &values[1], NULL, 0);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_SCHEMA),
+					 errmsg("tenants \"%s\" and \"%s\" map to the same schema name \"%s\"",
+							tenant, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), schema),
+					 errhint("Set clinic_migrate.schema_template to a pattern that keeps them apart.")));
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE SCHEMA %s", quote_identifier(schema));
+		exec_ddl(sql.data);
+		CommandCounterIncrement();
+		nsp = get_namespace_oid(schema, false);
+		values[0] = CStringGetTextDatum(tenant);
+		values[2] = ObjectIdGetDatum(nsp);
+		values[3] = DirectFunctionCall1(namein, CStringGetDatum(plan->source_schema));
+		values[4] = DirectFunctionCall1(namein, CStringGetDatum(plan->tenant_column));
+		cm_state_exec("INSERT INTO clinic_migrate.tenants "
+					  "(tenant_id, schema_name, schema_oid, source_schema, tenant_column) "
+					  "VALUES ($1, $2, $3, $4, $5)",
+					  5, types, values, NULL, 0);
+	}
+
+	nest = pin_search_path();
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			types[6] = {TEXTOID, INT4OID, OIDOID, OIDOID, NAMEOID, TEXTOID};
+		Datum		values[6];
+
+		if (!OidIsValid(target))
+		{
+			target = clone_create_table(pt, schema);
+			if (!defer_indexes)
+				clone_finish_table(pt, schema);
+		}
+		values[0] = CStringGetTextDatum(tenant);
+		values[1] = Int32GetDatum(pt->position);
+		values[2] = ObjectIdGetDatum(pt->relid);
+		values[3] = ObjectIdGetDatum(target);
+		values[4] = DirectFunctionCall1(namein, CStringGetDatum(pt->relname));
+		values[5] = CStringGetTextDatum(pt->kind == PLAN_TENANT ? "tenant" : "child");
+		cm_state_exec("INSERT INTO clinic_migrate.tenant_tables "
+					  "(tenant_id, position, source_table, target_table, table_name, kind, indexed) "
+					  "VALUES ($1, $2, $3, $4, $5, $6, false) "
+					  "ON CONFLICT (tenant_id, source_table) DO NOTHING",
+					  6, types, values, NULL, 0);
+	}
+	cm_restore_output_settings(nest);
+	return schema;
+}
+
+/* does the schema already have an object of that name? (indexes, constraints) */
+static bool
+relation_exists(const char *schema, const char *name)
+{
+	return OidIsValid(clone_target_relid(schema, name));
+}
+
+void
+clone_finish_table(PlanTable *pt, const char *schema)
+{
+	Oid			target = clone_target_relid(schema, pt->relname);
+	Relation	srcrel;
+	Relation	tgtrel;
+	List	   *indexes;
+	ListCell   *lc;
+	AttrMap    *attmap;
+	RangeVar   *rv;
+	char		replident;
+	Oid			replindex = InvalidOid;
+	int			nest;
+
+	if (!OidIsValid(target))
+		elog(ERROR, "clinic_migrate: table %s.%s is missing", schema, pt->relname);
+	nest = pin_search_path();
+	srcrel = table_open(pt->relid, AccessShareLock);
+	tgtrel = table_open(target, AccessShareLock);
+	attmap = build_attrmap_by_name(RelationGetDescr(tgtrel), RelationGetDescr(srcrel));
+	rv = makeRangeVar(pstrdup(schema), pstrdup(pt->relname), -1);
+	indexes = RelationGetIndexList(srcrel);
+	replident = srcrel->rd_rel->relreplident;
+	table_close(tgtrel, NoLock);
+
+	foreach(lc, indexes)
+	{
+		Oid			idxoid = lfirst_oid(lc);
+		Relation	idxrel = index_open(idxoid, AccessShareLock);
+		char	   *idxname = pstrdup(RelationGetRelationName(idxrel));
+		IndexStmt  *stmt;
+		PlannedStmt *pstmt;
+
+		if (replident == REPLICA_IDENTITY_INDEX && idxrel->rd_index->indisreplident)
+			replindex = idxoid;
+		if (!idxrel->rd_index->indisvalid || relation_exists(schema, idxname))
+		{
+			index_close(idxrel, AccessShareLock);
+			continue;
+		}
+		stmt = generateClonedIndexStmt(rv, idxrel, attmap, NULL);
+		stmt->idxname = idxname;
+		stmt->idxcomment = GetComment(idxoid, RelationRelationId, 0);
+		index_close(idxrel, AccessShareLock);
+
+		pstmt = makeNode(PlannedStmt);
+		pstmt->commandType = CMD_UTILITY;
+		pstmt->canSetTag = false;
+		pstmt->utilityStmt = (Node *) stmt;
+		pstmt->stmt_location = -1;
+		pstmt->stmt_len = 0;
+		ProcessUtility(pstmt, "/* clinic_migrate: clone index */", false,
+					   PROCESS_UTILITY_QUERY, NULL, NULL, None_Receiver, NULL);
+		CommandCounterIncrement();
+	}
+	table_close(srcrel, NoLock);
+
+	if (replident != REPLICA_IDENTITY_DEFAULT)
+	{
+		StringInfoData sql;
+		char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+
+		initStringInfo(&sql);
+		if (replident == REPLICA_IDENTITY_FULL)
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY FULL", qtarget);
+		else if (replident == REPLICA_IDENTITY_NOTHING)
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY NOTHING", qtarget);
+		else if (OidIsValid(replindex))
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s", qtarget,
+							 quote_identifier(get_rel_name(replindex)));
+		if (sql.len > 0)
+			exec_ddl(sql.data);
+	}
+	cm_restore_output_settings(nest);
+}
+
+static char *
+att_names(Oid relid, Datum arr)
+{
+	AttrNumber	atts[INDEX_MAX_KEYS];
+	ArrayType  *a = DatumGetArrayTypeP(arr);
+	Datum	   *elems;
+	int			n;
+	StringInfoData buf;
+
+	deconstruct_array(a, INT2OID, 2, true, TYPALIGN_SHORT, &elems, NULL, &n);
+	initStringInfo(&buf);
+	for (int i = 0; i < n && i < INDEX_MAX_KEYS; i++)
+	{
+		atts[i] = DatumGetInt16(elems[i]);
+		appendStringInfo(&buf, "%s%s", i ? ", " : "",
+						 quote_identifier(get_attname(relid, atts[i], false)));
+	}
+	return buf.data;
+}
+
+/*
+ * Foreign keys: added NOT VALID (a brief lock on the referenced table, no
+ * scan), then validated (no lock that blocks writers of shared tables).
+ */
+void
+clone_finish_schema(TenantPlan *plan, const char *schema)
+{
+	int			nest = pin_search_path();
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			types[2] = {OIDOID, OIDOID};
+		Datum		values[2];
+		SPITupleTable *tt;
+		int			n;
+
+		values[0] = ObjectIdGetDatum(pt->relid);
+		values[1] = ObjectIdGetDatum(target);
+		if (SPI_execute_with_args(
+								  "SELECT quote_ident(c.conname), c.confrelid, c.conkey, c.confkey, "
+								  "  c.confupdtype::text, c.confdeltype::text, c.confmatchtype::text, "
+								  "  c.condeferrable, c.condeferred, c.convalidated, c.confdelsetcols "
+								  "FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' "
+								  "  AND NOT EXISTS (SELECT 1 FROM pg_constraint t "
+								  "                  WHERE t.conrelid = $2 AND t.conname = c.conname) "
+								  "ORDER BY c.conname",
+								  2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: foreign key lookup failed");
+		tt = SPI_tuptable;
+		n = SPI_processed;
+		for (int f = 0; f < n; f++)
+		{
+			HeapTuple	tup = tt->vals[f];
+			TupleDesc	desc = tt->tupdesc;
+			bool		isnull;
+			Oid			ref = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+			PlanTable  *rpt = plan_find(plan, ref);
+			Oid			newref = ref;
+			char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+			char	   *conname = SPI_getvalue(tup, desc, 1);
+			bool		validated = strcmp(SPI_getvalue(tup, desc, 10), "t") == 0;
+			Datum		delsetcols = SPI_getbinval(tup, desc, 11, &isnull);
+			bool		has_delsetcols = !isnull;
+			StringInfoData sql;
+
+			if (rpt && rpt->position > 0)
+				newref = clone_target_relid(schema, rpt->relname);
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s)",
+							 qtarget, conname,
+							 att_names(pt->relid, SPI_getbinval(tup, desc, 3, &isnull)),
+							 cm_qualified_relname(newref),
+							 att_names(ref, SPI_getbinval(tup, desc, 4, &isnull)));
+			if (SPI_getvalue(tup, desc, 7)[0] == FKCONSTR_MATCH_FULL)
+				appendStringInfoString(&sql, " MATCH FULL");
+			appendStringInfo(&sql, " ON UPDATE %s ON DELETE %s",
+							 fk_action(SPI_getvalue(tup, desc, 5)[0]),
+							 fk_action(SPI_getvalue(tup, desc, 6)[0]));
+			if (has_delsetcols)
+				appendStringInfo(&sql, " (%s)", att_names(pt->relid, delsetcols));
+			if (strcmp(SPI_getvalue(tup, desc, 8), "t") == 0)
+				appendStringInfoString(&sql, " DEFERRABLE");
+			if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
+				appendStringInfoString(&sql, " INITIALLY DEFERRED");
+			appendStringInfoString(&sql, " NOT VALID");
+			exec_ddl(sql.data);
+			if (validated)
+			{
+				resetStringInfo(&sql);
+				appendStringInfo(&sql, "ALTER TABLE %s VALIDATE CONSTRAINT %s", qtarget, conname);
+				exec_ddl(sql.data);
+			}
+			CommandCounterIncrement();
+		}
+	}
+	cm_restore_output_settings(nest);
+}
+
+void
+clone_set_sequences(Oid target)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(target)};
+	SPITupleTable *tt;
+	int			n;
+
+	if (SPI_execute_with_args(
+							  "SELECT d.objid, quote_ident(a.attname), s.seqincrement > 0 "
+							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
+							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i')",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		bool		up = strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 3), "t") == 0;
+		StringInfoData sql;
+		Oid			stype[1] = {OIDOID};
+		Datum		sval[1] = {ObjectIdGetDatum(seq)};
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT pg_catalog.setval($1, m) FROM (SELECT %s(%s)::bigint AS m FROM %s) x "
+						 "WHERE m IS NOT NULL",
+						 up ? "max" : "min", col, cm_qualified_relname(target));
+		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: setval failed");
+	}
+}
+
+/*
+ * clinic_migrate.create_tenant_schema(tenant): the tenant's schema with the
+ * full structure (indexes, keys, foreign keys), empty.  Idempotent.
+ */
+PG_FUNCTION_INFO_V1(cm_create_tenant_schema);
+Datum
+cm_create_tenant_schema(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	CmSettings	s;
+	TenantPlan *plan;
+	char	   *schema;
+	Name		result = palloc0(NAMEDATALEN);
+	int64		run_id;
+
+	cm_current_settings(&s);
+	SPI_connect();
+	clone_settings_for_tenant(tenant, &s);
+	if (!cm_lock_tenant(tenant, false, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("tenant \"%s\" is being migrated or rolled back by another session", tenant),
+				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
+	plan = plan_build(&s, CurrentMemoryContext);
+	plan_check_copyable(plan);
+	clone_check_tenant_exists(plan, tenant);
+	schema = clone_prepare_schema(tenant, plan, &s, false);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		clone_finish_table(&plan->tables[i], schema);
+		cm_state_exec_tenant("UPDATE clinic_migrate.tenant_tables SET indexed = true "
+							 "WHERE tenant_id = $1", tenant);
+	}
+	clone_finish_schema(plan, schema);
+	run_id = cm_run_start(tenant, schema, "create_schema",
+						  GetUserNameFromId(GetUserId(), false), 0);
+	cm_run_finish(run_id, "completed", 0, NULL, NULL);
+	namestrcpy(result, schema);	/* before SPI_finish frees schema */
+	SPI_finish();
+	PG_RETURN_NAME(result);
+}

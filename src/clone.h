@@ -1,0 +1,53 @@
+/*-------------------------------------------------------------------------
+ * clone.h
+ *	  A tenant's schema: created from the plan, table by table, with the
+ *	  structure of the shared tables.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_CLONE_H
+#define CM_CLONE_H
+
+#include "postgres.h"
+#include "plan.h"
+
+/* what clinic_migrate knows of a tenant (the tenants row) */
+typedef struct TenantInfo
+{
+	bool		exists;
+	char		schema_name[NAMEDATALEN];
+	Oid			schema_oid;
+	char		source_schema[NAMEDATALEN];
+	char		tenant_column[NAMEDATALEN];
+	char		state[32];
+	bool		structure_done;
+} TenantInfo;
+
+extern void clone_tenant_info(const char *tenant, TenantInfo *info);
+
+/* settings with the tenant's recorded source schema and tenant column */
+extern void clone_settings_for_tenant(const char *tenant, CmSettings *s);
+
+/* error unless the tenant has rows in a tenant table or is in the registry */
+extern void clone_check_tenant_exists(TenantPlan *plan, const char *tenant);
+
+/*
+ * Create the tenant's schema if needed (or check it is clinic_migrate's),
+ * create the tables that are missing and record them in tenant_tables.
+ * With defer_indexes, new tables get no indexes, keys or foreign keys:
+ * clone_finish_table and clone_finish_schema add them after the load.
+ */
+extern char *clone_prepare_schema(const char *tenant, TenantPlan *plan,
+								  const CmSettings *s, bool defer_indexes);
+
+/* indexes (and key constraints) of one table that are still missing */
+extern void clone_finish_table(PlanTable *pt, const char *schema);
+
+/* foreign keys still missing, re-pointed to the tenant's tables */
+extern void clone_finish_schema(TenantPlan *plan, const char *schema);
+
+/* serial and identity sequences of a tenant table set past its keys */
+extern void clone_set_sequences(Oid target);
+
+extern Oid	clone_target_relid(const char *schema, const char *relname);
+
+#endif

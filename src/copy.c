@@ -1,0 +1,527 @@
+/*-------------------------------------------------------------------------
+ * copy.c
+ *	  Copies one tenant's rows into its schema in committed keyset batches.
+ *
+ * Tables are copied in plan order.  Each batch is one transaction that
+ * (1) finds the batch's upper key on the root table, the table that holds
+ * the tenant column, walking the (tenant, key) index: no OFFSET over the
+ * table, no re-reading earlier batches; (2) copies the rows up to that key
+ * with one INSERT ... SELECT; (3) records the key as the table's
+ * checkpoint.  Data and checkpoint commit together, so a crash, a cancel
+ * or a restart resumes after the last committed batch without skipping or
+ * repeating a row.  Because of that, batch commits need not wait for the
+ * WAL flush (synchronous_commit = off): a commit lost in a crash loses the
+ * batch and its checkpoint together.
+ *
+ * The target tables get their indexes, keys and foreign keys after their
+ * rows are in (clone.c), which is what makes the batched copy as fast as
+ * one big INSERT into a fully indexed clone.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "copy.h"
+#include "plan.h"
+#include "state.h"
+
+/* the tenant's row of tenant_tables, kept across batches */
+typedef struct CopyTable
+{
+	PlanTable  *pt;
+	Oid			target;
+	int64		rows_total;
+	int64		rows_copied;
+	bool		copied;
+	bool		indexed;
+	int			ncheck;
+	char	   *checkpoint[INDEX_MAX_KEYS];	/* root keyset, as text */
+} CopyTable;
+
+static void
+begin_txn(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+end_txn(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+static int64
+count_rows(TenantPlan *plan, PlanTable *pt, Datum tenant)
+{
+	StringInfoData sql;
+	Oid			type = plan_root(plan, pt)->tenant_type;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT count(*)");
+	plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+	if (SPI_execute_with_args(sql.data, 1, &type, &tenant, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: count failed");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* rows of the root table belonging to the tenant */
+static int64
+count_root_rows(PlanTable *root, Datum tenant)
+{
+	StringInfoData sql;
+	Oid			type = root->tenant_type;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT count(*) FROM %s WHERE %s = $1",
+					 cm_qualified_relname(root->relid),
+					 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
+	if (SPI_execute_with_args(sql.data, 1, &type, &tenant, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: count failed");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static void
+report_activity(CmWorkerShared *sh, CopyTable *ct, const char *what)
+{
+	char		buf[256];
+	int			pct = ct && ct->rows_total > 0 ? (int) (100 * ct->rows_copied / ct->rows_total) : 0;
+
+	if (ct)
+		snprintf(buf, sizeof(buf), "clinic_migrate: %s %s.%s %d%%", what, sh->schema,
+				 ct->pt->relname, Min(pct, 100));
+	else
+		snprintf(buf, sizeof(buf), "clinic_migrate: %s %s", what, sh->schema);
+	pgstat_report_activity(STATE_RUNNING, buf);
+	SpinLockAcquire(&sh->mutex);
+	if (ct)
+	{
+		strlcpy(sh->current_table, ct->pt->relname, NAMEDATALEN);
+		sh->table_rows_total = ct->rows_total;
+		sh->table_rows_done = ct->rows_copied;
+	}
+	SpinLockRelease(&sh->mutex);
+}
+
+/* checkpoint text[] -> C strings in cxt */
+static void
+load_checkpoint(CopyTable *ct, Datum arr, MemoryContext cxt)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	ct->ncheck = Min(n, INDEX_MAX_KEYS);
+	for (int i = 0; i < ct->ncheck; i++)
+		ct->checkpoint[i] = TextDatumGetCString(elems[i]);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Copy one batch; returns false when the table is done.  One transaction:
+ * the batch's rows and the checkpoint after them commit together.
+ */
+static bool
+copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *ct,
+		   int64 root_batch, int64 run_id, MemoryContext cxt)
+{
+	PlanTable  *pt = ct->pt;
+	PlanTable  *root = plan_root(plan, pt);
+	int			nb = root->nbatch;
+	Oid			types[1 + 2 * INDEX_MAX_KEYS];
+	Datum		values[1 + 2 * INDEX_MAX_KEYS];
+	Oid			typinput[INDEX_MAX_KEYS];
+	Oid			typioparam[INDEX_MAX_KEYS];
+	bool		have_lo = ct->ncheck > 0;
+	bool		have_hi = false;
+	char	   *hi_text[INDEX_MAX_KEYS];
+	StringInfoData sql;
+	bool		always;
+	List	   *cols;
+	int64		copied;
+
+	begin_txn();
+	types[0] = root->tenant_type;
+	values[0] = plan_tenant_datum(root, tenant);
+	for (int i = 0; i < nb; i++)
+	{
+		Oid			t = get_atttype(root->relid, root->batch_att[i]);
+
+		types[1 + i] = types[1 + nb + i] = t;
+		getTypeInputInfo(t, &typinput[i], &typioparam[i]);
+		if (have_lo)
+			values[1 + i] = OidInputFunctionCall(typinput[i], ct->checkpoint[i], typioparam[i], -1);
+	}
+
+	/* (1) the batch's upper bound: the root_batch-th key after the checkpoint */
+	initStringInfo(&sql);
+	if (nb > 0)
+	{
+		const char *sep = "";
+
+		appendStringInfoString(&sql, "SELECT ");
+		for (int i = 0; i < nb; i++)
+			appendStringInfo(&sql, "%ss.%s", i ? ", " : "",
+							 quote_identifier(get_attname(root->relid, root->batch_att[i], false)));
+		appendStringInfo(&sql, " FROM %s s WHERE s.%s = $1", cm_qualified_relname(root->relid),
+						 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
+		if (have_lo)
+		{
+			appendStringInfoString(&sql, " AND (");
+			for (int i = 0; i < nb; i++)
+				appendStringInfo(&sql, "%ss.%s", i ? ", " : "",
+								 quote_identifier(get_attname(root->relid, root->batch_att[i], false)));
+			appendStringInfoString(&sql, ") > (");
+			for (int i = 0; i < nb; i++)
+				appendStringInfo(&sql, "%s$%d", i ? ", " : "", 2 + i);
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfoString(&sql, " ORDER BY ");
+		for (int i = 0; i < nb; i++)
+		{
+			appendStringInfo(&sql, "%ss.%s", sep,
+							 quote_identifier(get_attname(root->relid, root->batch_att[i], false)));
+			sep = ", ";
+		}
+		appendStringInfo(&sql, " OFFSET " INT64_FORMAT " LIMIT 1", root_batch - 1);
+		if (SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL,
+								  true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: batch bound query failed");
+		if (SPI_processed > 0)
+		{
+			have_hi = true;
+			for (int i = 0; i < nb; i++)
+			{
+				bool		isnull;
+				Oid			typout;
+				bool		varlena;
+
+				values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, i + 1, &isnull);
+				getTypeOutputInfo(types[1 + nb + i], &typout, &varlena);
+				hi_text[i] = OidOutputFunctionCall(typout, values[1 + nb + i]);
+			}
+		}
+	}
+
+	/* (2) the rows, in one statement */
+	resetStringInfo(&sql);
+	cols = plan_copy_columns(pt->relid, &always);
+	appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(ct->target));
+	cm_append_quoted_list(&sql, cols, NULL);
+	appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+	cm_append_quoted_list(&sql, cols, "s");
+	if (!have_lo && !have_hi)
+		plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+	else if (!have_lo)
+	{
+		/* upper bound only: move the bound parameters down to $2 */
+		for (int i = 0; i < nb; i++)
+		{
+			values[1 + i] = values[1 + nb + i];
+			types[1 + i] = types[1 + nb + i];
+		}
+		plan_append_tenant_rows(&sql, plan, pt, 0, 2);
+	}
+	else
+		plan_append_tenant_rows(&sql, plan, pt, 2, have_hi ? 2 + nb : 0);
+	{
+		int			nargs = 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0);
+
+		if (SPI_execute_with_args(sql.data, nargs, types, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "clinic_migrate: batch insert failed");
+	}
+	copied = (int64) SPI_processed;
+
+	/* (3) the checkpoint, committed with the rows */
+	{
+		Oid			utypes[5] = {TEXTOID, OIDOID, INT8OID, TEXTARRAYOID, BOOLOID};
+		Datum		uvalues[5];
+		char		unulls[5] = {' ', ' ', ' ', ' ', ' '};
+		Oid			rtypes[2] = {INT8OID, INT8OID};
+		Datum		rvalues[2];
+
+		uvalues[0] = CStringGetTextDatum(tenant);
+		uvalues[1] = ObjectIdGetDatum(pt->relid);
+		uvalues[2] = Int64GetDatum(copied);
+		if (have_hi)
+		{
+			Datum		elems[INDEX_MAX_KEYS];
+
+			for (int i = 0; i < nb; i++)
+				elems[i] = CStringGetTextDatum(hi_text[i]);
+			uvalues[3] = PointerGetDatum(construct_array(elems, nb, TEXTOID, -1, false, TYPALIGN_INT));
+		}
+		else
+			unulls[3] = 'n';
+		uvalues[4] = BoolGetDatum(!have_hi);
+		cm_state_exec("UPDATE clinic_migrate.tenant_tables SET rows_copied = rows_copied + $3, "
+					  "checkpoint = coalesce($4, checkpoint), copied = $5 "
+					  "WHERE tenant_id = $1 AND source_table = $2",
+					  5, utypes, uvalues, unulls, 0);
+		cm_state_exec("UPDATE clinic_migrate.tenants SET rows_copied = rows_copied + $3 "
+					  "WHERE tenant_id = $1",
+					  3, utypes, uvalues, NULL, 0);
+		rvalues[0] = Int64GetDatum(run_id);
+		rvalues[1] = Int64GetDatum(copied);
+		cm_state_exec("UPDATE clinic_migrate.runs SET rows_copied = rows_copied + $2 "
+					  "WHERE run_id = $1", 2, rtypes, rvalues, NULL, 0);
+	}
+	/* the new checkpoint, kept across transactions (SPI memory is not) */
+	if (have_hi)
+	{
+		for (int i = 0; i < nb; i++)
+		{
+			if (ct->checkpoint[i])
+				pfree(ct->checkpoint[i]);
+			ct->checkpoint[i] = MemoryContextStrdup(cxt, hi_text[i]);
+		}
+		ct->ncheck = nb;
+	}
+	end_txn();
+
+	ct->rows_copied += copied;
+	ct->copied = !have_hi;
+	SpinLockAcquire(&sh->mutex);
+	sh->rows_done += copied;
+	SpinLockRelease(&sh->mutex);
+	return have_hi;
+}
+
+/* throttle between batches without ignoring a shutdown request */
+static void
+batch_pause(int ms)
+{
+	if (ms <= 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+void
+cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	const char *tenant = sh->tenant;
+	CmSettings	s = sh->settings;
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate copy",
+											  ALLOCSET_DEFAULT_SIZES);
+	TenantPlan *plan;
+	CopyTable  *tables;
+	int			ntables;
+	int64		rows_before = 0;
+	bool		resumed = false;
+
+	/*
+	 * Start: the plan, the schema and its tables (without indexes), the
+	 * run record; any run left 'running' by a dead worker is interrupted.
+	 */
+	begin_txn();
+	clone_settings_for_tenant(tenant, &s);
+	plan = plan_build(&s, cxt);
+	plan_check_copyable(plan);
+	clone_check_tenant_exists(plan, tenant);
+	{
+		TenantInfo	info;
+
+		clone_tenant_info(tenant, &info);
+		resumed = cm_runs_mark_interrupted(tenant) > 0 ||
+			(info.exists && strcmp(info.state, "copying") == 0);
+	}
+	{
+		char	   *schema = clone_prepare_schema(tenant, plan, &s, true);
+
+		strlcpy(sh->schema, schema, NAMEDATALEN);
+	}
+	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
+	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "
+						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE now() END, "
+						 "completed_at = NULL WHERE tenant_id = $1 AND state <> 'copied'",
+						 tenant);
+
+	/* the tenant's stored plan must still be the plan */
+	cm_state_exec_tenant("SELECT source_table, target_table, rows_total, rows_copied, checkpoint, "
+						 "copied, indexed FROM clinic_migrate.tenant_tables "
+						 "WHERE tenant_id = $1 ORDER BY position",
+						 tenant);
+	ntables = SPI_processed;
+	if (ntables != plan->ncopied)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the plan changed since tenant \"%s\" started migrating", tenant),
+				 errdetail("Its schema has %d tables, the plan now has %d.", ntables, plan->ncopied),
+				 errhint("Roll it back with clinic_migrate.rollback_tenant('%s') and migrate again.", tenant)));
+	tables = MemoryContextAllocZero(cxt, sizeof(CopyTable) * Max(ntables, 1));
+	{
+		SPITupleTable *tt = SPI_tuptable;
+
+		for (int i = 0; i < ntables; i++)
+		{
+			HeapTuple	tup = tt->vals[i];
+			bool		isnull;
+			Oid			src = DatumGetObjectId(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
+			Datum		d;
+
+			tables[i].pt = plan_find(plan, src);
+			if (tables[i].pt == NULL || tables[i].pt->position == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the plan changed since tenant \"%s\" started migrating", tenant),
+						 errdetail("Table with OID %u is no longer planned.", src),
+						 errhint("Roll it back with clinic_migrate.rollback_tenant('%s') and migrate again.", tenant)));
+			tables[i].target = DatumGetObjectId(SPI_getbinval(tup, tt->tupdesc, 2, &isnull));
+			d = SPI_getbinval(tup, tt->tupdesc, 3, &isnull);
+			tables[i].rows_total = isnull ? -1 : DatumGetInt64(d);
+			tables[i].rows_copied = DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, 4, &isnull));
+			d = SPI_getbinval(tup, tt->tupdesc, 5, &isnull);
+			if (!isnull)
+				load_checkpoint(&tables[i], d, cxt);
+			tables[i].copied = DatumGetBool(SPI_getbinval(tup, tt->tupdesc, 6, &isnull));
+			tables[i].indexed = DatumGetBool(SPI_getbinval(tup, tt->tupdesc, 7, &isnull));
+			rows_before += tables[i].rows_copied;
+		}
+	}
+
+	/* rows to copy, for progress (an index-only count per table) */
+	for (int i = 0; i < ntables; i++)
+	{
+		CopyTable  *ct = &tables[i];
+
+		if (ct->rows_total < 0)
+		{
+			Oid			types[3] = {TEXTOID, OIDOID, INT8OID};
+			Datum		values[3];
+
+			ct->rows_total = count_rows(plan, ct->pt,
+										plan_tenant_datum(plan_root(plan, ct->pt), tenant));
+			values[0] = CStringGetTextDatum(tenant);
+			values[1] = ObjectIdGetDatum(ct->pt->relid);
+			values[2] = Int64GetDatum(ct->rows_total);
+			cm_state_exec("UPDATE clinic_migrate.tenant_tables SET rows_total = $3 "
+						  "WHERE tenant_id = $1 AND source_table = $2",
+						  3, types, values, NULL, 0);
+		}
+	}
+	end_txn();
+
+	SpinLockAcquire(&sh->mutex);
+	sh->state = CMW_RUNNING;
+	sh->resumed = resumed || rows_before > 0;
+	sh->tables_total = ntables;
+	sh->rows_before = rows_before;
+	sh->rows_total = 0;
+	for (int i = 0; i < ntables; i++)
+		sh->rows_total += tables[i].rows_total;
+	SpinLockRelease(&sh->mutex);
+
+	for (int i = 0; i < ntables; i++)
+	{
+		CopyTable  *ct = &tables[i];
+		PlanTable  *root = plan_root(plan, ct->pt);
+		int64		root_batch = s.batch_size;
+
+		if (!ct->copied)
+		{
+			/*
+			 * A child table is batched by its root's keys: scale the number
+			 * of root rows so that a batch copies about batch_size rows.
+			 */
+			if (root != ct->pt && ct->rows_total > 0)
+			{
+				int64		nroot;
+
+				begin_txn();
+				nroot = count_root_rows(root, plan_tenant_datum(root, tenant));
+				end_txn();
+				root_batch = Max(1, (int64) ((double) s.batch_size * nroot / ct->rows_total));
+			}
+			for (;;)
+			{
+				bool		more;
+
+				CHECK_FOR_INTERRUPTS();
+				report_activity(sh, ct, "copying");
+				more = copy_batch(sh, tenant, plan, ct, root_batch, *run_id, cxt);
+				if (!more)
+					break;
+				batch_pause(s.batch_delay);
+			}
+		}
+		if (!ct->indexed)
+		{
+			Oid			types[2] = {TEXTOID, OIDOID};
+			Datum		values[2];
+
+			report_activity(sh, ct, "indexing");
+			begin_txn();
+			clone_finish_table(ct->pt, sh->schema);
+			values[0] = CStringGetTextDatum(tenant);
+			values[1] = ObjectIdGetDatum(ct->pt->relid);
+			cm_state_exec("UPDATE clinic_migrate.tenant_tables SET indexed = true "
+						  "WHERE tenant_id = $1 AND source_table = $2",
+						  2, types, values, NULL, 0);
+			end_txn();
+			ct->indexed = true;
+		}
+		SpinLockAcquire(&sh->mutex);
+		sh->tables_done = i + 1;
+		SpinLockRelease(&sh->mutex);
+	}
+
+	/*
+	 * Finish: foreign keys, sequences past the copied keys, statistics, and
+	 * the records.  This commit waits for the WAL flush: "completed" is a
+	 * promise.
+	 */
+	report_activity(sh, NULL, "finishing");
+	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
+	begin_txn();
+	clone_finish_schema(plan, sh->schema);
+	for (int i = 0; i < ntables; i++)
+	{
+		StringInfoData sql;
+
+		clone_set_sequences(tables[i].target);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "ANALYZE %s", cm_qualified_relname(tables[i].target));
+		if (SPI_execute(sql.data, false, 0) < 0)
+			elog(ERROR, "clinic_migrate: analyze failed");
+	}
+	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copied', structure_done = true, "
+						 "completed_at = coalesce(completed_at, now()) WHERE tenant_id = $1",
+						 tenant);
+	{
+		int64		done;
+
+		SpinLockAcquire(&sh->mutex);
+		done = sh->rows_done;
+		SpinLockRelease(&sh->mutex);
+		cm_run_finish(*run_id, "completed", done, NULL, NULL);
+	}
+	end_txn();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}

@@ -1,0 +1,159 @@
+/*-------------------------------------------------------------------------
+ * state.c
+ *	  clinic_migrate's bookkeeping tables, read and written through SPI as
+ *	  the extension owner.
+ *
+ * Values are always SPI parameters; the statements themselves are fixed.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "access/table.h"
+#include "access/genam.h"
+
+#include "clinic_migrate.h"
+#include "state.h"
+
+/* owner of the clinic_migrate extension in this database */
+static Oid
+extension_owner(void)
+{
+	Oid			ext = get_extension_oid("clinic_migrate", true);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	if (!OidIsValid(ext))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"clinic_migrate\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION clinic_migrate.")));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+int
+cm_state_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			  const char *nulls, long count)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			ret;
+
+	/*
+	 * Switch to the owner for this statement only; an error unwinds the
+	 * switch with the (sub)transaction.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(extension_owner(),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, count);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	if (ret < 0)
+		elog(ERROR, "clinic_migrate: SPI error %d in \"%s\"", ret, sql);
+	return ret;
+}
+
+int
+cm_state_exec_tenant(const char *sql, const char *tenant)
+{
+	Oid			t = TEXTOID;
+	Datum		v = CStringGetTextDatum(tenant);
+
+	return cm_state_exec(sql, 1, &t, &v, NULL, 0);
+}
+
+int64
+cm_run_start(const char *tenant, const char *schema, const char *action,
+			 const char *started_by, int pid)
+{
+	Oid			types[5] = {TEXTOID, NAMEOID, TEXTOID, NAMEOID, INT4OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(tenant);
+	if (schema)
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(schema));
+	else
+		nulls[1] = 'n';
+	values[2] = CStringGetTextDatum(action);
+	values[3] = DirectFunctionCall1(namein, CStringGetDatum(started_by));
+	values[4] = Int32GetDatum(pid);
+	if (pid == 0)
+		nulls[4] = 'n';
+	cm_state_exec("INSERT INTO clinic_migrate.runs "
+				  "(tenant_id, schema_name, action, status, started_by, worker_pid) "
+				  "VALUES ($1, $2, $3, 'running', $4, $5) RETURNING run_id",
+				  5, types, values, nulls, 0);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+void
+cm_run_finish(int64 run_id, const char *status, int64 rows,
+			  const char *error, const char *sqlstate)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, TEXTOID, TEXTOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(run_id);
+	values[1] = CStringGetTextDatum(status);
+	values[2] = Int64GetDatum(rows);
+	if (error)
+		values[3] = CStringGetTextDatum(error);
+	else
+		nulls[3] = 'n';
+	if (sqlstate)
+		values[4] = CStringGetTextDatum(sqlstate);
+	else
+		nulls[4] = 'n';
+	cm_state_exec("UPDATE clinic_migrate.runs SET status = $2, rows_copied = $3, "
+				  "error = $4, sqlstate = $5, completed_at = clock_timestamp() "
+				  "WHERE run_id = $1",
+				  5, types, values, nulls, 0);
+}
+
+int
+cm_runs_mark_interrupted(const char *tenant)
+{
+	cm_state_exec_tenant("UPDATE clinic_migrate.runs SET status = 'interrupted', "
+						 "completed_at = clock_timestamp(), "
+						 "error = 'the run stopped before it finished (cancel, crash or restart)' "
+						 "WHERE tenant_id = $1 AND status = 'running'",
+						 tenant);
+	return (int) SPI_processed;
+}
+
+void
+cm_tenant_record_error(const char *tenant, const char *msg)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(msg);
+	cm_state_exec("UPDATE clinic_migrate.tenants SET state = 'failed', last_error = $2 "
+				  "WHERE tenant_id = $1",
+				  2, types, values, NULL, 0);
+}

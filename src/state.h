@@ -1,0 +1,34 @@
+/*-------------------------------------------------------------------------
+ * state.h
+ *	  Access to clinic_migrate's own tables (tenants, tenant_tables, runs).
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_STATE_H
+#define CM_STATE_H
+
+#include "postgres.h"
+
+/*
+ * Run a statement on clinic_migrate's tables as the extension's owner, so
+ * that a migration role needs EXECUTE on the functions but no privilege on
+ * the state tables.  SPI must be connected.  Returns the SPI result code.
+ */
+extern int	cm_state_exec(const char *sql, int nargs, Oid *argtypes,
+						  Datum *values, const char *nulls, long count);
+
+/* convenience wrappers for single text/int8 arguments */
+extern int	cm_state_exec_tenant(const char *sql, const char *tenant);
+
+/* runs: start one (returns run_id) and finish it */
+extern int64 cm_run_start(const char *tenant, const char *schema,
+						  const char *action, const char *started_by, int pid);
+extern void cm_run_finish(int64 run_id, const char *status, int64 rows,
+						  const char *error, const char *sqlstate);
+
+/* mark runs left 'running' by a worker that died as 'interrupted' */
+extern int	cm_runs_mark_interrupted(const char *tenant);
+
+/* record a failure for a tenant in a fresh transaction (worker error path) */
+extern void cm_tenant_record_error(const char *tenant, const char *msg);
+
+#endif

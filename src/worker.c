@@ -1,0 +1,339 @@
+/*-------------------------------------------------------------------------
+ * worker.c
+ *	  migrate_tenant: the calling session starts a dynamic background
+ *	  worker that copies the tenant, then waits for it and reports progress.
+ *
+ * The copy runs in a worker, not in the caller's transaction, because it
+ * commits batch by batch: a SELECT cannot commit.  The worker is dynamic
+ * (no shared_preload_libraries needed); caller and worker share a small DSM
+ * segment with the tenant, the caller's settings, progress counters and, if
+ * the copy fails, the error.  Cancelling the caller terminates the worker
+ * at once; the committed batches stay, and the next run resumes after them.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "copy.h"
+#include "plan.h"
+#include "state.h"
+#include "worker.h"
+
+PGDLLEXPORT void cm_copy_worker_main(Datum main_arg);
+
+void
+cm_worker_init(void)
+{
+	/* nothing to preload yet: the copy worker is dynamic */
+}
+
+/* record the error for the waiting session (ErrorData in TopMemoryContext) */
+static void
+publish_error(CmWorkerShared *sh, ErrorData *edata)
+{
+	SpinLockAcquire(&sh->mutex);
+	sh->state = CMW_FAILED;
+	sh->sqlerrcode = edata->sqlerrcode;
+	strlcpy(sh->errmsg, edata->message ? edata->message : "unknown error", sizeof(sh->errmsg));
+	strlcpy(sh->errdetail, edata->detail ? edata->detail : "", sizeof(sh->errdetail));
+	strlcpy(sh->errhint, edata->hint ? edata->hint : "", sizeof(sh->errhint));
+	SpinLockRelease(&sh->mutex);
+}
+
+void
+cm_copy_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	CmWorkerShared *sh;
+	int64		run_id = 0;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("clinic_migrate worker: the session that started it is gone")));
+	sh = dsm_segment_address(seg);
+	BackgroundWorkerInitializeConnectionByOid(sh->dboid, sh->useroid, 0);
+
+	/*
+	 * Session settings of the copy: text renderings of checkpoint keys must
+	 * not depend on the role's or database's settings; every batch sees one
+	 * snapshot; batch commits need not wait for the WAL flush (see copy.c).
+	 */
+	SetConfigOption("application_name", "clinic_migrate", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "repeatable read", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("statement_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname("clinic_migrate");
+
+	/* one copy of a tenant at a time, held until this worker exits */
+	if (!cm_lock_tenant(sh->tenant, false, true))
+	{
+		SpinLockAcquire(&sh->mutex);
+		sh->state = CMW_FAILED;
+		sh->sqlerrcode = ERRCODE_LOCK_NOT_AVAILABLE;
+		snprintf(sh->errmsg, sizeof(sh->errmsg),
+				 "tenant \"%s\" is already being migrated or rolled back by another session",
+				 sh->tenant);
+		strlcpy(sh->errhint, "Wait for it to finish; clinic_migrate.status shows its progress.",
+				sizeof(sh->errhint));
+		SpinLockRelease(&sh->mutex);
+		return;
+	}
+
+	PG_TRY();
+	{
+		cm_copy_tenant(sh, &run_id);
+		SpinLockAcquire(&sh->mutex);
+		sh->state = CMW_DONE;
+		SpinLockRelease(&sh->mutex);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		EmitErrorReport();
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		publish_error(sh, edata);
+
+		/* the failure goes into the records, in a transaction of its own */
+		if (run_id > 0)
+		{
+			char		sqlstate[6];
+
+			memcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), 6);
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			SPI_connect();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			cm_run_finish(run_id, "failed", sh->rows_done, edata->message, sqlstate);
+			cm_tenant_record_error(sh->tenant, edata->message);
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+		}
+	}
+	PG_END_TRY();
+	cm_unlock_tenant(sh->tenant, true);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* one line of progress for the waiting session */
+static void
+progress_notice(CmWorkerShared *sh, const char *tenant)
+{
+	CmWorkerShared snap;
+
+	SpinLockAcquire(&sh->mutex);
+	memcpy(&snap, sh, sizeof(snap));
+	SpinLockRelease(&sh->mutex);
+	if (snap.state != CMW_RUNNING)
+		return;
+	ereport(NOTICE,
+			(errmsg("tenant \"%s\": " INT64_FORMAT " of " INT64_FORMAT " rows copied (%d of %d tables done), now %s.%s",
+					tenant, snap.rows_before + snap.rows_done, snap.rows_total,
+					snap.tables_done, snap.tables_total, snap.schema, snap.current_table)));
+}
+
+/*
+ * clinic_migrate.migrate_tenant(tenant): copy the tenant into its schema
+ * in a background worker and wait for it.
+ */
+PG_FUNCTION_INFO_V1(cm_migrate_tenant);
+Datum
+cm_migrate_tenant(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	TupleDesc	tupdesc;
+	dsm_segment *seg;
+	CmWorkerShared *sh;
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+	TimestampTz last_notice;
+	CmWorkerShared result;
+	Datum		values[4];
+	bool		nulls[4] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	/*
+	 * Check what can be checked here, read-only, so that bad input fails in
+	 * the caller with nothing started: the plan, the tenant, a concurrent
+	 * migration.  The worker checks again under its lock.
+	 */
+	{
+		CmSettings	s;
+		TenantPlan *plan;
+
+		cm_current_settings(&s);
+		SPI_connect();
+		clone_settings_for_tenant(tenant, &s);
+		plan = plan_build(&s, CurrentMemoryContext);
+		plan_check_copyable(plan);
+		clone_check_tenant_exists(plan, tenant);
+		for (int i = 0; i < plan->ntables; i++)
+			if (plan->tables[i].position > 0 && plan->tables[i].note)
+				ereport(WARNING,
+						(errmsg("table %s: %s",
+								quote_qualified_identifier(plan->tables[i].nspname,
+														   plan->tables[i].relname),
+								plan->tables[i].note)));
+		SPI_finish();
+	}
+	if (!cm_tenant_lock_free(tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("tenant \"%s\" is already being migrated or rolled back by another session", tenant),
+				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
+
+	seg = dsm_create(sizeof(CmWorkerShared), 0);
+	sh = dsm_segment_address(seg);
+	memset(sh, 0, sizeof(*sh));
+	SpinLockInit(&sh->mutex);
+	sh->dboid = MyDatabaseId;
+	sh->useroid = GetUserId();
+	cm_current_settings(&sh->settings);
+	strlcpy(sh->tenant, tenant, sizeof(sh->tenant));
+	strlcpy(sh->started_by, GetUserNameFromId(GetUserId(), false), NAMEDATALEN);
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "clinic_migrate", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "cm_copy_worker_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate copy of tenant %.60s", tenant);
+	strlcpy(worker.bgw_type, "clinic_migrate copy", BGW_MAXLEN);
+	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a clinic_migrate worker"),
+				 errdetail("All background worker slots are in use."),
+				 errhint("Raise max_worker_processes, or wait for other workers to finish.")));
+	if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not start a clinic_migrate worker"),
+				 errhint("See the server log for why the postmaster could not start it.")));
+
+	/*
+	 * Wait.  The postmaster sets our latch when the worker exits; a timeout
+	 * paces the progress notices.  If we are cancelled, the worker stops too.
+	 */
+	last_notice = GetCurrentTimestamp();
+	PG_TRY();
+	{
+		for (;;)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
+				break;
+			if (cm_progress_interval > 0 &&
+				TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(),
+										   cm_progress_interval * 1000))
+			{
+				progress_notice(sh, tenant);
+				last_notice = GetCurrentTimestamp();
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	SpinLockAcquire(&sh->mutex);
+	memcpy(&result, sh, sizeof(result));
+	SpinLockRelease(&sh->mutex);
+	dsm_detach(seg);
+
+	if (result.state == CMW_FAILED)
+		ereport(ERROR,
+				(errcode(result.sqlerrcode),
+				 errmsg("%s", result.errmsg),
+				 result.errdetail[0] ? errdetail("%s", result.errdetail) : 0,
+				 result.errhint[0] ? errhint("%s", result.errhint) : 0));
+	if (result.state != CMW_DONE)
+		ereport(ERROR,
+				(errcode(ERRCODE_OPERATOR_INTERVENTION),
+				 errmsg("the clinic_migrate worker copying tenant \"%s\" stopped before it finished", tenant),
+				 errdetail("Every batch it committed is kept."),
+				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') again; it resumes after the last committed batch.",
+						 tenant)));
+
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result.schema));
+	values[1] = Int32GetDatum(result.tables_total);
+	values[2] = Int64GetDatum(result.rows_done);
+	values[3] = BoolGetDatum(result.resumed);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* clinic_migrate.migration_active(tenant): is a session copying or rolling it back? */
+PG_FUNCTION_INFO_V1(cm_migration_active);
+Datum
+cm_migration_active(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_BOOL(!cm_tenant_lock_free(tenant));
+}
+
+/* clinic_migrate.schema_name_for(tenant): the name the tenant's schema gets */
+PG_FUNCTION_INFO_V1(cm_schema_name_for_sql);
+Datum
+cm_schema_name_for_sql(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	Name		result = palloc0(NAMEDATALEN);
+	TenantInfo	info;
+
+	SPI_connect();
+	clone_tenant_info(tenant, &info);	/* copies into our struct */
+	SPI_finish();
+	namestrcpy(result, info.exists ? info.schema_name
+			   : cm_schema_name_for(tenant, cm_schema_template));
+	PG_RETURN_NAME(result);
+}
