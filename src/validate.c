@@ -1,7 +1,627 @@
-/* placeholder, replaced below */
+/*-------------------------------------------------------------------------
+ * validate.c
+ *	  validate_migration and validate_differences: proof that a tenant's
+ *	  schema holds exactly its rows.
+ *
+ * For each table, both sides are read in one snapshot (read-only SPI uses
+ * the statement's snapshot) and streamed through a DestReceiver that
+ * hashes each row from the binary form of its columns (detoasted), so the
+ * checksum depends on no session setting (DateStyle, TimeZone,
+ * extra_float_digits, bytea_output), tells numeric 1.0 from 1.00, and needs
+ * no hash function of the column types.  Row hashes are added modulo 2^64:
+ * the sum does not depend on row order, and unlike XOR a duplicated row
+ * does not cancel out.  Only when the sums or counts differ is a second,
+ * key-ordered pass made that names the missing, extra and different keys.
+ *
+ * The target is also checked for foreign-key orphans (using the shared
+ * table's foreign keys, re-pointed as the clone does) and for sequences
+ * that would hand out keys already used.
+ *-------------------------------------------------------------------------
+ */
 #include "postgres.h"
-#include "fmgr.h"
+
+#include "access/detoast.h"
+#include "access/htup_details.h"
+#include "access/tupmacs.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/params.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "plan.h"
+#include "state.h"
+
+typedef struct KeyEntry
+{
+	uint64		keyhash;		/* hash key */
+	uint64		rowhash;
+	int64		ordinal;		/* position in the key-ordered source scan */
+	char	   *keytext;
+	bool		seen;
+} KeyEntry;
+
+typedef struct RowHasher
+{
+	DestReceiver pub;
+	int			nkey;			/* the first nkey columns are the key */
+	uint64		count;
+	uint64		sum;
+	/* diff pass */
+	HTAB	   *map;
+	bool		target_side;
+	int64		ordinal;
+	List	   *extra;			/* key texts, in key order */
+	List	   *different;		/* KeyEntry *, in target key order */
+	MemoryContext rowcxt;
+	MemoryContext keepcxt;
+} RowHasher;
+
+typedef struct TableCheck
+{
+	char	   *table;
+	int64		src_rows;
+	int64		tgt_rows;
+	uint64		src_sum;
+	uint64		tgt_sum;
+	List	   *missing;		/* char * key texts, key order */
+	List	   *extra;
+	List	   *different;
+	int64		orphans;
+	bool		seq_ok;
+} TableCheck;
+
+/* hash of columns [from, to) of a slot, position-sensitive */
+static uint64
+hash_columns(TupleTableSlot *slot, int from, int to)
+{
+	TupleDesc	td = slot->tts_tupleDescriptor;
+	uint64		h = UINT64CONST(0x9e3779b97f4a7c15) ^ (uint64) (to - from);
+
+	for (int i = from; i < to; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(td, i);
+		Datum		v = slot->tts_values[i];
+		uint64		ch;
+
+		if (slot->tts_isnull[i])
+			ch = UINT64CONST(0x5bd1e9955bd1e995) + i;
+		else if (att->attlen == -1)
+		{
+			struct varlena *vl = PG_DETOAST_DATUM_PACKED(v);
+
+			ch = hash_bytes_extended((unsigned char *) VARDATA_ANY(vl),
+									 VARSIZE_ANY_EXHDR(vl), i + 1);
+		}
+		else if (att->attlen == -2)
+		{
+			char	   *s = DatumGetCString(v);
+
+			ch = hash_bytes_extended((unsigned char *) s, strlen(s), i + 1);
+		}
+		else if (att->attbyval)
+		{
+			int64		tmp = 0;
+
+			store_att_byval(&tmp, v, att->attlen);
+			ch = hash_bytes_extended((unsigned char *) &tmp, att->attlen, i + 1);
+		}
+		else
+			ch = hash_bytes_extended((unsigned char *) DatumGetPointer(v), att->attlen, i + 1);
+		h = hash_combine64(h, ch);
+	}
+	return h;
+}
+
+/* the key columns as text, with the pinned output settings */
+static char *
+key_text(TupleTableSlot *slot, int nkey)
+{
+	TupleDesc	td = slot->tts_tupleDescriptor;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (nkey > 1)
+		appendStringInfoChar(&buf, '(');
+	for (int i = 0; i < nkey; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(&buf, ',');
+		if (slot->tts_isnull[i])
+			appendStringInfoString(&buf, "NULL");
+		else
+		{
+			Oid			typout;
+			bool		varlena;
+
+			getTypeOutputInfo(TupleDescAttr(td, i)->atttypid, &typout, &varlena);
+			appendStringInfoString(&buf, OidOutputFunctionCall(typout, slot->tts_values[i]));
+		}
+	}
+	if (nkey > 1)
+		appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+static bool
+hasher_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	RowHasher  *r = (RowHasher *) self;
+	MemoryContext old = MemoryContextSwitchTo(r->rowcxt);
+	uint64		rowhash;
+
+	slot_getallattrs(slot);
+	rowhash = hash_columns(slot, r->nkey, slot->tts_tupleDescriptor->natts);
+	r->count++;
+	r->sum += rowhash;
+	if (r->map)
+	{
+		uint64		keyhash = hash_columns(slot, 0, r->nkey);
+		bool		found;
+		KeyEntry   *e;
+
+		if (!r->target_side)
+		{
+			e = hash_search(r->map, &keyhash, HASH_ENTER, &found);
+			e->rowhash = rowhash;
+			e->ordinal = r->ordinal++;
+			e->keytext = MemoryContextStrdup(r->keepcxt, key_text(slot, r->nkey));
+			e->seen = false;
+		}
+		else
+		{
+			e = hash_search(r->map, &keyhash, HASH_FIND, &found);
+			if (!found)
+			{
+				char	   *k = MemoryContextStrdup(r->keepcxt, key_text(slot, r->nkey));
+
+				MemoryContextSwitchTo(r->keepcxt);
+				r->extra = lappend(r->extra, k);
+			}
+			else
+			{
+				e->seen = true;
+				if (e->rowhash != rowhash)
+				{
+					MemoryContextSwitchTo(r->keepcxt);
+					r->different = lappend(r->different, e);
+				}
+			}
+		}
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(r->rowcxt);
+	return true;
+}
+
+static void
+hasher_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+hasher_shutdown(DestReceiver *self)
+{
+}
+
+static void
+hasher_destroy(DestReceiver *self)
+{
+}
+
+static void
+hasher_init(RowHasher *r, int nkey)
+{
+	memset(r, 0, sizeof(*r));
+	r->pub.receiveSlot = hasher_receive;
+	r->pub.rStartup = hasher_startup;
+	r->pub.rShutdown = hasher_shutdown;
+	r->pub.rDestroy = hasher_destroy;
+	r->pub.mydest = DestNone;
+	r->nkey = nkey;
+	r->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "clinic_migrate row hash",
+									  ALLOCSET_DEFAULT_SIZES);
+	r->keepcxt = CurrentMemoryContext;
+}
+
+/* run a query (one optional parameter) into the hasher, in the current snapshot */
+static void
+run_hashed(const char *sql, Oid ptype, Datum pvalue, bool has_param, RowHasher *r)
+{
+	SPIExecuteOptions opts;
+	ParamListInfo params = NULL;
+
+	if (has_param)
+	{
+		params = makeParamList(1);
+		params->params[0].value = pvalue;
+		params->params[0].isnull = false;
+		params->params[0].pflags = PARAM_FLAG_CONST;
+		params->params[0].ptype = ptype;
+	}
+	memset(&opts, 0, sizeof(opts));
+	opts.params = params;
+	opts.read_only = true;		/* no new snapshot: both sides see the same data */
+	opts.dest = (DestReceiver *) r;
+	/* rows go to our receiver, so SPI does not report SPI_OK_SELECT */
+	if (SPI_execute_extended(sql, &opts) < 0)
+		elog(ERROR, "clinic_migrate: validation query failed: %s", sql);
+}
+
+/* all columns of the shared table (generated ones too), key columns first */
+static void
+append_select_list(StringInfo buf, PlanTable *pt)
+{
+	List	   *keys = plan_key_columns(pt);
+	Relation	rel;
+	TupleDesc	td;
+
+	appendStringInfoString(buf, "SELECT ");
+	cm_append_quoted_list(buf, keys, "s");
+	rel = RelationIdGetRelation(pt->relid);
+	td = RelationGetDescr(rel);
+	for (int i = 0; i < td->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(td, i);
+
+		if (!att->attisdropped)
+			appendStringInfo(buf, ", s.%s", quote_identifier(NameStr(att->attname)));
+	}
+	RelationClose(rel);
+}
+
+static void
+append_order_by_key(StringInfo buf, PlanTable *pt)
+{
+	appendStringInfoString(buf, " ORDER BY ");
+	cm_append_quoted_list(buf, plan_key_columns(pt), "s");
+}
+
+static int
+cmp_ordinal(const ListCell *a, const ListCell *b)
+{
+	KeyEntry   *x = lfirst(a);
+	KeyEntry   *y = lfirst(b);
+
+	return (x->ordinal > y->ordinal) - (x->ordinal < y->ordinal);
+}
+
+/* foreign-key orphans in the target, using the shared table's foreign keys */
+static int64
+count_orphans(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+	SPITupleTable *tt;
+	int			n;
+	int64		orphans = 0;
+
+	if (SPI_execute_with_args("SELECT c.confrelid, c.conkey, c.confkey FROM pg_constraint c "
+							  "WHERE c.conrelid = $1 AND c.contype = 'f' ORDER BY c.conname",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: foreign key lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int f = 0; f < n; f++)
+	{
+		bool		isnull;
+		Oid			ref = DatumGetObjectId(SPI_getbinval(tt->vals[f], tt->tupdesc, 1, &isnull));
+		PlanTable  *rpt = plan_find(plan, ref);
+		Oid			newref = (rpt && rpt->position > 0) ? clone_target_relid(schema, rpt->relname) : ref;
+		Datum	   *ck,
+				   *rk;
+		int			nk;
+		StringInfoData sql;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 2, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &ck, NULL, &nk);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 3, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &rk, NULL, &nk);
+		if (!OidIsValid(newref))
+			continue;
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT count(*) FROM %s c WHERE ", cm_qualified_relname(target));
+		for (int k = 0; k < nk; k++)
+			appendStringInfo(&sql, "c.%s IS NOT NULL AND ",
+							 quote_identifier(get_attname(pt->relid, DatumGetInt16(ck[k]), false)));
+		appendStringInfo(&sql, "NOT EXISTS (SELECT 1 FROM %s r WHERE ", cm_qualified_relname(newref));
+		for (int k = 0; k < nk; k++)
+			appendStringInfo(&sql, "%sr.%s = c.%s", k ? " AND " : "",
+							 quote_identifier(get_attname(ref, DatumGetInt16(rk[k]), false)),
+							 quote_identifier(get_attname(pt->relid, DatumGetInt16(ck[k]), false)));
+		appendStringInfoChar(&sql, ')');
+		if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: orphan count failed");
+		orphans += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return orphans;
+}
+
+/* would any serial or identity sequence of the target hand out a used key? */
+static bool
+sequences_ok(Oid target)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(target)};
+	SPITupleTable *tt;
+	int			n;
+	bool		ok = true;
+
+	if (SPI_execute_with_args("SELECT d.objid, quote_ident(a.attname), s.seqincrement "
+							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
+							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i')",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n && ok; i++)
+	{
+		bool		isnull;
+		Oid			seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		int64		inc = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		StringInfoData sql;
+		Datum		d;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT CASE WHEN x.m IS NULL THEN true "
+						 "  WHEN %s > 0 THEN (CASE WHEN q.is_called THEN q.last_value::numeric + %s ELSE q.last_value END) > x.m "
+						 "  ELSE (CASE WHEN q.is_called THEN q.last_value::numeric + %s ELSE q.last_value END) < x.m END "
+						 "FROM (SELECT %s(%s)::numeric AS m FROM %s) x, %s q",
+						 psprintf(INT64_FORMAT, inc), psprintf(INT64_FORMAT, inc),
+						 psprintf(INT64_FORMAT, inc), inc > 0 ? "max" : "min", col,
+						 cm_qualified_relname(target), cm_qualified_relname(seq));
+		if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: sequence check failed");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		ok = !isnull && DatumGetBool(d);
+	}
+	return ok;
+}
+
+/* compare one table; max_keys < 0 keeps every differing key */
+static void
+check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
+			const char *tenant, int max_keys, TableCheck *out)
+{
+	PlanTable  *root = plan_root(plan, pt);
+	Datum		tenantv = plan_tenant_datum(root, tenant);
+	StringInfoData src,
+				tgt;
+	RowHasher	rs,
+				rt;
+
+	memset(out, 0, sizeof(*out));
+	out->table = pt->relname;
+	initStringInfo(&src);
+	append_select_list(&src, pt);
+	plan_append_tenant_rows(&src, plan, pt, 0, 0);
+	initStringInfo(&tgt);
+	append_select_list(&tgt, pt);
+	appendStringInfo(&tgt, " FROM %s s", cm_qualified_relname(target));
+
+	hasher_init(&rs, pt->nkey);
+	hasher_init(&rt, pt->nkey);
+	run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
+	run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+	out->src_rows = rs.count;
+	out->tgt_rows = rt.count;
+	out->src_sum = rs.sum;
+	out->tgt_sum = rt.sum;
+
+	if (rs.count != rt.count || rs.sum != rt.sum)
+	{
+		HASHCTL		ctl;
+		HASH_SEQ_STATUS seq;
+		KeyEntry   *e;
+		List	   *missing = NIL;
+		ListCell   *lc;
+
+		/* second pass, in key order, to name the keys */
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(KeyEntry);
+		ctl.hcxt = CurrentMemoryContext;
+		hasher_init(&rs, pt->nkey);
+		hasher_init(&rt, pt->nkey);
+		rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		rt.target_side = true;
+		append_order_by_key(&src, pt);
+		append_order_by_key(&tgt, pt);
+		run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
+		run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+
+		hash_seq_init(&seq, rs.map);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (!e->seen)
+				missing = lappend(missing, e);
+		list_sort(missing, cmp_ordinal);
+		foreach(lc, missing)
+		{
+			if (max_keys >= 0 && list_length(out->missing) >= max_keys)
+				break;
+			out->missing = lappend(out->missing, ((KeyEntry *) lfirst(lc))->keytext);
+		}
+		foreach(lc, rt.different)
+		{
+			if (max_keys >= 0 && list_length(out->different) >= max_keys)
+				break;
+			out->different = lappend(out->different, ((KeyEntry *) lfirst(lc))->keytext);
+		}
+		if (max_keys >= 0 && list_length(rt.extra) > max_keys)
+			out->extra = list_truncate(rt.extra, max_keys);
+		else
+			out->extra = rt.extra;
+		/* guard against a hash collision hiding a difference */
+		if (out->missing == NIL && out->extra == NIL && out->different == NIL)
+			out->different = lappend(out->different, pstrdup("(checksums differ)"));
+	}
+	out->orphans = count_orphans(plan, pt, schema, target);
+	out->seq_ok = sequences_ok(target);
+}
+
+static Datum
+text_list_array(List *l)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(l), 1));
+	int			i = 0;
+	ListCell   *lc;
+
+	foreach(lc, l)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, i, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * Checks every table of a migrated tenant; calls emit for each.  Runs in
+ * the caller's snapshot, with stable output settings for key texts.
+ */
+typedef void (*check_emit) (TableCheck *tc, void *arg);
+
+static void
+validate_tenant(const char *tenant, int max_keys, check_emit emit, void *arg)
+{
+	CmSettings	s;
+	TenantInfo	info;
+	TenantPlan *plan;
+	int			nest;
+	SPITupleTable *tt;
+	int			n;
+
+	cm_current_settings(&s);
+	SPI_connect();
+	clone_tenant_info(tenant, &info);
+	if (!info.exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant \"%s\" has not been migrated", tenant),
+				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') first.", tenant)));
+	strlcpy(s.source_schema, info.source_schema, NAMEDATALEN);
+	strlcpy(s.tenant_column, info.tenant_column, NAMEDATALEN);
+	plan = plan_build(&s, CurrentMemoryContext);
+	nest = cm_stable_output_settings();
+	cm_state_exec_tenant("SELECT source_table, target_table FROM clinic_migrate.tenant_tables "
+						 "WHERE tenant_id = $1 ORDER BY position", tenant);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			src = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		Oid			tgt = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		PlanTable  *pt = plan_find(plan, src);
+		TableCheck	tc;
+
+		if (pt == NULL || pt->nkey == 0 || get_rel_name(tgt) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table with OID %u of tenant \"%s\" can no longer be compared", src, tenant),
+					 errdetail("The shared table or its copy was dropped, or lost its key."),
+					 errhint("Roll the tenant back with clinic_migrate.rollback_tenant('%s') and migrate again.",
+							 tenant)));
+		check_table(plan, pt, tgt, info.schema_name, tenant, max_keys, &tc);
+		emit(&tc, arg);
+	}
+	cm_restore_output_settings(nest);
+	SPI_finish();
+}
+
+typedef struct EmitState
+{
+	ReturnSetInfo *rsinfo;
+} EmitState;
+
+static void
+emit_summary(TableCheck *tc, void *arg)
+{
+	ReturnSetInfo *rsinfo = ((EmitState *) arg)->rsinfo;
+	Datum		values[11];
+	bool		nulls[11] = {0};
+	bool		match;
+
+	match = tc->src_rows == tc->tgt_rows && tc->src_sum == tc->tgt_sum &&
+		tc->missing == NIL && tc->extra == NIL && tc->different == NIL &&
+		tc->orphans == 0 && tc->seq_ok;
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(tc->table));
+	values[1] = Int64GetDatum(tc->src_rows);
+	values[2] = Int64GetDatum(tc->tgt_rows);
+	values[3] = CStringGetTextDatum(psprintf("%016" INT64_MODIFIER "x", tc->src_sum));
+	values[4] = CStringGetTextDatum(psprintf("%016" INT64_MODIFIER "x", tc->tgt_sum));
+	values[5] = text_list_array(tc->missing);
+	values[6] = text_list_array(tc->extra);
+	values[7] = text_list_array(tc->different);
+	values[8] = Int64GetDatum(tc->orphans);
+	values[9] = BoolGetDatum(tc->seq_ok);
+	values[10] = BoolGetDatum(match);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+static void
+emit_keys(TableCheck *tc, void *arg)
+{
+	ReturnSetInfo *rsinfo = ((EmitState *) arg)->rsinfo;
+	List	   *lists[3] = {tc->missing, tc->extra, tc->different};
+	const char *kinds[3] = {"missing", "extra", "different"};
+
+	for (int k = 0; k < 3; k++)
+	{
+		ListCell   *lc;
+
+		foreach(lc, lists[k])
+		{
+			Datum		values[3];
+			bool		nulls[3] = {0};
+
+			values[0] = DirectFunctionCall1(namein, CStringGetDatum(tc->table));
+			values[1] = CStringGetTextDatum((char *) lfirst(lc));
+			values[2] = CStringGetTextDatum(kinds[k]);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+}
+
+/* clinic_migrate.validate_migration(tenant, max_keys) */
 PG_FUNCTION_INFO_V1(cm_validate_migration);
-Datum cm_validate_migration(PG_FUNCTION_ARGS) { elog(ERROR, "not yet"); }
+Datum
+cm_validate_migration(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	int			max_keys = PG_ARGISNULL(1) ? 10 : PG_GETARG_INT32(1);
+	EmitState	st;
+
+	if (max_keys < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_keys must not be negative"),
+				 errhint("Use clinic_migrate.validate_differences() to list every differing key.")));
+	InitMaterializedSRF(fcinfo, 0);
+	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	validate_tenant(tenant, max_keys, emit_summary, &st);
+	return (Datum) 0;
+}
+
+/* clinic_migrate.validate_differences(tenant): every differing key */
 PG_FUNCTION_INFO_V1(cm_validate_differences);
-Datum cm_validate_differences(PG_FUNCTION_ARGS) { elog(ERROR, "not yet"); }
+Datum
+cm_validate_differences(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	EmitState	st;
+
+	InitMaterializedSRF(fcinfo, 0);
+	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	validate_tenant(tenant, -1, emit_keys, &st);
+	return (Datum) 0;
+}
