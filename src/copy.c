@@ -20,7 +20,13 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "executor/tuptable.h"
+#include "nodes/params.h"
+#include "utils/rel.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -49,6 +55,7 @@ typedef struct CopyTable
 	int64		rows_copied;
 	bool		copied;
 	bool		indexed;
+	bool		bulk;			/* target takes tuples straight from the scan */
 	int			ncheck;
 	char	   *checkpoint[INDEX_MAX_KEYS];	/* root keyset, as text */
 } CopyTable;
@@ -124,6 +131,166 @@ report_activity(CmWorkerShared *sh, CopyTable *ct, const char *what)
 	SpinLockRelease(&sh->mutex);
 }
 
+
+/*
+ * The bulk path: the batch's SELECT streams its rows into this receiver,
+ * which writes them into the target with table_multi_insert, as COPY FROM
+ * does: one WAL record per page instead of one per row, no executor per
+ * row, and a bulk-insert ring buffer that leaves shared buffers to the
+ * application.  Used while the target has no indexes, triggers or rules
+ * (the indexes come after the load); the rows are the shared table's own,
+ * which already satisfy its constraints, generated values included.
+ */
+#define BULK_MAX_TUPLES 1000
+#define BULK_MAX_BYTES	65535
+
+typedef struct BulkInserter
+{
+	DestReceiver pub;
+	Relation	rel;
+	BulkInsertState bistate;
+	CommandId	cid;
+	TupleTableSlot *slots[BULK_MAX_TUPLES];
+	int			nused;
+	int			nbuffered;
+	Size		bytes;
+	int64		count;
+	MemoryContext cxt;			/* outlives the executor: the slots live here */
+} BulkInserter;
+
+static void
+bulk_flush(BulkInserter *b)
+{
+	if (b->nbuffered == 0)
+		return;
+	table_multi_insert(b->rel, b->slots, b->nbuffered, b->cid, 0, b->bistate);
+	for (int i = 0; i < b->nbuffered; i++)
+		ExecClearTuple(b->slots[i]);
+	b->nbuffered = 0;
+	b->bytes = 0;
+}
+
+static bool
+bulk_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	BulkInserter *b = (BulkInserter *) self;
+	TupleTableSlot *dst;
+
+	if (b->nbuffered == b->nused)
+	{
+		MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+		b->slots[b->nused++] = table_slot_create(b->rel, NULL);
+		MemoryContextSwitchTo(old);
+	}
+	dst = b->slots[b->nbuffered++];
+	/* a copy: the scan's buffers are not ours past this call */
+	ExecCopySlot(dst, slot);
+	if (TTS_IS_BUFFERTUPLE(dst))
+		b->bytes += ((BufferHeapTupleTableSlot *) dst)->base.tuple->t_len;
+	b->count++;
+	if (b->nbuffered == BULK_MAX_TUPLES || b->bytes >= BULK_MAX_BYTES)
+		bulk_flush(b);
+	return true;
+}
+
+static void
+bulk_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+bulk_shutdown(DestReceiver *self)
+{
+	bulk_flush((BulkInserter *) self);
+}
+
+static void
+bulk_destroy(DestReceiver *self)
+{
+}
+
+/* may the target take tuples straight from the scan? */
+static bool
+bulk_allowed(Oid source, Oid target)
+{
+	Relation	rel = table_open(target, AccessShareLock);
+	bool		ok = !rel->rd_rel->relhasindex && rel->trigdesc == NULL &&
+		!rel->rd_rel->relhasrules;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(source)};
+
+	table_close(rel, AccessShareLock);
+	/* a CHECK the shared table never validated may be broken by its rows */
+	if (ok && SPI_execute_with_args("SELECT 1 FROM pg_constraint WHERE conrelid = $1 "
+									"AND contype = 'c' AND NOT convalidated",
+									1, types, values, NULL, true, 1) == SPI_OK_SELECT)
+		ok = SPI_processed == 0;
+	return ok;
+}
+
+/* run the SELECT into the target through the bulk receiver; rows written */
+static int64
+bulk_copy(const char *sql, Oid target, int nargs, Oid *types, Datum *values)
+{
+	BulkInserter *b = palloc0(sizeof(BulkInserter));
+	SPIPlanPtr	plan;
+	SPIExecuteOptions opts;
+	ParamListInfo params = makeParamList(nargs);
+
+	for (int i = 0; i < nargs; i++)
+	{
+		params->params[i].value = values[i];
+		params->params[i].isnull = false;
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = types[i];
+	}
+	b->pub.receiveSlot = bulk_receive;
+	b->pub.rStartup = bulk_startup;
+	b->pub.rShutdown = bulk_shutdown;
+	b->pub.rDestroy = bulk_destroy;
+	b->pub.mydest = DestNone;
+	b->cxt = CurrentMemoryContext;
+	b->rel = table_open(target, RowExclusiveLock);
+	b->bistate = GetBulkInsertState();
+	b->cid = GetCurrentCommandId(true);
+	/*
+	 * Planned without CURSOR_OPT_PARALLEL_OK: the receiver writes, and
+	 * nothing may assign an XID inside a parallel operation.
+	 */
+	plan = SPI_prepare_cursor(sql, nargs, types, 0);
+	if (plan == NULL)
+		elog(ERROR, "clinic_migrate: could not prepare \"%s\"", sql);
+	memset(&opts, 0, sizeof(opts));
+	opts.params = params;
+	opts.read_only = false;
+	opts.dest = (DestReceiver *) b;
+	if (SPI_execute_plan_extended(plan, &opts) < 0)
+		elog(ERROR, "clinic_migrate: batch copy failed");
+	SPI_freeplan(plan);
+	bulk_flush(b);
+	FreeBulkInsertState(b->bistate);
+	for (int i = 0; i < b->nused; i++)
+		ExecDropSingleTupleTableSlot(b->slots[i]);
+	table_close(b->rel, NoLock);
+	return b->count;
+}
+
+/* target's columns, in its order, generated ones included */
+static List *
+target_columns(Oid target)
+{
+	Relation	rel = RelationIdGetRelation(target);
+	TupleDesc	td = RelationGetDescr(rel);
+	List	   *cols = NIL;
+
+	for (int i = 0; i < td->natts; i++)
+		if (!TupleDescAttr(td, i)->attisdropped)
+			cols = lappend(cols, pstrdup(NameStr(TupleDescAttr(td, i)->attname)));
+	RelationClose(rel);
+	return cols;
+}
+
 /* checkpoint text[] -> C strings in cxt */
 static void
 load_checkpoint(CopyTable *ct, Datum arr, MemoryContext cxt)
@@ -162,7 +329,7 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	StringInfoData sql;
 	bool		always;
 	List	   *cols;
-	int64		copied;
+	int64		copied = 0;
 
 	begin_txn();
 	types[0] = root->tenant_type;
@@ -230,11 +397,19 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 
 	/* (2) the rows, in one statement */
 	resetStringInfo(&sql);
-	cols = plan_copy_columns(pt->relid, &always);
-	appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(ct->target));
-	cm_append_quoted_list(&sql, cols, NULL);
-	appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
-	cm_append_quoted_list(&sql, cols, "s");
+	if (ct->bulk)
+	{
+		appendStringInfoString(&sql, "SELECT ");
+		cm_append_quoted_list(&sql, target_columns(ct->target), "s");
+	}
+	else
+	{
+		cols = plan_copy_columns(pt->relid, &always);
+		appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(ct->target));
+		cm_append_quoted_list(&sql, cols, NULL);
+		appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+		cm_append_quoted_list(&sql, cols, "s");
+	}
 	if (!have_lo && !have_hi)
 		plan_append_tenant_rows(&sql, plan, pt, 0, 0);
 	else if (!have_lo)
@@ -252,10 +427,15 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	{
 		int			nargs = 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0);
 
-		if (SPI_execute_with_args(sql.data, nargs, types, values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "clinic_migrate: batch insert failed");
+		if (ct->bulk)
+			copied = bulk_copy(sql.data, ct->target, nargs, types, values);
+		else
+		{
+			if (SPI_execute_with_args(sql.data, nargs, types, values, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "clinic_migrate: batch insert failed");
+			copied = (int64) SPI_processed;
+		}
 	}
-	copied = (int64) SPI_processed;
 
 	/* (3) the checkpoint, committed with the rows */
 	{
@@ -410,6 +590,8 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	for (int i = 0; i < ntables; i++)
 	{
 		CopyTable  *ct = &tables[i];
+
+		ct->bulk = !ct->copied && bulk_allowed(ct->pt->relid, ct->target);
 
 		if (ct->rows_total < 0)
 		{
