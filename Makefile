@@ -21,3 +21,7 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS does not track header dependencies: a changed struct must rebuild
+# every object that uses it.
+$(OBJS): $(wildcard src/*.h)

@@ -27,6 +27,7 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "commands/dbcommands.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_type.h"
@@ -141,6 +142,73 @@ clone_check_tenant_exists(TenantPlan *plan, const char *tenant)
 			 errdetail("No table of schema \"%s\" has rows with %s = '%s', and the registry does not list it.",
 					   plan->source_schema, plan->tenant_column, tenant),
 			 errhint("Check the tenant id, clinic_migrate.source_schema and clinic_migrate.tenant_column.")));
+}
+
+static void
+require_privilege(Oid relid, AclMode mode, const char *what)
+{
+	if (pg_class_aclcheck(relid, GetUserId(), mode) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", cm_qualified_relname(relid)),
+				 errdetail("Migrating a tenant needs %s privilege on it.", what),
+				 errhint("GRANT %s ON %s TO %s;", what, cm_qualified_relname(relid),
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+}
+
+/*
+ * Everything a migration will need, checked before it starts, so that a
+ * missing grant fails at once rather than after the copy: SELECT on the
+ * copied tables and the tables their rows are found through, REFERENCES on
+ * shared tables their foreign keys keep pointing at, CREATE on the database
+ * for a new schema.
+ */
+void
+clone_check_privileges(TenantPlan *plan, const char *tenant)
+{
+	TenantInfo	info;
+
+	clone_tenant_info(tenant, &info);
+	if (!info.exists &&
+		pg_database_aclcheck(MyDatabaseId, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a schema for tenant \"%s\"", tenant),
+				 errhint("GRANT CREATE ON DATABASE %s TO %s;",
+						 quote_identifier(get_database_name(MyDatabaseId)),
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+		int			n;
+		Oid		   *refs;
+
+		require_privilege(pt->relid, ACL_SELECT, "SELECT");
+		for (int h = 0; h < pt->nhops; h++)
+			require_privilege(pt->hops[h].parent, ACL_SELECT, "SELECT");
+		if (SPI_execute_with_args("SELECT DISTINCT confrelid FROM pg_constraint "
+								  "WHERE conrelid = $1 AND contype = 'f'",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: foreign key lookup failed");
+		n = SPI_processed;
+		refs = palloc(sizeof(Oid) * Max(n, 1));
+		for (int f = 0; f < n; f++)
+		{
+			bool		isnull;
+
+			refs[f] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[f],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		for (int f = 0; f < n; f++)
+		{
+			PlanTable  *rpt = plan_find(plan, refs[f]);
+
+			if (rpt == NULL || rpt->position == 0)
+				require_privilege(refs[f], ACL_REFERENCES, "REFERENCES");
+		}
+	}
 }
 
 Oid
@@ -755,6 +823,7 @@ cm_create_tenant_schema(PG_FUNCTION_ARGS)
 				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
 	plan = plan_build(&s, CurrentMemoryContext);
 	plan_check_copyable(plan);
+	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
 	schema = clone_prepare_schema(tenant, plan, &s, false);
 	for (int i = 0; i < plan->ncopied; i++)

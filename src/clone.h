@@ -27,6 +27,9 @@ extern void clone_tenant_info(const char *tenant, TenantInfo *info);
 /* settings with the tenant's recorded source schema and tenant column */
 extern void clone_settings_for_tenant(const char *tenant, CmSettings *s);
 
+/* error (with the GRANT to run) unless the caller may do the whole migration */
+extern void clone_check_privileges(TenantPlan *plan, const char *tenant);
+
 /* error unless the tenant has rows in a tenant table or is in the registry */
 extern void clone_check_tenant_exists(TenantPlan *plan, const char *tenant);
 

@@ -524,6 +524,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	clone_settings_for_tenant(tenant, &s);
 	plan = plan_build(&s, cxt);
 	plan_check_copyable(plan);
+	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
 	{
 		TenantInfo	info;

@@ -76,7 +76,18 @@ cm_copy_worker_main(Datum main_arg)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("clinic_migrate worker: the session that started it is gone")));
 	sh = dsm_segment_address(seg);
-	BackgroundWorkerInitializeConnectionByOid(sh->dboid, sh->useroid, 0);
+	/*
+	 * Connect as the caller's session user, which could log in, then act as
+	 * its current role, as SET ROLE does: a NOLOGIN role the caller switched
+	 * to could not start a worker of its own.
+	 */
+	BackgroundWorkerInitializeConnectionByOid(sh->dboid, sh->sessionoid, 0);
+	if (sh->useroid != sh->sessionoid)
+	{
+		StartTransactionCommand();
+		SetCurrentRoleId(sh->useroid, superuser_arg(sh->useroid));
+		CommitTransactionCommand();
+	}
 
 	/*
 	 * Session settings of the copy: text renderings of checkpoint keys must
@@ -205,6 +216,7 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 		clone_settings_for_tenant(tenant, &s);
 		plan = plan_build(&s, CurrentMemoryContext);
 		plan_check_copyable(plan);
+		clone_check_privileges(plan, tenant);
 		clone_check_tenant_exists(plan, tenant);
 		for (int i = 0; i < plan->ntables; i++)
 			if (plan->tables[i].position > 0 && plan->tables[i].note)
@@ -226,6 +238,7 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	memset(sh, 0, sizeof(*sh));
 	SpinLockInit(&sh->mutex);
 	sh->dboid = MyDatabaseId;
+	sh->sessionoid = GetSessionUserId();
 	sh->useroid = GetUserId();
 	cm_current_settings(&sh->settings);
 	strlcpy(sh->tenant, tenant, sizeof(sh->tenant));

@@ -26,7 +26,8 @@ typedef struct CmWorkerShared
 	slock_t		mutex;
 	/* set by the caller */
 	Oid			dboid;
-	Oid			useroid;
+	Oid			sessionoid;		/* connects as the caller's session user... */
+	Oid			useroid;		/* ...and acts as its current role */
 	CmSettings	settings;
 	char		tenant[CM_MAX_TENANT_LEN + 1];
 	char		started_by[NAMEDATALEN];
