@@ -17,6 +17,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -250,7 +251,9 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "clinic_migrate", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "cm_copy_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate copy of tenant %.60s", tenant);
+	/* clip the id on a character boundary: names show up in logs */
+	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate copy of tenant %.*s",
+			 pg_mbcliplen(tenant, strlen(tenant), 60), tenant);
 	strlcpy(worker.bgw_type, "clinic_migrate copy", BGW_MAXLEN);
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
 	worker.bgw_notify_pid = MyProcPid;
