@@ -647,6 +647,12 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 				bool		more;
 
 				CHECK_FOR_INTERRUPTS();
+				if (cm_got_sigterm)
+					ereport(ERROR,
+							(errcode(ERRCODE_ADMIN_SHUTDOWN),
+							 errmsg("copy of tenant \"%s\" stopped by request at a batch boundary",
+									tenant),
+							 errhint("Run clinic_migrate.migrate_tenant('%s') again to resume.", tenant)));
 				report_activity(sh, ct, "copying");
 				more = copy_batch(sh, tenant, plan, ct, root_batch, *run_id, cxt);
 				if (!more)

@@ -42,6 +42,23 @@
 
 PGDLLEXPORT void cm_copy_worker_main(Datum main_arg);
 
+volatile sig_atomic_t cm_got_sigterm = false;
+
+/*
+ * SIGTERM (shutdown, a cancelled caller, pg_terminate_backend): finish the
+ * batch in hand, record the run as interrupted, exit.  A batch is short, so
+ * this is prompt, and the run's record tells the truth.
+ */
+static void
+cm_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	cm_got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
 void
 cm_worker_init(void)
 {
@@ -68,7 +85,7 @@ cm_copy_worker_main(Datum main_arg)
 	CmWorkerShared *sh;
 	int64		run_id = 0;
 
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, cm_sigterm);
 	BackgroundWorkerUnblockSignals();
 
 	seg = dsm_attach(DatumGetUInt32(main_arg));
@@ -144,14 +161,18 @@ cm_copy_worker_main(Datum main_arg)
 		if (run_id > 0)
 		{
 			char		sqlstate[6];
+			bool		stopped = cm_got_sigterm && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN;
 
 			memcpy(sqlstate, unpack_sql_state(edata->sqlerrcode), 6);
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			cm_run_finish(run_id, "failed", sh->rows_done, edata->message, sqlstate);
-			cm_tenant_record_error(sh->tenant, edata->message);
+			cm_run_finish(run_id, stopped ? "interrupted" : "failed", sh->rows_done,
+						  edata->message, sqlstate);
+			/* a stopped copy stays 'copying': the next run resumes it */
+			if (!stopped)
+				cm_tenant_record_error(sh->tenant, edata->message);
 			SPI_finish();
 			PopActiveSnapshot();
 			CommitTransactionCommand();

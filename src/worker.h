@@ -51,6 +51,9 @@ typedef struct CmWorkerShared
 
 extern void cm_worker_init(void);
 
+/* set by SIGTERM: the copy stops at the next batch boundary */
+extern volatile sig_atomic_t cm_got_sigterm;
+
 /* progress of the current run, published for the waiting session */
 extern void cm_worker_progress(CmWorkerShared *sh);
 
