@@ -540,7 +540,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	}
 	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "
-						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE now() END, "
+						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE clock_timestamp() END, "
 						 "completed_at = NULL WHERE tenant_id = $1 AND state <> 'copied'",
 						 tenant);
 
@@ -701,7 +701,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 			elog(ERROR, "clinic_migrate: analyze failed");
 	}
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copied', structure_done = true, "
-						 "completed_at = coalesce(completed_at, now()) WHERE tenant_id = $1",
+						 "completed_at = coalesce(completed_at, clock_timestamp()) WHERE tenant_id = $1",
 						 tenant);
 	{
 		int64		done;

@@ -10,6 +10,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 
 #include "clinic_migrate.h"
@@ -52,10 +53,16 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 		{
 			StringInfoData sql;
 
+			int			nest = NewGUCNestLevel();
+
+			/* the list of dropped tables is noise: the schema was ours */
+			(void) set_config_option("client_min_messages", "warning", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 			initStringInfo(&sql);
 			appendStringInfo(&sql, "DROP SCHEMA %s CASCADE", quote_identifier(name));
 			if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "clinic_migrate: could not drop schema %s", name);
+			AtEOXact_GUC(true, nest);
 		}
 		cm_state_exec_tenant("DELETE FROM clinic_migrate.tenants WHERE tenant_id = $1", tenant);
 		did = true;

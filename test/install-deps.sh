@@ -3,7 +3,7 @@
 # server and headers (PGXS), the TAP test modules, pg_cron, pgbench. Safe to re-run;
 # does nothing when everything is already there. Needs root (or sudo).
 set -euo pipefail
-pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libipc-run-perl
+pkgs=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
       postgresql-15-cron make gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
