@@ -10,6 +10,7 @@
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "nodes/params.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
@@ -313,4 +314,19 @@ cm_append_quoted_list(StringInfo buf, List *names, const char *prefix)
 			appendStringInfo(buf, "%s.", prefix);
 		appendStringInfoString(buf, quote_identifier((char *) lfirst(lc)));
 	}
+}
+
+ParamListInfo
+cm_param_list(int n, Oid *types, Datum *values)
+{
+	ParamListInfo params = makeParamList(n);
+
+	for (int i = 0; i < n; i++)
+	{
+		params->params[i].value = values[i];
+		params->params[i].isnull = false;
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = types[i];
+	}
+	return params;
 }

@@ -67,6 +67,10 @@ extern void cm_restore_output_settings(int nestlevel);
 /* "schema"."table" for a relation OID, quoted */
 extern char *cm_qualified_relname(Oid relid);
 
+/* a ParamListInfo of non-null constants, for SPI_execute_extended */
+struct ParamListInfoData;
+extern struct ParamListInfoData *cm_param_list(int n, Oid *types, Datum *values);
+
 /* a comma separated list of quoted identifiers */
 extern void cm_append_quoted_list(StringInfo buf, List *names, const char *prefix);
 

@@ -718,8 +718,7 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			TupleDesc	desc = tt->tupdesc;
 			bool		isnull;
 			Oid			ref = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-			PlanTable  *rpt = plan_find(plan, ref);
-			Oid			newref = ref;
+			Oid			newref = clone_fk_target(plan, schema, ref);
 			char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
 			char	   *conname = SPI_getvalue(tup, desc, 1);
 			bool		validated = strcmp(SPI_getvalue(tup, desc, 10), "t") == 0;
@@ -727,8 +726,6 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			bool		has_delsetcols = !isnull;
 			StringInfoData sql;
 
-			if (rpt && rpt->position > 0)
-				newref = clone_target_relid(schema, rpt->relname);
 			initStringInfo(&sql);
 			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s)",
 							 qtarget, conname,
@@ -760,39 +757,63 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 	cm_restore_output_settings(nest);
 }
 
-void
-clone_set_sequences(Oid target)
+List *
+clone_owned_sequences(Oid relid)
 {
 	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(target)};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
 	SPITupleTable *tt;
-	int			n;
+	List	   *result = NIL;
 
-	if (SPI_execute_with_args(
-							  "SELECT d.objid, quote_ident(a.attname), s.seqincrement > 0 "
+	if (SPI_execute_with_args("SELECT d.objid, quote_ident(a.attname), s.seqincrement "
 							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
 							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
 							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i')",
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: sequence lookup failed");
 	tt = SPI_tuptable;
-	n = SPI_processed;
-	for (int i = 0; i < n; i++)
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		OwnedSequence *os = palloc(sizeof(OwnedSequence));
 		bool		isnull;
-		Oid			seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
-		bool		up = strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 3), "t") == 0;
+
+		os->seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		os->column = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		os->increment = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		result = lappend(result, os);
+	}
+	return result;
+}
+
+Oid
+clone_fk_target(TenantPlan *plan, const char *schema, Oid ref)
+{
+	PlanTable  *rpt = plan_find(plan, ref);
+
+	if (rpt && rpt->position > 0)
+		return clone_target_relid(schema, rpt->relname);
+	return ref;
+}
+
+void
+clone_set_sequences(Oid target)
+{
+	ListCell   *lc;
+
+	foreach(lc, clone_owned_sequences(target))
+	{
+		OwnedSequence *os = lfirst(lc);
 		StringInfoData sql;
 		Oid			stype[1] = {OIDOID};
-		Datum		sval[1] = {ObjectIdGetDatum(seq)};
+		Datum		sval[1] = {ObjectIdGetDatum(os->seq)};
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
 						 "SELECT pg_catalog.setval($1, m) FROM (SELECT %s(%s)::bigint AS m FROM %s) x "
 						 "WHERE m IS NOT NULL",
-						 up ? "max" : "min", col, cm_qualified_relname(target));
+						 os->increment > 0 ? "max" : "min", os->column,
+						 cm_qualified_relname(target));
 		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: setval failed");
 	}

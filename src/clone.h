@@ -51,6 +51,20 @@ extern void clone_finish_schema(TenantPlan *plan, const char *schema);
 /* serial and identity sequences of a tenant table set past its keys */
 extern void clone_set_sequences(Oid target);
 
+/* a serial or identity sequence owned by a column */
+typedef struct OwnedSequence
+{
+	Oid			seq;
+	char	   *column;			/* quoted */
+	int64		increment;
+} OwnedSequence;
+
+/* the sequences a table's columns own (List of OwnedSequence *) */
+extern List *clone_owned_sequences(Oid relid);
+
+/* where a foreign key to ref points in the tenant's schema: its copy, or ref */
+extern Oid	clone_fk_target(TenantPlan *plan, const char *schema, Oid ref);
+
 extern Oid	clone_target_relid(const char *schema, const char *relname);
 
 #endif

@@ -236,15 +236,8 @@ bulk_copy(const char *sql, Oid target, int nargs, Oid *types, Datum *values)
 	BulkInserter *b = palloc0(sizeof(BulkInserter));
 	SPIPlanPtr	plan;
 	SPIExecuteOptions opts;
-	ParamListInfo params = makeParamList(nargs);
+	ParamListInfo params = cm_param_list(nargs, types, values);
 
-	for (int i = 0; i < nargs; i++)
-	{
-		params->params[i].value = values[i];
-		params->params[i].isnull = false;
-		params->params[i].pflags = PARAM_FLAG_CONST;
-		params->params[i].ptype = types[i];
-	}
 	b->pub.receiveSlot = bulk_receive;
 	b->pub.rStartup = bulk_startup;
 	b->pub.rShutdown = bulk_shutdown;

@@ -240,13 +240,7 @@ run_hashed(const char *sql, Oid ptype, Datum pvalue, bool has_param, RowHasher *
 	ParamListInfo params = NULL;
 
 	if (has_param)
-	{
-		params = makeParamList(1);
-		params->params[0].value = pvalue;
-		params->params[0].isnull = false;
-		params->params[0].pflags = PARAM_FLAG_CONST;
-		params->params[0].ptype = ptype;
-	}
+		params = cm_param_list(1, &ptype, &pvalue);
 	memset(&opts, 0, sizeof(opts));
 	opts.params = params;
 	opts.read_only = true;		/* no new snapshot: both sides see the same data */
@@ -314,8 +308,7 @@ count_orphans(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target)
 	{
 		bool		isnull;
 		Oid			ref = DatumGetObjectId(SPI_getbinval(tt->vals[f], tt->tupdesc, 1, &isnull));
-		PlanTable  *rpt = plan_find(plan, ref);
-		Oid			newref = (rpt && rpt->position > 0) ? clone_target_relid(schema, rpt->relname) : ref;
+		Oid			newref = clone_fk_target(plan, schema, ref);
 		Datum	   *ck,
 				   *rk;
 		int			nk;
@@ -349,45 +342,32 @@ count_orphans(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target)
 static bool
 sequences_ok(Oid target)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(target)};
-	SPITupleTable *tt;
-	int			n;
-	bool		ok = true;
+	ListCell   *lc;
 
-	if (SPI_execute_with_args("SELECT d.objid, quote_ident(a.attname), s.seqincrement "
-							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
-							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i')",
-							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "clinic_migrate: sequence lookup failed");
-	tt = SPI_tuptable;
-	n = SPI_processed;
-	for (int i = 0; i < n && ok; i++)
+	foreach(lc, clone_owned_sequences(target))
 	{
-		bool		isnull;
-		Oid			seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
-		int64		inc = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		OwnedSequence *os = lfirst(lc);
+		char	   *inc = psprintf(INT64_FORMAT, os->increment);
 		StringInfoData sql;
+		bool		isnull;
 		Datum		d;
 
+		/* the next value nextval() would return must be past every key */
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
-						 "SELECT CASE WHEN x.m IS NULL THEN true "
-						 "  WHEN %s > 0 THEN (CASE WHEN q.is_called THEN q.last_value::numeric + %s ELSE q.last_value END) > x.m "
-						 "  ELSE (CASE WHEN q.is_called THEN q.last_value::numeric + %s ELSE q.last_value END) < x.m END "
+						 "SELECT x.m IS NULL OR (CASE WHEN q.is_called THEN q.last_value::numeric + %s "
+						 "ELSE q.last_value END) %s x.m "
 						 "FROM (SELECT %s(%s)::numeric AS m FROM %s) x, %s q",
-						 psprintf(INT64_FORMAT, inc), psprintf(INT64_FORMAT, inc),
-						 psprintf(INT64_FORMAT, inc), inc > 0 ? "max" : "min", col,
-						 cm_qualified_relname(target), cm_qualified_relname(seq));
+						 inc, os->increment > 0 ? ">" : "<",
+						 os->increment > 0 ? "max" : "min", os->column,
+						 cm_qualified_relname(target), cm_qualified_relname(os->seq));
 		if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: sequence check failed");
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		ok = !isnull && DatumGetBool(d);
+		if (isnull || !DatumGetBool(d))
+			return false;
 	}
-	return ok;
+	return true;
 }
 
 /* compare one table; max_keys < 0 keeps every differing key */
