@@ -155,7 +155,8 @@ SELECT t.tenant_id,
        t.rows_copied,
        p.rows_total,
        CASE WHEN p.rows_total > 0
-            THEN round(100.0 * t.rows_copied / p.rows_total, 1) END AS percent,
+            THEN round(100.0 * least(t.rows_copied, p.rows_total) / p.rows_total, 1)
+            WHEN p.tables > 0 AND p.tables_copied = p.tables THEN 100.0 END AS percent,
        p.tables_copied,
        p.tables,
        p.current_table,

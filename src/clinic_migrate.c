@@ -8,6 +8,11 @@
 #include "postgres.h"
 
 #include "common/hashfn.h"
+#include "utils/resowner.h"
+#include "utils/memutils.h"
+#include "pgstat.h"
+#include "executor/spi.h"
+#include "access/xact.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "nodes/params.h"
@@ -50,16 +55,19 @@ check_schema_template(char **newval, void **extra, GucSource source)
 			continue;
 		}
 		GUC_check_errdetail("Only %%s may follow a %% sign.");
+		GUC_check_errhint("Use a pattern such as 'tenant_%%s'.");
 		return false;
 	}
 	if (n != 1)
 	{
 		GUC_check_errdetail("The template must contain %%s exactly once.");
+		GUC_check_errhint("Use a pattern such as 'tenant_%%s'.");
 		return false;
 	}
 	if (strlen(*newval) > NAMEDATALEN - 10)
 	{
 		GUC_check_errdetail("The template leaves too little room for the tenant id.");
+		GUC_check_errhint("Keep the template under %d bytes.", NAMEDATALEN - 10);
 		return false;
 	}
 	return true;
@@ -313,6 +321,65 @@ cm_append_quoted_list(StringInfo buf, List *names, const char *prefix)
 		if (prefix)
 			appendStringInfo(buf, "%s.", prefix);
 		appendStringInfoString(buf, quote_identifier((char *) lfirst(lc)));
+	}
+}
+
+/*
+ * Run a statement that takes a strong lock on a table the application uses
+ * (a trigger, a foreign key, a drop that reaches shared tables): in a
+ * subtransaction with a short lock_timeout, retried with back-off.  A lock
+ * request waiting behind a long transaction would queue every writer of
+ * the table behind it; a short timeout keeps that wait brief.
+ */
+void
+cm_ddl_with_retry(const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int delay_ms = 50;
+
+	for (volatile int attempt = 1;; attempt++)
+	{
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			int			nest = NewGUCNestLevel();
+
+			(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+			if (SPI_execute(sql, false, 0) < 0)
+				elog(ERROR, "clinic_migrate: SPI error in \"%s\"", sql);
+			AtEOXact_GUC(true, nest);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			return;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE || attempt >= 10)
+			{
+				if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+					edata->hint = pstrdup("A long transaction holds a lock on a table this step needs; "
+										  "try again when it has finished (pg_locks shows it).");
+				ReThrowError(edata);
+			}
+			pgstat_report_activity(STATE_RUNNING,
+								   "clinic_migrate: waiting for a lock (retrying with back-off)");
+			pg_usleep(delay_ms * 1000L);
+			CHECK_FOR_INTERRUPTS();
+			delay_ms = Min(delay_ms * 2, 2000);
+		}
+		PG_END_TRY();
 	}
 }
 

@@ -67,6 +67,12 @@ extern void cm_restore_output_settings(int nestlevel);
 /* "schema"."table" for a relation OID, quoted */
 extern char *cm_qualified_relname(Oid relid);
 
+/*
+ * Run DDL that locks a table the application uses with a short
+ * lock_timeout in a subtransaction, retried with back-off (SPI connected).
+ */
+extern void cm_ddl_with_retry(const char *sql);
+
 /* a ParamListInfo of non-null constants, for SPI_execute_extended */
 struct ParamListInfoData;
 extern struct ParamListInfoData *cm_param_list(int n, Oid *types, Datum *values);

@@ -109,6 +109,28 @@ clone_settings_for_tenant(const char *tenant, CmSettings *s)
 	}
 }
 
+TenantPlan *
+clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt)
+{
+	TenantPlan *plan;
+	char	   *canon;
+
+	clone_settings_for_tenant(*tenant, s);
+	plan = plan_build(s, mcxt);
+	canon = plan_canonical_tenant(plan, *tenant);
+	if (strcmp(canon, *tenant) != 0)
+	{
+		CmSettings	before = *s;
+
+		clone_settings_for_tenant(canon, s);
+		if (strcmp(before.source_schema, s->source_schema) != 0 ||
+			strcmp(before.tenant_column, s->tenant_column) != 0)
+			plan = plan_build(s, mcxt);
+	}
+	*tenant = MemoryContextStrdup(mcxt, canon);
+	return plan;
+}
+
 void
 clone_check_tenant_exists(TenantPlan *plan, const char *tenant)
 {
@@ -136,11 +158,18 @@ clone_check_tenant_exists(TenantPlan *plan, const char *tenant)
 				return;
 		}
 	}
+	if (!OidIsValid(plan->registry) && cm_registry_table && cm_registry_table[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant \"%s\" not found", tenant),
+				 errdetail("No table of schema \"%s\" has rows of it, and there is no registry table \"%s\" in that schema.",
+						   plan->source_schema, cm_registry_table),
+				 errhint("Check the tenant id, and set clinic_migrate.registry_table to the registry (or to '' if there is none).")));
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("tenant \"%s\" not found", tenant),
-			 errdetail("No table of schema \"%s\" has rows with %s = '%s', and the registry does not list it.",
-					   plan->source_schema, plan->tenant_column, tenant),
+			 errdetail("No table of schema \"%s\" has rows of it in column %s, and the registry does not list it.",
+					   plan->source_schema, quote_identifier(plan->tenant_column)),
 			 errhint("Check the tenant id, clinic_migrate.source_schema and clinic_migrate.tenant_column.")));
 }
 
@@ -516,12 +545,7 @@ clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
 					(errcode(ERRCODE_RESERVED_NAME),
 					 errmsg("schema name \"%s\" for tenant \"%s\" is reserved", schema, tenant),
 					 errhint("Set clinic_migrate.schema_template to a pattern with a prefix, such as 'tenant_%%s'.")));
-		if (OidIsValid(get_namespace_oid(schema, true)))
-			ereport(ERROR,
-					(errcode(ERRCODE_DUPLICATE_SCHEMA),
-					 errmsg("schema \"%s\" already exists and was not created by clinic_migrate", schema),
-					 errdetail("clinic_migrate only writes into schemas it created for the tenant."),
-					 errhint("Drop or rename that schema, or set clinic_migrate.schema_template to another pattern.")));
+		/* another tenant's schema first: that is the clearer error */
 		values[1] = DirectFunctionCall1(namein, CStringGetDatum(schema));
 		cm_state_exec("SELECT tenant_id FROM clinic_migrate.tenants WHERE schema_name = $1",
 					  1, &types[1], &values[1], NULL, 0);
@@ -531,6 +555,12 @@ clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
 					 errmsg("tenants \"%s\" and \"%s\" map to the same schema name \"%s\"",
 							tenant, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), schema),
 					 errhint("Set clinic_migrate.schema_template to a pattern that keeps them apart.")));
+		if (OidIsValid(get_namespace_oid(schema, true)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_SCHEMA),
+					 errmsg("schema \"%s\" already exists and was not created by clinic_migrate", schema),
+					 errdetail("clinic_migrate only writes into schemas it created for the tenant."),
+					 errhint("Drop or rename that schema, or set clinic_migrate.schema_template to another pattern.")));
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "CREATE SCHEMA %s", quote_identifier(schema));
@@ -575,6 +605,70 @@ clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
 	}
 	cm_restore_output_settings(nest);
 	return schema;
+}
+
+bool
+clone_reset_if_empty(const char *tenant, const char *schema)
+{
+	SPITupleTable *tt;
+	uint64		n;
+	StringInfoData sql;
+	Oid			nsp = get_namespace_oid(schema, false);
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(nsp)};
+
+	cm_state_exec_tenant("SELECT target_table FROM clinic_migrate.tenant_tables "
+						 "WHERE tenant_id = $1", tenant);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	initStringInfo(&sql);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			target = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+
+		if (get_rel_name(target) == NULL)
+			return false;
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT 1 FROM %s LIMIT 1", cm_qualified_relname(target));
+		if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT || SPI_processed > 0)
+			return false;
+	}
+
+	/*
+	 * Only the tenant's own tables are touched (a foreign key to a shared
+	 * table stays: its parents exist, and dropping it would lock the shared
+	 * table): first the foreign keys between tenant tables, then every
+	 * index and key constraint, which come back after the load.
+	 */
+	if (SPI_execute_with_args(
+							  "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname) "
+							  "FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+							  "WHERE c.contype = 'f' AND r.relnamespace = $1 "
+							  "UNION ALL "
+							  "SELECT * FROM (SELECT CASE WHEN con.oid IS NOT NULL "
+							  "  THEN format('ALTER TABLE %s DROP CONSTRAINT %I', i.indrelid::regclass, con.conname) "
+							  "  ELSE format('DROP INDEX %s', i.indexrelid::regclass) END "
+							  "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+							  "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x') "
+							  "WHERE t.relnamespace = $1 ORDER BY i.indexrelid) x",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: constraint lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	{
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		for (uint64 i = 0; i < n; i++)
+			exec_ddl(SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
+		AtEOXact_GUC(true, nest);
+	}
+	cm_state_exec_tenant("UPDATE clinic_migrate.tenant_tables SET indexed = false "
+						 "WHERE tenant_id = $1", tenant);
+	CommandCounterIncrement();
+	return true;
 }
 
 /* does the schema already have an object of that name? (indexes, constraints) */
@@ -744,7 +838,8 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
 				appendStringInfoString(&sql, " INITIALLY DEFERRED");
 			appendStringInfoString(&sql, " NOT VALID");
-			exec_ddl(sql.data);
+			/* locks the referenced table, maybe a busy shared one: briefly */
+			cm_ddl_with_retry(sql.data);
 			if (validated)
 			{
 				resetStringInfo(&sql);
@@ -836,13 +931,12 @@ cm_create_tenant_schema(PG_FUNCTION_ARGS)
 
 	cm_current_settings(&s);
 	SPI_connect();
-	clone_settings_for_tenant(tenant, &s);
+	plan = clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
 	if (!cm_lock_tenant(tenant, false, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("tenant \"%s\" is being migrated or rolled back by another session", tenant),
 				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
-	plan = plan_build(&s, CurrentMemoryContext);
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);

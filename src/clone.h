@@ -27,6 +27,13 @@ extern void clone_tenant_info(const char *tenant, TenantInfo *info);
 /* settings with the tenant's recorded source schema and tenant column */
 extern void clone_settings_for_tenant(const char *tenant, CmSettings *s);
 
+/*
+ * The plan a tenant is migrated with (its recorded source schema and tenant
+ * column if it has started, else the current settings), and *tenant
+ * replaced by its canonical id.  SPI connected; allocated in mcxt.
+ */
+extern TenantPlan *clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt);
+
 /* error (with the GRANT to run) unless the caller may do the whole migration */
 extern void clone_check_privileges(TenantPlan *plan, const char *tenant);
 
@@ -41,6 +48,16 @@ extern void clone_check_tenant_exists(TenantPlan *plan, const char *tenant);
  */
 extern char *clone_prepare_schema(const char *tenant, TenantPlan *plan,
 								  const CmSettings *s, bool defer_indexes);
+
+/*
+ * A schema made by create_tenant_schema has its keys and foreign keys
+ * before any row: a copy in batches would trip over cycles and forward
+ * self-references.  If all its tables are still empty, drop their indexes,
+ * key constraints and the foreign keys between them (never anything on a
+ * shared table); the copy adds them back after the load.  Returns true if
+ * it did.
+ */
+extern bool clone_reset_if_empty(const char *tenant, const char *schema);
 
 /* indexes (and key constraints) of one table that are still missing */
 extern void clone_finish_table(PlanTable *pt, const char *schema);

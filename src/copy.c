@@ -508,14 +508,14 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	int			ntables;
 	int64		rows_before = 0;
 	bool		resumed = false;
+	bool		already_copied = false;
 
 	/*
 	 * Start: the plan, the schema and its tables (without indexes), the
 	 * run record; any run left 'running' by a dead worker is interrupted.
 	 */
 	begin_txn();
-	clone_settings_for_tenant(tenant, &s);
-	plan = plan_build(&s, cxt);
+	plan = clone_plan_for_tenant((char **) &tenant, &s, cxt);
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
@@ -525,10 +525,15 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 		clone_tenant_info(tenant, &info);
 		resumed = cm_runs_mark_interrupted(tenant) > 0 ||
 			(info.exists && strcmp(info.state, "copying") == 0);
+		already_copied = info.exists && strcmp(info.state, "copied") == 0;
 	}
 	{
 		char	   *schema = clone_prepare_schema(tenant, plan, &s, true);
+		TenantInfo	info;
 
+		clone_tenant_info(tenant, &info);
+		if (strcmp(info.state, "schema_created") == 0)
+			(void) clone_reset_if_empty(tenant, schema);
 		strlcpy(sh->schema, schema, NAMEDATALEN);
 	}
 	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
@@ -606,7 +611,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 
 	SpinLockAcquire(&sh->mutex);
 	sh->state = CMW_RUNNING;
-	sh->resumed = resumed || rows_before > 0;
+	sh->resumed = resumed || (rows_before > 0 && !already_copied);
 	sh->tables_total = ntables;
 	sh->rows_before = rows_before;
 	sh->rows_total = 0;

@@ -697,6 +697,53 @@ plan_key_columns(PlanTable *pt)
 	return cols;
 }
 
+char *
+plan_canonical_tenant(TenantPlan *plan, const char *tenant)
+{
+	PlanTable  *pt = plan_find(plan, plan->registry);
+	Oid			typid;
+	Oid			infunc,
+				ioparam,
+				outfunc;
+	bool		varlena;
+	Datum		d = (Datum) 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (pt == NULL || pt->tenant_att == InvalidAttrNumber)
+	{
+		pt = NULL;
+		for (int i = 0; i < plan->ntables && pt == NULL; i++)
+			if (plan->tables[i].kind == PLAN_TENANT)
+				pt = &plan->tables[i];
+	}
+	if (pt == NULL)
+		return pstrdup(tenant);
+	typid = pt->tenant_type;
+	getTypeInputInfo(typid, &infunc, &ioparam);
+	getTypeOutputInfo(typid, &outfunc, &varlena);
+	PG_TRY();
+	{
+		d = OidInputFunctionCall(infunc, (char *) tenant, ioparam, -1);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("tenant id \"%s\" is not a valid %s", tenant, format_type_be(typid)),
+				 errdetail("%s", edata->message),
+				 errhint("Column %s.%s, the tenant column, has type %s.",
+						 quote_identifier(pt->relname), quote_identifier(plan->tenant_column),
+						 format_type_be(typid))));
+	}
+	PG_END_TRY();
+	return OidOutputFunctionCall(outfunc, d);
+}
+
 Datum
 plan_tenant_datum(PlanTable *root, const char *tenant)
 {
@@ -751,19 +798,24 @@ cm_plan(PG_FUNCTION_ARGS)
 			StringInfoData path;
 			Oid			child = pt->relid;
 
+			/* notes(appointment_id) -> appointments(id) -> appointments.tenant_id */
 			initStringInfo(&path);
 			for (int h = 0; h < pt->nhops; h++)
 			{
 				PlanHop    *hop = &pt->hops[h];
 
-				appendStringInfo(&path, "%s(%s) -> %s(%s) -> ",
-								 quote_identifier(get_rel_name(child)),
-								 att_list_text(child, hop->child_att, hop->nkeys),
-								 quote_identifier(get_rel_name(hop->parent)),
+				if (h == 0)
+					appendStringInfo(&path, "%s(%s)", quote_identifier(get_rel_name(child)),
+									 att_list_text(child, hop->child_att, hop->nkeys));
+				else
+					appendStringInfo(&path, ", %s(%s)", quote_identifier(get_rel_name(child)),
+									 att_list_text(child, hop->child_att, hop->nkeys));
+				appendStringInfo(&path, " -> %s(%s)", quote_identifier(get_rel_name(hop->parent)),
 								 att_list_text(hop->parent, hop->parent_att, hop->nkeys));
 				child = hop->parent;
 			}
-			appendStringInfoString(&path, quote_identifier(plan->tenant_column));
+			appendStringInfo(&path, " -> %s.%s", quote_identifier(get_rel_name(child)),
+							 quote_identifier(plan->tenant_column));
 			values[4] = CStringGetTextDatum(path.data);
 		}
 		else

@@ -101,6 +101,13 @@ extern List *plan_copy_columns(Oid relid, bool *has_always_identity);
 /* all key columns of the table, by name */
 extern List *plan_key_columns(PlanTable *pt);
 
+/*
+ * The canonical text of a tenant id: read as the tenant column's type and
+ * written back ('01' and ' 1' are tenant 1 of an integer column), so that
+ * one tenant never gets two schemas.  Errors name the column.
+ */
+extern char *plan_canonical_tenant(TenantPlan *plan, const char *tenant);
+
 /* tenant id as a Datum of the tenant column's type */
 extern Datum plan_tenant_datum(PlanTable *root, const char *tenant);
 

@@ -43,10 +43,10 @@
 typedef struct KeyEntry
 {
 	uint64		keyhash;		/* hash key */
-	uint64		rowhash;
-	int64		ordinal;		/* position in the key-ordered source scan */
+	int64		count[2];		/* rows with this key: source, target */
+	uint64		sum[2];			/* their row hashes, summed */
+	int64		ordinal[2];		/* first position in each key-ordered scan */
 	char	   *keytext;
-	bool		seen;
 } KeyEntry;
 
 typedef struct RowHasher
@@ -57,10 +57,8 @@ typedef struct RowHasher
 	uint64		sum;
 	/* diff pass */
 	HTAB	   *map;
-	bool		target_side;
+	int			side;			/* 0 source, 1 target */
 	int64		ordinal;
-	List	   *extra;			/* key texts, in key order */
-	List	   *different;		/* KeyEntry *, in target key order */
 	MemoryContext rowcxt;
 	MemoryContext keepcxt;
 } RowHasher;
@@ -75,6 +73,7 @@ typedef struct TableCheck
 	List	   *missing;		/* char * key texts, key order */
 	List	   *extra;
 	List	   *different;
+	int64		ndiff;			/* keys that differ, all of them */
 	int64		orphans;
 	bool		seq_ok;
 } TableCheck;
@@ -142,8 +141,26 @@ key_text(TupleTableSlot *slot, int nkey)
 			Oid			typout;
 			bool		varlena;
 
+			char	   *v;
+			bool		quote;
+
 			getTypeOutputInfo(TupleDescAttr(td, i)->atttypid, &typout, &varlena);
-			appendStringInfoString(&buf, OidOutputFunctionCall(typout, slot->tts_values[i]));
+			v = OidOutputFunctionCall(typout, slot->tts_values[i]);
+			/* as record_out quotes: a composite key must read back unambiguously */
+			quote = nkey > 1 && (v[0] == '\0' || strpbrk(v, "\"\\(),\t\n\r ") != NULL);
+			if (!quote)
+				appendStringInfoString(&buf, v);
+			else
+			{
+				appendStringInfoChar(&buf, '"');
+				for (char *c = v; *c; c++)
+				{
+					if (*c == '"' || *c == '\\')
+						appendStringInfoChar(&buf, *c);
+					appendStringInfoChar(&buf, *c);
+				}
+				appendStringInfoChar(&buf, '"');
+			}
 		}
 	}
 	if (nkey > 1)
@@ -166,36 +183,20 @@ hasher_receive(TupleTableSlot *slot, DestReceiver *self)
 	{
 		uint64		keyhash = hash_columns(slot, 0, r->nkey);
 		bool		found;
-		KeyEntry   *e;
+		KeyEntry   *e = hash_search(r->map, &keyhash, HASH_ENTER, &found);
 
-		if (!r->target_side)
+		if (!found)
 		{
-			e = hash_search(r->map, &keyhash, HASH_ENTER, &found);
-			e->rowhash = rowhash;
-			e->ordinal = r->ordinal++;
+			memset(e->count, 0, sizeof(e->count));
+			memset(e->sum, 0, sizeof(e->sum));
+			e->ordinal[0] = e->ordinal[1] = -1;
 			e->keytext = MemoryContextStrdup(r->keepcxt, key_text(slot, r->nkey));
-			e->seen = false;
 		}
-		else
-		{
-			e = hash_search(r->map, &keyhash, HASH_FIND, &found);
-			if (!found)
-			{
-				char	   *k = MemoryContextStrdup(r->keepcxt, key_text(slot, r->nkey));
-
-				MemoryContextSwitchTo(r->keepcxt);
-				r->extra = lappend(r->extra, k);
-			}
-			else
-			{
-				e->seen = true;
-				if (e->rowhash != rowhash)
-				{
-					MemoryContextSwitchTo(r->keepcxt);
-					r->different = lappend(r->different, e);
-				}
-			}
-		}
+		if (e->count[r->side] == 0)
+			e->ordinal[r->side] = r->ordinal;
+		e->count[r->side]++;
+		e->sum[r->side] += rowhash;
+		r->ordinal++;
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(r->rowcxt);
@@ -280,12 +281,37 @@ append_order_by_key(StringInfo buf, PlanTable *pt)
 }
 
 static int
-cmp_ordinal(const ListCell *a, const ListCell *b)
+cmp_source_ordinal(const ListCell *a, const ListCell *b)
 {
 	KeyEntry   *x = lfirst(a);
 	KeyEntry   *y = lfirst(b);
 
-	return (x->ordinal > y->ordinal) - (x->ordinal < y->ordinal);
+	return (x->ordinal[0] > y->ordinal[0]) - (x->ordinal[0] < y->ordinal[0]);
+}
+
+static int
+cmp_target_ordinal(const ListCell *a, const ListCell *b)
+{
+	KeyEntry   *x = lfirst(a);
+	KeyEntry   *y = lfirst(b);
+
+	return (x->ordinal[1] > y->ordinal[1]) - (x->ordinal[1] < y->ordinal[1]);
+}
+
+/* key texts of the first max_keys entries (all if max_keys < 0) */
+static List *
+key_texts(List *entries, int max_keys)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, entries)
+	{
+		if (max_keys >= 0 && list_length(result) >= max_keys)
+			break;
+		result = lappend(result, ((KeyEntry *) lfirst(lc))->keytext);
+	}
+	return result;
 }
 
 /* foreign-key orphans in the target, using the shared table's foreign keys */
@@ -405,10 +431,15 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 		HASHCTL		ctl;
 		HASH_SEQ_STATUS seq;
 		KeyEntry   *e;
-		List	   *missing = NIL;
-		ListCell   *lc;
+		List	   *missing = NIL,
+				   *extra = NIL,
+				   *different = NIL;
 
-		/* second pass, in key order, to name the keys */
+		/*
+		 * Second pass, in key order: per key, how many rows each side has
+		 * and the sum of their hashes.  A duplicated row shows as a
+		 * different key, a key on one side only as missing or extra.
+		 */
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = sizeof(uint64);
 		ctl.entrysize = sizeof(KeyEntry);
@@ -417,7 +448,7 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 		hasher_init(&rt, pt->nkey);
 		rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
 									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		rt.target_side = true;
+		rt.side = 1;
 		append_order_by_key(&src, pt);
 		append_order_by_key(&tgt, pt);
 		run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
@@ -425,28 +456,21 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 
 		hash_seq_init(&seq, rs.map);
 		while ((e = hash_seq_search(&seq)) != NULL)
-			if (!e->seen)
+		{
+			if (e->count[1] == 0)
 				missing = lappend(missing, e);
-		list_sort(missing, cmp_ordinal);
-		foreach(lc, missing)
-		{
-			if (max_keys >= 0 && list_length(out->missing) >= max_keys)
-				break;
-			out->missing = lappend(out->missing, ((KeyEntry *) lfirst(lc))->keytext);
+			else if (e->count[0] == 0)
+				extra = lappend(extra, e);
+			else if (e->count[0] != e->count[1] || e->sum[0] != e->sum[1])
+				different = lappend(different, e);
 		}
-		foreach(lc, rt.different)
-		{
-			if (max_keys >= 0 && list_length(out->different) >= max_keys)
-				break;
-			out->different = lappend(out->different, ((KeyEntry *) lfirst(lc))->keytext);
-		}
-		if (max_keys >= 0 && list_length(rt.extra) > max_keys)
-			out->extra = list_truncate(rt.extra, max_keys);
-		else
-			out->extra = rt.extra;
-		/* guard against a hash collision hiding a difference */
-		if (out->missing == NIL && out->extra == NIL && out->different == NIL)
-			out->different = lappend(out->different, pstrdup("(checksums differ)"));
+		list_sort(missing, cmp_source_ordinal);
+		list_sort(different, cmp_source_ordinal);
+		list_sort(extra, cmp_target_ordinal);
+		out->missing = key_texts(missing, max_keys);
+		out->extra = key_texts(extra, max_keys);
+		out->different = key_texts(different, max_keys);
+		out->ndiff = list_length(missing) + list_length(extra) + list_length(different);
 	}
 	out->orphans = count_orphans(plan, pt, schema, target);
 	out->seq_ok = sequences_ok(target);
@@ -482,15 +506,13 @@ validate_tenant(const char *tenant, int max_keys, check_emit emit, void *arg)
 
 	cm_current_settings(&s);
 	SPI_connect();
+	plan = clone_plan_for_tenant((char **) &tenant, &s, CurrentMemoryContext);
 	clone_tenant_info(tenant, &info);
 	if (!info.exists)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("tenant \"%s\" has not been migrated", tenant),
 				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') first.", tenant)));
-	strlcpy(s.source_schema, info.source_schema, NAMEDATALEN);
-	strlcpy(s.tenant_column, info.tenant_column, NAMEDATALEN);
-	plan = plan_build(&s, CurrentMemoryContext);
 	nest = cm_stable_output_settings();
 	cm_state_exec_tenant("SELECT source_table, target_table FROM clinic_migrate.tenant_tables "
 						 "WHERE tenant_id = $1 ORDER BY position", tenant);
@@ -532,8 +554,7 @@ emit_summary(TableCheck *tc, void *arg)
 	bool		match;
 
 	match = tc->src_rows == tc->tgt_rows && tc->src_sum == tc->tgt_sum &&
-		tc->missing == NIL && tc->extra == NIL && tc->different == NIL &&
-		tc->orphans == 0 && tc->seq_ok;
+		tc->ndiff == 0 && tc->orphans == 0 && tc->seq_ok;
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(tc->table));
 	values[1] = Int64GetDatum(tc->src_rows);
 	values[2] = Int64GetDatum(tc->tgt_rows);

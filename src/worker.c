@@ -29,6 +29,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
@@ -225,6 +226,18 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	tupdesc = BlessTupleDesc(tupdesc);
 
 	/*
+	 * The worker commits in transactions of its own: it cannot see what an
+	 * open transaction block wrote, and would wait for its locks while we
+	 * wait for it.
+	 */
+	if (IsTransactionBlock())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("migrate_tenant cannot run inside a transaction block"),
+				 errdetail("The copy runs in a background worker that commits batch by batch; it cannot see this transaction's changes and could wait for its locks."),
+				 errhint("Run it on its own, outside BEGIN ... COMMIT.")));
+
+	/*
 	 * Check what can be checked here, read-only, so that bad input fails in
 	 * the caller with nothing started: the plan, the tenant, a concurrent
 	 * migration.  The worker checks again under its lock.
@@ -232,22 +245,53 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	{
 		CmSettings	s;
 		TenantPlan *plan;
+		MemoryContext cxt = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
 
-		cm_current_settings(&s);
-		SPI_connect();
-		clone_settings_for_tenant(tenant, &s);
-		plan = plan_build(&s, CurrentMemoryContext);
-		plan_check_copyable(plan);
-		clone_check_privileges(plan, tenant);
-		clone_check_tenant_exists(plan, tenant);
-		for (int i = 0; i < plan->ntables; i++)
-			if (plan->tables[i].position > 0 && plan->tables[i].note)
-				ereport(WARNING,
-						(errmsg("table %s: %s",
-								quote_qualified_identifier(plan->tables[i].nspname,
-														   plan->tables[i].relname),
-								plan->tables[i].note)));
-		SPI_finish();
+		/*
+		 * In a subtransaction that is rolled back afterwards: the checks
+		 * only read, and rolling back releases the locks they took, which
+		 * the worker may need (we wait for it while holding our locks).
+		 */
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			cm_current_settings(&s);
+			SPI_connect();
+			plan = clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
+			tenant = MemoryContextStrdup(cxt, tenant);
+			plan_check_copyable(plan);
+			clone_check_privileges(plan, tenant);
+			clone_check_tenant_exists(plan, tenant);
+			for (int i = 0; i < plan->ntables; i++)
+			{
+				PlanTable  *pt = &plan->tables[i];
+				char	   *qname = quote_qualified_identifier(pt->nspname, pt->relname);
+
+				if (pt->position > 0 && pt->note)
+					ereport(WARNING, (errmsg("table %s: %s", qname, pt->note)));
+				if (pt->kind == PLAN_UNSUPPORTED &&
+					(pt->tenant_att != InvalidAttrNumber || pt->nhops > 0))
+					ereport(WARNING,
+							(errmsg("table %s holds tenant rows but is not migrated: %s", qname,
+									pt->note ? pt->note : "unsupported"),
+							 errhint("Its rows of tenant \"%s\" stay in the shared table.", tenant)));
+			}
+			SPI_finish();
+		}
+		PG_CATCH();
+		{
+			/* an error must not leave the subtransaction open */
+			MemoryContextSwitchTo(cxt);
+			RollbackAndReleaseCurrentSubTransaction();
+			CurrentResourceOwner = owner;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 	}
 	if (!cm_tenant_lock_free(tenant))
 		ereport(ERROR,
@@ -317,7 +361,15 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
+		/*
+		 * Stop the worker and see it gone (it finishes the batch in hand),
+		 * so that a retry right after a cancel finds the tenant free.
+		 */
+		HOLD_INTERRUPTS();
 		TerminateBackgroundWorker(handle);
+		for (int i = 0; i < 3000 && GetBackgroundWorkerPid(handle, &pid) != BGWH_STOPPED; i++)
+			pg_usleep(10000L);
+		RESUME_INTERRUPTS();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -368,6 +420,12 @@ cm_schema_name_for_sql(PG_FUNCTION_ARGS)
 	TenantInfo	info;
 
 	SPI_connect();
+	{
+		CmSettings	s;
+
+		cm_current_settings(&s);
+		(void) clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
+	}
 	clone_tenant_info(tenant, &info);	/* copies into our struct */
 	SPI_finish();
 	namestrcpy(result, info.exists ? info.schema_name
