@@ -40,6 +40,8 @@ CREATE TABLE clinic_migrate.tenant_tables (
     checkpoint    text[],
     copied        boolean NOT NULL DEFAULT false,
     indexed       boolean NOT NULL DEFAULT false,
+    copy_time     interval NOT NULL DEFAULT '0',
+    index_time    interval NOT NULL DEFAULT '0',
     PRIMARY KEY (tenant_id, source_table)
 );
 
@@ -186,7 +188,9 @@ SELECT tt.tenant_id,
             THEN round(100.0 * tt.rows_copied / tt.rows_total, 1)
             WHEN tt.copied THEN 100.0 END AS percent,
        tt.copied,
-       tt.indexed
+       tt.indexed,
+       tt.copy_time,
+       tt.index_time
 FROM clinic_migrate.tenant_tables tt;
 
 -- Nothing is granted to PUBLIC: a DBA grants the migration role what it needs

@@ -31,7 +31,7 @@ char	   *cm_source_schema = NULL;
 char	   *cm_tenant_column = NULL;
 char	   *cm_schema_template = NULL;
 char	   *cm_registry_table = NULL;
-int			cm_batch_size = 10000;
+int			cm_batch_size = 50000;
 int			cm_progress_interval = 10;
 int			cm_batch_delay = 0;
 
@@ -95,7 +95,7 @@ _PG_init(void)
 							   PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.batch_size",
 							"Rows copied per committed batch.",
-							NULL, &cm_batch_size, 10000, 1, 10000000,
+							NULL, &cm_batch_size, 50000, 1, 10000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.batch_delay",
 							"Pause between committed batches of a copy.",

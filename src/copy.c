@@ -284,6 +284,15 @@ target_columns(Oid target)
 	return cols;
 }
 
+static bool
+all_hops_indexed(PlanTable *pt)
+{
+	for (int h = 0; h < pt->nhops; h++)
+		if (!pt->hops[h].indexed)
+			return false;
+	return true;
+}
+
 /* checkpoint text[] -> C strings in cxt */
 static void
 load_checkpoint(CopyTable *ct, Datum arr, MemoryContext cxt)
@@ -419,7 +428,21 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		plan_append_tenant_rows(&sql, plan, pt, 2, have_hi ? 2 + nb : 0);
 	{
 		int			nargs = 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0);
+		int			nest = NewGUCNestLevel();
 
+		/*
+		 * A child table's batch walks its foreign-key indexes from the
+		 * batch's root rows.  Left alone, the planner prefers a hash join
+		 * that scans the whole child table in every batch: quadratic, and
+		 * slow for a small tenant in a big table.
+		 */
+		if (pt->nhops > 0 && all_hops_indexed(pt))
+		{
+			(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+			(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+		}
 		if (ct->bulk)
 			copied = bulk_copy(sql.data, ct->target, nargs, types, values);
 		else
@@ -428,6 +451,7 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 				elog(ERROR, "clinic_migrate: batch insert failed");
 			copied = (int64) SPI_processed;
 		}
+		AtEOXact_GUC(true, nest);
 	}
 
 	/* (3) the checkpoint, committed with the rows */
@@ -453,7 +477,8 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 			unulls[3] = 'n';
 		uvalues[4] = BoolGetDatum(!have_hi);
 		cm_state_exec("UPDATE clinic_migrate.tenant_tables SET rows_copied = rows_copied + $3, "
-					  "checkpoint = coalesce($4, checkpoint), copied = $5 "
+					  "checkpoint = coalesce($4, checkpoint), copied = $5, "
+					  "copy_time = copy_time + (clock_timestamp() - statement_timestamp()) "
 					  "WHERE tenant_id = $1 AND source_table = $2",
 					  5, utypes, uvalues, unulls, 0);
 		cm_state_exec("UPDATE clinic_migrate.tenants SET rows_copied = rows_copied + $3 "
@@ -668,7 +693,8 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 			clone_finish_table(ct->pt, sh->schema);
 			values[0] = CStringGetTextDatum(tenant);
 			values[1] = ObjectIdGetDatum(ct->pt->relid);
-			cm_state_exec("UPDATE clinic_migrate.tenant_tables SET indexed = true "
+			cm_state_exec("UPDATE clinic_migrate.tenant_tables SET indexed = true, "
+						  "index_time = clock_timestamp() - statement_timestamp() "
 						  "WHERE tenant_id = $1 AND source_table = $2",
 						  2, types, values, NULL, 0);
 			end_txn();
@@ -680,24 +706,19 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	}
 
 	/*
-	 * Finish: foreign keys, sequences past the copied keys, statistics, and
-	 * the records.  This commit waits for the WAL flush: "completed" is a
+	 * Finish: foreign keys, sequences past the copied keys, and the records.  This commit waits for the WAL flush: "completed" is a
 	 * promise.
 	 */
 	report_activity(sh, NULL, "finishing");
 	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
 	begin_txn();
 	clone_finish_schema(plan, sh->schema);
+	/*
+	 * No ANALYZE here: the tables have just received their rows, which
+	 * makes autovacuum analyze them within autovacuum_naptime.
+	 */
 	for (int i = 0; i < ntables; i++)
-	{
-		StringInfoData sql;
-
 		clone_set_sequences(tables[i].target);
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "ANALYZE %s", cm_qualified_relname(tables[i].target));
-		if (SPI_execute(sql.data, false, 0) < 0)
-			elog(ERROR, "clinic_migrate: analyze failed");
-	}
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copied', structure_done = true, "
 						 "completed_at = coalesce(completed_at, clock_timestamp()) WHERE tenant_id = $1",
 						 tenant);
