@@ -148,6 +148,32 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'cm_migration_active'
 LANGUAGE C VOLATILE STRICT;
 
+-- Change capture: the trigger function and the checks in its WHEN clauses.
+CREATE FUNCTION clinic_migrate.capture()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cm_capture'
+LANGUAGE C;
+
+CREATE FUNCTION clinic_migrate.capturing(tenant text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_capturing'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION clinic_migrate.capturing_any()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_capturing_any'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION clinic_migrate.capture_lag(tenant text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cm_capture_lag'
+LANGUAGE C STABLE STRICT;
+
+CREATE FUNCTION clinic_migrate.syncing(tenant text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_syncing'
+LANGUAGE C VOLATILE STRICT;
+
 -- One row per tenant: where it is, how far, and what went wrong last.
 CREATE VIEW clinic_migrate.status AS
 SELECT t.tenant_id,
@@ -165,6 +191,9 @@ SELECT t.tenant_id,
        t.started_at,
        t.completed_at,
        coalesce(t.completed_at, now()) - t.started_at AS elapsed,
+       CASE WHEN t.state IN ('copying', 'copied', 'failed')
+            THEN clinic_migrate.capture_lag(t.tenant_id) END AS capture_lag,
+       clinic_migrate.syncing(t.tenant_id) AS syncing,
        t.last_error
 FROM clinic_migrate.tenants t
 LEFT JOIN LATERAL (
@@ -197,3 +226,6 @@ FROM clinic_migrate.tenant_tables tt;
 -- (see the README, "Privileges").
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA clinic_migrate FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA clinic_migrate FROM PUBLIC;
+-- except what the capture triggers' WHEN clauses call on every write of the
+-- shared tables: application roles must need no grant for capture to work
+GRANT EXECUTE ON FUNCTION clinic_migrate.capturing(text), clinic_migrate.capturing_any() TO PUBLIC;

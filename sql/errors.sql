@@ -217,7 +217,7 @@ RESET ROLE;
 -- shared tables that the tenant's tables keep foreign keys to
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA clinic_migrate TO regress_migrator;
 GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO regress_migrator;
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO regress_migrator;
+GRANT SELECT, TRIGGER ON ALL TABLES IN SCHEMA public TO regress_migrator;
 GRANT REFERENCES ON public.tenants, public.countries TO regress_migrator;
 DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO regress_migrator', current_database()); END $$;
 SET ROLE regress_migrator;

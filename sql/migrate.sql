@@ -18,7 +18,9 @@ SELECT tenant_id, schema_name, state, rows_copied, rows_total, percent, tables_c
        tables, current_table, started_at IS NOT NULL AS started,
        completed_at >= started_at AS completed, elapsed >= '0' AS elapsed, last_error
 FROM clinic_migrate.status ORDER BY tenant_id;
-SELECT * FROM clinic_migrate.progress ORDER BY tenant_id, position;
+SELECT tenant_id, position, table_name, kind, rows_copied, rows_total, percent, copied, indexed,
+       copy_time >= '0' AS timed
+FROM clinic_migrate.progress ORDER BY tenant_id, position;
 -- each table's checkpoint is the last key of its last full batch (of the root
 -- table's key for child tables); rows of a table without one fit in one batch
 SELECT position, table_name, rows_total, rows_copied, checkpoint, copied, indexed

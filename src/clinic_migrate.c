@@ -34,6 +34,7 @@ char	   *cm_registry_table = NULL;
 int			cm_batch_size = 50000;
 int			cm_progress_interval = 10;
 int			cm_batch_delay = 0;
+int			cm_sync_interval = 1000;
 
 void		_PG_init(void);
 
@@ -102,6 +103,10 @@ _PG_init(void)
 							"Throttles a copy on a busy server.",
 							&cm_batch_delay, 0, 0, 60000,
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.sync_interval",
+							"Pause between replay rounds of a tenant kept in sync.",
+							NULL, &cm_sync_interval, 1000, 10, 600000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.progress_interval",
 							"Seconds between progress notices from migrate_tenant (0: none).",
 							NULL, &cm_progress_interval, 10, 0, 3600,
@@ -123,6 +128,7 @@ cm_current_settings(CmSettings *s)
 			sizeof(s->registry_table));
 	s->batch_size = cm_batch_size;
 	s->batch_delay = cm_batch_delay;
+	s->sync_interval = cm_sync_interval;
 }
 
 /*
@@ -220,13 +226,51 @@ cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo)
 }
 
 static void
-tenant_locktag(LOCKTAG *tag, const char *tenant)
+tenant_locktag_kind(LOCKTAG *tag, const char *tenant, int kind)
 {
 	uint32		hi,
 				lo;
 
 	cm_tenant_lock_key(tenant, &hi, &lo);
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, hi, lo, CM_LOCK_FIELD4);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, hi, lo, kind);
+}
+
+static void
+tenant_locktag(LOCKTAG *tag, const char *tenant)
+{
+	tenant_locktag_kind(tag, tenant, CM_LOCK_FIELD4);
+}
+
+bool
+cm_lock_tenant_kind(const char *tenant, int kind, bool wait, bool session)
+{
+	LOCKTAG		tag;
+
+	tenant_locktag_kind(&tag, tenant, kind);
+	return LockAcquire(&tag, ExclusiveLock, session, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+cm_unlock_tenant_kind(const char *tenant, int kind, bool session)
+{
+	LOCKTAG		tag;
+
+	tenant_locktag_kind(&tag, tenant, kind);
+	LockRelease(&tag, ExclusiveLock, session);
+}
+
+bool
+cm_tenant_lock_kind_free(const char *tenant, int kind)
+{
+	LOCKTAG		tag;
+	LockAcquireResult r;
+
+	tenant_locktag_kind(&tag, tenant, kind);
+	r = LockAcquire(&tag, ExclusiveLock, false, true);
+	if (r == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	LockRelease(&tag, ExclusiveLock, false);
+	return r == LOCKACQUIRE_OK;
 }
 
 /* Take the tenant's migration lock for the session; false if busy. */

@@ -22,6 +22,7 @@ extern char *cm_registry_table;
 extern int	cm_batch_size;
 extern int	cm_progress_interval;
 extern int	cm_batch_delay;
+extern int	cm_sync_interval;
 
 /* the longest tenant id we accept (bytes); longer ids are rejected cleanly */
 #define CM_MAX_TENANT_LEN 1024
@@ -35,6 +36,7 @@ typedef struct CmSettings
 	char		registry_table[NAMEDATALEN];
 	int			batch_size;
 	int			batch_delay;
+	int			sync_interval;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);
@@ -55,6 +57,18 @@ extern char *cm_schema_name_for(const char *tenant, const char *template);
 extern bool cm_lock_tenant(const char *tenant, bool wait, bool session);
 extern void cm_unlock_tenant(const char *tenant, bool session);
 extern bool cm_tenant_lock_free(const char *tenant);
+
+/*
+ * Two more locks per tenant, in key spaces of their own: the apply lock
+ * (transaction-level) serializes replay rounds with rollback; the sync
+ * lock (session-level) is held by the worker that keeps a copied tenant in
+ * sync, so its presence can be seen.
+ */
+#define CM_LOCK_APPLY	(CM_LOCK_FIELD4 + 1)
+#define CM_LOCK_SYNC	(CM_LOCK_FIELD4 + 2)
+extern bool cm_lock_tenant_kind(const char *tenant, int kind, bool wait, bool session);
+extern void cm_unlock_tenant_kind(const char *tenant, int kind, bool session);
+extern bool cm_tenant_lock_kind_free(const char *tenant, int kind);
 extern void cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo);
 
 /*

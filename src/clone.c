@@ -215,6 +215,8 @@ clone_check_privileges(TenantPlan *plan, const char *tenant)
 		Oid		   *refs;
 
 		require_privilege(pt->relid, ACL_SELECT, "SELECT");
+		/* the capture triggers go on the shared tables */
+		require_privilege(pt->relid, ACL_TRIGGER, "TRIGGER");
 		for (int h = 0; h < pt->nhops; h++)
 			require_privilege(pt->hops[h].parent, ACL_SELECT, "SELECT");
 		if (SPI_execute_with_args("SELECT DISTINCT confrelid FROM pg_constraint "
@@ -903,12 +905,14 @@ clone_set_sequences(Oid target)
 		Oid			stype[1] = {OIDOID};
 		Datum		sval[1] = {ObjectIdGetDatum(os->seq)};
 
+		/* past the keys, and never back: values handed out stay handed out */
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
-						 "SELECT pg_catalog.setval($1, m) FROM (SELECT %s(%s)::bigint AS m FROM %s) x "
-						 "WHERE m IS NOT NULL",
+						 "SELECT pg_catalog.setval($1, x.m) FROM (SELECT %s(%s)::bigint AS m FROM %s) x, %s q "
+						 "WHERE x.m IS NOT NULL AND (NOT q.is_called OR x.m %s q.last_value)",
 						 os->increment > 0 ? "max" : "min", os->column,
-						 cm_qualified_relname(target));
+						 cm_qualified_relname(target), cm_qualified_relname(os->seq),
+						 os->increment > 0 ? ">" : "<");
 		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: setval failed");
 	}

@@ -40,6 +40,8 @@
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
+#include "apply.h"
+#include "capture.h"
 #include "clinic_migrate.h"
 #include "clone.h"
 #include "copy.h"
@@ -521,6 +523,114 @@ batch_pause(int ms)
 	ResetLatch(MyLatch);
 }
 
+/*
+ * Replay rounds until little is left: each round applies what was logged
+ * up to its snapshot; writers keep logging meanwhile, so stop once a round
+ * finds less than a thousand keys (the sync loop takes it from there).
+ */
+static void
+catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
+{
+	for (int round = 0; round < 1000; round++)
+	{
+		int64		applied;
+
+		CHECK_FOR_INTERRUPTS();
+		report_activity(sh, NULL, "catching up");
+		begin_txn();
+		(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+		applied = apply_round(tenant, plan, sh->schema);
+		end_txn();
+		if (applied < 1000)
+			break;
+	}
+}
+
+/*
+ * Keep a copied tenant in sync: a replay round every sync_interval, until
+ * the tenant is rolled back (or no longer 'copied'), the worker is asked to
+ * stop, or another worker already does the job.  Errors are recorded and
+ * retried with back-off; nothing is lost meanwhile, the log keeps it.
+ */
+void
+cm_sync_loop(const char *tenant, int interval)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate sync",
+											  ALLOCSET_DEFAULT_SIZES);
+	volatile int delay = interval;
+
+	if (!cm_lock_tenant_kind(tenant, CM_LOCK_SYNC, false, true))
+		return;
+	for (;;)
+	{
+		volatile bool stop = false;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 delay, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (cm_got_sigterm)
+			break;
+		MemoryContextReset(cxt);
+		PG_TRY();
+		{
+			TenantInfo	info;
+
+			begin_txn();
+			(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+			clone_tenant_info(tenant, &info);
+			if (!info.exists || strcmp(info.state, "copied") != 0)
+				stop = true;
+			else
+			{
+				CmSettings	s;
+				char	   *t = (char *) tenant;
+				TenantPlan *plan;
+				int64		applied;
+				char		activity[NAMEDATALEN + 64];
+
+				cm_current_settings(&s);
+				plan = clone_plan_for_tenant(&t, &s, cxt);
+				applied = apply_round(tenant, plan, info.schema_name);
+				snprintf(activity, sizeof(activity),
+						 "clinic_migrate: keeping %s in sync (" INT64_FORMAT " applied)",
+						 info.schema_name, applied);
+				pgstat_report_activity(STATE_RUNNING, activity);
+			}
+			end_txn();
+			delay = interval;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			EmitErrorReport();
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			begin_txn();
+			{
+				Oid			types[2] = {TEXTOID, TEXTOID};
+				Datum		values[2];
+
+				/* the tenant stays 'copied': only the error is recorded */
+				values[0] = CStringGetTextDatum(tenant);
+				values[1] = CStringGetTextDatum(edata->message);
+				cm_state_exec("UPDATE clinic_migrate.tenants SET last_error = $2 WHERE tenant_id = $1",
+							  2, types, values, NULL, 0);
+			}
+			end_txn();
+			delay = Min(delay * 2, 60000);
+		}
+		PG_END_TRY();
+		if (stop)
+			break;
+	}
+	cm_unlock_tenant_kind(tenant, CM_LOCK_SYNC, true);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 void
 cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 {
@@ -536,14 +646,25 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	bool		already_copied = false;
 
 	/*
-	 * Start: the plan, the schema and its tables (without indexes), the
-	 * run record; any run left 'running' by a dead worker is interrupted.
+	 * Capture first, in a transaction of its own: creating the triggers
+	 * takes a brief lock on each shared table, which must not be held
+	 * while the rest of the start-up runs.
 	 */
 	begin_txn();
 	plan = clone_plan_for_tenant((char **) &tenant, &s, cxt);
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
+	report_activity(sh, NULL, "installing capture for");
+	capture_install(plan);
+	end_txn();
+
+	/*
+	 * Start: the plan, the schema and its tables (without indexes), the
+	 * run record; any run left 'running' by a dead worker is interrupted.
+	 */
+	begin_txn();
+	plan = clone_plan_for_tenant((char **) &tenant, &s, cxt);
 	{
 		TenantInfo	info;
 
@@ -566,6 +687,8 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE clock_timestamp() END, "
 						 "completed_at = NULL WHERE tenant_id = $1 AND state <> 'copied'",
 						 tenant);
+	/* from this commit on, every backend captures the tenant's writes */
+	capture_tenants_changed();
 
 	/* the tenant's stored plan must still be the plan */
 	cm_state_exec_tenant("SELECT source_table, target_table, rows_total, rows_copied, checkpoint, "
@@ -632,6 +755,17 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 						  3, types, values, NULL, 0);
 		}
 	}
+	end_txn();
+
+	/*
+	 * A transaction that began before the commit above may still write
+	 * the tenant's rows without capturing them, and commit after the first
+	 * batch's snapshot: its write would be in neither.  Wait for every such
+	 * transaction to end (as CREATE INDEX CONCURRENTLY does).
+	 */
+	report_activity(sh, NULL, "waiting for older transactions before copying");
+	begin_txn();
+	capture_wait_for_older_transactions(sh->caller_pid);
 	end_txn();
 
 	SpinLockAcquire(&sh->mutex);
@@ -706,13 +840,22 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	}
 
 	/*
-	 * Finish: foreign keys, sequences past the copied keys, and the records.  This commit waits for the WAL flush: "completed" is a
-	 * promise.
+	 * Finish: foreign keys, sequences past the copied keys, and the records.
+	 * This commit waits for the WAL flush: "completed" is a promise.
 	 */
+	/*
+	 * Bring the copy up to the present before the foreign keys: a child row
+	 * copied late may point at a parent that arrived after the parent
+	 * table's copy and is only in the log.
+	 */
+	catch_up(sh, tenant, plan);
 	report_activity(sh, NULL, "finishing");
-	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
 	begin_txn();
 	clone_finish_schema(plan, sh->schema);
+	end_txn();
+	catch_up(sh, tenant, plan);
+	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
+	begin_txn();
 	/*
 	 * No ANALYZE here: the tables have just received their rows, which
 	 * makes autovacuum analyze them within autovacuum_naptime.

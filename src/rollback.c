@@ -15,6 +15,8 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 
+#include "apply.h"
+#include "capture.h"
 #include "clinic_migrate.h"
 #include "clone.h"
 #include "state.h"
@@ -109,6 +111,8 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("tenant \"%s\" is being migrated by another session", tenant),
 				 errhint("Cancel that session's migrate_tenant() (pg_cancel_backend) or wait for it, then roll back.")));
+	/* a replay round in progress finishes first; the next one sees us */
+	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
 	clone_tenant_info(tenant, &info);	/* again: the id may be canonical now */
 	run_id = cm_run_start(tenant, info.exists ? info.schema_name : NULL, "rollback",
 						  GetUserNameFromId(GetUserId(), false), 0);
@@ -145,6 +149,8 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 			AtEOXact_GUC(true, nest);
 		}
 		cm_state_exec_tenant("DELETE FROM clinic_migrate.tenants WHERE tenant_id = $1", tenant);
+		apply_forget(tenant);
+		capture_tenants_changed();	/* writers stop capturing it at our commit */
 		did = true;
 	}
 	cm_runs_mark_interrupted(tenant);

@@ -27,6 +27,8 @@
 static Oid
 extension_owner(void)
 {
+	static Oid	cached_owner = InvalidOid;
+	static Oid	cached_ext = InvalidOid;
 	Oid			ext = get_extension_oid("clinic_migrate", true);
 	Relation	rel;
 	SysScanDesc scan;
@@ -39,6 +41,8 @@ extension_owner(void)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extension \"clinic_migrate\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION clinic_migrate.")));
+	if (ext == cached_ext && OidIsValid(cached_owner))
+		return cached_owner;
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
 				ObjectIdGetDatum(ext));
@@ -48,7 +52,22 @@ extension_owner(void)
 		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	cached_ext = ext;
+	cached_owner = owner;
 	return owner;
+}
+
+void
+cm_owner_begin(Oid *save_userid, int *save_sec)
+{
+	GetUserIdAndSecContext(save_userid, save_sec);
+	SetUserIdAndSecContext(extension_owner(), *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+cm_owner_end(Oid save_userid, int save_sec)
+{
+	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
 int

@@ -16,6 +16,10 @@
 extern int	cm_state_exec(const char *sql, int nargs, Oid *argtypes,
 						  Datum *values, const char *nulls, long count);
 
+/* act as the extension owner until cm_owner_end (nests; errors unwind it) */
+extern void cm_owner_begin(Oid *save_userid, int *save_sec);
+extern void cm_owner_end(Oid save_userid, int save_sec);
+
 /* convenience wrappers for single text/int8 arguments */
 extern int	cm_state_exec_tenant(const char *sql, const char *tenant);
 

@@ -25,6 +25,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -142,10 +143,15 @@ cm_copy_worker_main(Datum main_arg)
 
 	PG_TRY();
 	{
+		PGPROC	   *caller;
+
 		cm_copy_tenant(sh, &run_id);
 		SpinLockAcquire(&sh->mutex);
 		sh->state = CMW_DONE;
 		SpinLockRelease(&sh->mutex);
+		caller = BackendPidGetProc(sh->caller_pid);
+		if (caller)
+			SetLatch(&caller->procLatch);
 	}
 	PG_CATCH();
 	{
@@ -182,6 +188,19 @@ cm_copy_worker_main(Datum main_arg)
 	PG_END_TRY();
 	cm_unlock_tenant(sh->tenant, true);
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/*
+	 * The copy is done and caught up: the caller has its answer.  Stay on
+	 * as the tenant's sync worker; the migration lock is free again, so
+	 * rollback_tenant (or a later step) can take over.
+	 */
+	if (sh->state == CMW_DONE)
+	{
+		char		tenant[CM_MAX_TENANT_LEN + 1];
+
+		strlcpy(tenant, sh->tenant, sizeof(tenant));
+		cm_sync_loop(tenant, sh->settings.sync_interval);
+	}
 }
 
 /* one line of progress for the waiting session */
@@ -304,6 +323,7 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	memset(sh, 0, sizeof(*sh));
 	SpinLockInit(&sh->mutex);
 	sh->dboid = MyDatabaseId;
+	sh->caller_pid = MyProcPid;
 	sh->sessionoid = GetSessionUserId();
 	sh->useroid = GetUserId();
 	cm_current_settings(&sh->settings);
@@ -317,9 +337,9 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 	strlcpy(worker.bgw_library_name, "clinic_migrate", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "cm_copy_worker_main", BGW_MAXLEN);
 	/* clip the id on a character boundary: names show up in logs */
-	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate copy of tenant %.*s",
+	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate worker for tenant %.*s",
 			 pg_mbcliplen(tenant, strlen(tenant), 60), tenant);
-	strlcpy(worker.bgw_type, "clinic_migrate copy", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "clinic_migrate", BGW_MAXLEN);
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -350,6 +370,16 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 			CHECK_FOR_INTERRUPTS();
 			if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
 				break;
+			{
+				CmWorkerState st;
+
+				SpinLockAcquire(&sh->mutex);
+				st = sh->state;
+				SpinLockRelease(&sh->mutex);
+				/* done: the worker stays on to keep the tenant in sync */
+				if (st == CMW_DONE || st == CMW_FAILED)
+					break;
+			}
 			if (cm_progress_interval > 0 &&
 				TimestampDifferenceExceeds(last_notice, GetCurrentTimestamp(),
 										   cm_progress_interval * 1000))
@@ -431,4 +461,14 @@ cm_schema_name_for_sql(PG_FUNCTION_ARGS)
 	namestrcpy(result, info.exists ? info.schema_name
 			   : cm_schema_name_for(tenant, cm_schema_template));
 	PG_RETURN_NAME(result);
+}
+
+/* clinic_migrate.syncing(tenant): is a worker keeping the tenant in sync? */
+PG_FUNCTION_INFO_V1(cm_syncing);
+Datum
+cm_syncing(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_BOOL(!cm_tenant_lock_kind_free(tenant, CM_LOCK_SYNC));
 }

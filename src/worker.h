@@ -26,6 +26,7 @@ typedef struct CmWorkerShared
 	slock_t		mutex;
 	/* set by the caller */
 	Oid			dboid;
+	int			caller_pid;		/* whose latch to set when the copy is done */
 	Oid			sessionoid;		/* connects as the caller's session user... */
 	Oid			useroid;		/* ...and acts as its current role */
 	CmSettings	settings;

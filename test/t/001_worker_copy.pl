@@ -1,5 +1,5 @@
 # test/t/001_worker_copy.pl: the copy that migrate_tenant runs in a background worker
-# ("clinic_migrate copy"): a plain migration, a copy whose worker is killed (crash and
+# ("clinic_migrate"): a plain migration, a copy whose worker is killed (crash and
 # restart of every backend), a copy cut short by an immediate shutdown, both resumed
 # and validated, and tenant ids that are hostile as SQL or too long for a schema name.
 # Data: test/gen/clinic.sql with 5 tenants and about 60,000 rows.
@@ -244,9 +244,13 @@ FROM clinic_migrate.runs WHERE tenant_id = 't2' AND action = 'migrate'}),
 		't2: runs records one completed run');
 	is( $node->safe_psql(
 			'postgres', q{
-SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate copy'}),
+SELECT count(*) FROM pg_stat_activity
+WHERE backend_type = 'clinic_migrate' AND query LIKE 'clinic_migrate: copying%'}),
 		'0',
-		't2: no copy worker is left running');
+		't2: no worker is left copying');
+	ok( $node->poll_query_until(
+			'postgres', q{SELECT syncing FROM clinic_migrate.status WHERE tenant_id = 't2'}),
+		't2: its worker stays on to keep the copy in sync');
 	check_migrated('t2', 't2');
 }
 
@@ -258,7 +262,8 @@ SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate copy'
 
 	my $pid = $node->safe_psql(
 		'postgres', q{
-SELECT pid FROM pg_stat_activity WHERE backend_type = 'clinic_migrate copy'});
+SELECT pid FROM pg_stat_activity
+WHERE backend_type = 'clinic_migrate' AND query LIKE 'clinic_migrate: copying%'});
 	like($pid, qr/^\d+$/, 't1 kill -9: one copy worker shows in pg_stat_activity');
 
 	my $log_offset = -s $node->logfile;

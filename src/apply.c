@@ -1,0 +1,262 @@
+/*-------------------------------------------------------------------------
+ * apply.c
+ *	  Brings a tenant's copy up to date from the captured keys.
+ *
+ * Replay is idempotent and order-free: for each logged key it re-reads the
+ * shared row now; if the row exists and belongs to the tenant it is
+ * upserted into the copy, otherwise the key is deleted from the copy.  A
+ * batch copy spread over many transactions has no single snapshot, and
+ * transactions commit out of order; re-reading by key makes both harmless.
+ *
+ * One round is one transaction (repeatable read in the worker, so every
+ * statement sees the same data).  In plan order, the logged keys of each
+ * table move from its log into a temporary key table with DELETE ...
+ * RETURNING: exactly the entries this round applies are deleted, and an
+ * entry committed after the round's snapshot stays for the next round (the
+ * trap of deleting "id <= N" when ids commit out of order).  The rows of
+ * those keys are then upserted, parents first; afterwards, children first,
+ * keys that no longer belong to the tenant are deleted from the copy.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+#include "apply.h"
+#include "capture.h"
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "plan.h"
+#include "state.h"
+
+static char *
+log_relname(PlanTable *pt)
+{
+	return quote_qualified_identifier(CM_SCHEMA, capture_log_name(pt->relid));
+}
+
+static char *
+keys_relname(PlanTable *pt)
+{
+	return psprintf("pg_temp.%s", quote_identifier(psprintf("cm_keys_%u", pt->relid)));
+}
+
+/* a temporary table for the keys a round applies, emptied at commit */
+static void
+ensure_keys_table(PlanTable *pt)
+{
+	StringInfoData sql;
+	List	   *keys = plan_key_columns(pt);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE TEMP TABLE IF NOT EXISTS %s ON COMMIT DELETE ROWS AS SELECT ",
+					 quote_identifier(psprintf("cm_keys_%u", pt->relid)));
+	cm_append_quoted_list(&sql, keys, "l");
+	appendStringInfo(&sql, " FROM %s l WITH NO DATA", log_relname(pt));
+	if (SPI_execute(sql.data, false, 0) < 0)
+		elog(ERROR, "clinic_migrate: could not create %s", keys_relname(pt));
+}
+
+/* "(s.a, s.b)" */
+static char *
+key_tuple(List *keys, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '(');
+	cm_append_quoted_list(&buf, keys, alias);
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+static bool
+is_key_column(List *keys, const char *col)
+{
+	ListCell   *lc;
+
+	foreach(lc, keys)
+		if (strcmp((char *) lfirst(lc), col) == 0)
+			return true;
+	return false;
+}
+
+int64
+apply_round(const char *tenant, TenantPlan *plan, const char *schema)
+{
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	int64		applied = 0;
+	bool		save_applying = cm_applying;
+	Oid			save_userid;
+	int			save_sec;
+
+	/*
+	 * As the extension owner: the round reads clinic_migrate's logs and its
+	 * own key tables, and writes the tenant's tables whoever owns them.
+	 */
+	cm_owner_begin(&save_userid, &save_sec);
+	cm_applying = true;
+	PG_TRY();
+	{
+		/* 1. take the logged keys, parents first, and upsert their rows */
+		for (int i = 0; i < plan->ncopied; i++)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			PlanTable  *root = plan_root(plan, pt);
+			List	   *keys = plan_key_columns(pt);
+			Oid			target = clone_target_relid(schema, pt->relname);
+			StringInfoData sql;
+			bool		always;
+			List	   *cols = plan_copy_columns(pt->relid, &always);
+			ListCell   *lc;
+			bool		first = true;
+			Oid			rtype = root->tenant_type;
+			Datum		rval = plan_tenant_datum(root, tenant);
+
+			ensure_keys_table(pt);
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant = $1 RETURNING ",
+							 log_relname(pt));
+			cm_append_quoted_list(&sql, keys, NULL);
+			appendStringInfo(&sql, ") INSERT INTO %s SELECT DISTINCT * FROM d", keys_relname(pt));
+			cm_state_exec(sql.data, 1, &ttype, &tval, NULL, 0);
+			if (SPI_processed == 0)
+				continue;
+			applied += SPI_processed;
+
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
+			cm_append_quoted_list(&sql, cols, NULL);
+			appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+			cm_append_quoted_list(&sql, cols, "s");
+			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+			appendStringInfo(&sql, " AND %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
+							 key_tuple(keys, "s"), keys_relname(pt), key_tuple(keys, NULL));
+			foreach(lc, cols)
+			{
+				char	   *col = lfirst(lc);
+
+				if (is_key_column(keys, col))
+					continue;
+				if (first)
+					appendStringInfoString(&sql, "UPDATE SET ");
+				appendStringInfo(&sql, "%s%s = EXCLUDED.%s", first ? "" : ", ",
+								 quote_identifier(col), quote_identifier(col));
+				first = false;
+			}
+			if (first)
+				appendStringInfoString(&sql, "NOTHING");
+			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "clinic_migrate: replay into %s failed", cm_qualified_relname(target));
+			/* rows created meanwhile took new keys: keep the sequences past them */
+			clone_set_sequences(target);
+		}
+
+		/* 2. children first: keys that are no longer the tenant's go */
+		for (int i = plan->ncopied - 1; i >= 0; i--)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			PlanTable  *root = plan_root(plan, pt);
+			List	   *keys = plan_key_columns(pt);
+			Oid			target = clone_target_relid(schema, pt->relname);
+			StringInfoData sql;
+			Oid			rtype = root->tenant_type;
+			Datum		rval = plan_tenant_datum(root, tenant);
+
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "DELETE FROM %s t WHERE %s IN (SELECT * FROM %s) "
+							 "AND NOT EXISTS (SELECT 1",
+							 cm_qualified_relname(target), key_tuple(keys, "t"), keys_relname(pt));
+			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+			appendStringInfo(&sql, " AND %s = %s)", key_tuple(keys, "s"), key_tuple(keys, "t"));
+			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "clinic_migrate: replay of deletes into %s failed",
+					 cm_qualified_relname(target));
+		}
+	}
+	PG_FINALLY();
+	{
+		cm_applying = save_applying;
+		cm_owner_end(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	return applied;
+}
+
+int64
+apply_lag(const char *tenant, TenantPlan *plan)
+{
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	int64		lag = 0;
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		bool		isnull;
+
+		if (!OidIsValid(get_relname_relid(capture_log_name(plan->tables[i].relid),
+										  get_namespace_oid(CM_SCHEMA, false))))
+			continue;
+		cm_state_exec(psprintf("SELECT count(*) FROM %s WHERE _cm_tenant = $1",
+							   log_relname(&plan->tables[i])),
+					  1, &ttype, &tval, NULL, 0);
+		lag += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return lag;
+}
+
+void
+apply_forget(const char *tenant)
+{
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	SPITupleTable *tt;
+	uint64		n;
+
+	/* every log table, whatever the plan is now */
+	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
+				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+		cm_state_exec(psprintf("DELETE FROM %s.%s WHERE _cm_tenant = $1", CM_SCHEMA,
+							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
+					  1, &ttype, &tval, NULL, 0);
+}
+
+/* clinic_migrate.capture_lag(tenant): changes captured, not yet applied */
+PG_FUNCTION_INFO_V1(cm_capture_lag);
+Datum
+cm_capture_lag(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	SPITupleTable *tt;
+	uint64		n;
+	int64		lag = 0;
+
+	SPI_connect();
+	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
+				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		cm_state_exec(psprintf("SELECT count(*) FROM %s.%s WHERE _cm_tenant = $1", CM_SCHEMA,
+							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
+					  1, &ttype, &tval, NULL, 0);
+		lag += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	PG_RETURN_INT64(lag);
+}

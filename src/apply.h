@@ -1,0 +1,26 @@
+/*-------------------------------------------------------------------------
+ * apply.h
+ *	  Replay of captured changes into a tenant's schema.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_APPLY_H
+#define CM_APPLY_H
+
+#include "postgres.h"
+#include "plan.h"
+
+/*
+ * One round: every change of the tenant logged and committed so far is
+ * applied by re-reading the shared row by key, and its log entries are
+ * deleted, in the current transaction (SPI connected).  Returns the number
+ * of keys applied.
+ */
+extern int64 apply_round(const char *tenant, TenantPlan *plan, const char *schema);
+
+/* changes of the tenant captured and not yet applied */
+extern int64 apply_lag(const char *tenant, TenantPlan *plan);
+
+/* forget the tenant's captured changes (rollback) */
+extern void apply_forget(const char *tenant);
+
+#endif
