@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# test/bench/capture_bench.sh: what change capture costs the application's writers.
+# pgbench single-row UPDATEs of patients, 4 clients, in one run and alternating order:
+#   (a) no capture triggers on the shared tables at all (before any migration);
+#   (b) capture installed, writes of a tenant that is not moving (t2 while t1 syncs);
+#   (c) capture installed, writes of the moving tenant itself (t1, copied and in sync).
+# Prints median TPS of each and the ratios b/a and c/a.
+#
+#   sudo bash test/bench/capture_bench.sh [--seconds 15] [--repeat 3] [--port 5497]
+set -euo pipefail
+
+invoked_as=("$0" "$@")
+# shellcheck source=test/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+cd "$CM_ROOT"
+
+seconds=15
+repeat=3
+port=5497
+clients=4
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="${2:?}"; shift 2 ;;
+    --repeat) repeat="${2:?}"; shift 2 ;;
+    --port) port="${2:?}"; shift 2 ;;
+    --clients) clients="${2:?}"; shift 2 ;;
+    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) cm_die "unknown argument: $1" ;;
+  esac
+done
+cm_require_root
+say() { printf '%s\n' "$*"; }
+cmd="bash test/bench/capture_bench.sh"
+for a in "${invoked_as[@]:1}"; do cmd+=" $(printf '%q' "$a")"; done
+say "command: $cmd"
+say "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+say "machine: $(nproc) cores, $("$CM_PG_BIN/postgres" --version); pgbench $clients clients, ${seconds}s per measurement"
+
+cm_install_build
+dir="$(mktemp -d "${TMPDIR:-/tmp}/clinic_capbench.XXXXXX")"
+cm_install_trap dir
+cm_start_cluster "$dir" "$port"
+db=bench
+q() { cm_psql "$dir" "$port" "$db" "$@"; }
+cm_psql "$dir" "$port" postgres -q -c "CREATE DATABASE $db"
+q -q -c 'CREATE EXTENSION clinic_migrate'
+cm_log "== generating: tenants=10 rows=200000"
+q -v tenants=10 -v rows=200000 -f - <test/gen/clinic.sql >&2
+# the ids each tenant's writers pick from (outside public: not migrated)
+q -q <<'SQL'
+CREATE SCHEMA cm_bench;
+CREATE TABLE cm_bench.ids AS
+  SELECT tenant_id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS rn, id
+  FROM public.patients WHERE tenant_id IN ('t1', 't2');
+CREATE UNIQUE INDEX ON cm_bench.ids (tenant_id, rn);
+ANALYZE cm_bench.ids;
+SQL
+for t in t1 t2; do
+  n="$(q -At -c "SELECT count(*) FROM cm_bench.ids WHERE tenant_id = '$t'")"
+  cm_as_postgres tee "$dir/update_$t.sql" >/dev/null <<EOF
+\set r random(1, $n)
+UPDATE public.patients SET balance = coalesce(balance, 0) + 1
+WHERE id = (SELECT id FROM cm_bench.ids WHERE tenant_id = '$t' AND rn = :r);
+EOF
+done
+
+tps() {  # tps SCRIPT: median-free single measurement
+  cm_as_postgres "$CM_PG_BIN/pgbench" -h "$dir" -p "$port" -n -c "$clients" -j 2 \
+    -T "$seconds" -f "$dir/$1" "$db" 2>/dev/null | awk '/^tps = / { print $3 }'
+}
+no_capture() {  # drop the capture triggers (and the tenant), as before any migration
+  q -q -c "SELECT clinic_migrate.rollback_tenant('t1')" >/dev/null
+  q -At -c "SELECT format('DROP TRIGGER %I ON %s', tgname, tgrelid::regclass)
+            FROM pg_trigger WHERE tgname LIKE 'clinic_migrate_capture_%'" |
+    while read -r stmt; do q -q -c "$stmt"; done
+}
+with_capture() {  # t1 copied and kept in sync
+  q -q -c "SET clinic_migrate.progress_interval = 0" \
+    -c "SELECT * FROM clinic_migrate.migrate_tenant('t1')" >/dev/null
+}
+
+declare -A runs
+for ((r = 1; r <= repeat; r++)); do
+  if [ $((r % 2)) = 1 ]; then order="a b c"; else order="c b a"; fi
+  for step in $order; do
+    case "$step" in
+      a) no_capture; q -q -c CHECKPOINT; v="$(tps update_t2.sql)" ;;
+      b) with_capture; q -q -c CHECKPOINT; v="$(tps update_t2.sql)" ;;
+      c) with_capture; q -q -c CHECKPOINT; v="$(tps update_t1.sql)" ;;
+    esac
+    runs[$step]+="$v "
+    say "  repeat $r/$repeat ($step) $(printf '%-52s' "$(case $step in
+      a) echo 'no capture triggers' ;; b) echo 'capture on, tenant not moving (t2)' ;;
+      c) echo 'capture on, the moving tenant (t1, in sync)' ;; esac)") $v tps"
+  done
+done
+lag="$(q -At -c "SELECT capture_lag FROM clinic_migrate.status WHERE tenant_id = 't1'")"
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+a="$(median "${runs[a]}")"; b="$(median "${runs[b]}")"; c="$(median "${runs[c]}")"
+say ""
+say "results: median tps of $repeat runs"
+say "  (a) no capture triggers                        $a   (${runs[a]% })"
+say "  (b) capture on, tenant not moving              $b   (${runs[b]% })"
+say "  (c) capture on, moving tenant                  $c   (${runs[c]% })"
+say "ratios:"
+say "  not moving / no triggers   $(awk -v x="$b" -v y="$a" 'BEGIN { printf "%.3f", x / y }')"
+say "  moving / no triggers       $(awk -v x="$c" -v y="$a" 'BEGIN { printf "%.3f", x / y }')"
+say "capture lag of t1 at the end: $lag changes"
