@@ -210,6 +210,17 @@ apply_lag(const char *tenant, TenantPlan *plan)
 	return lag;
 }
 
+/* every log table there is, whatever the plan is now (quoted names) */
+static SPITupleTable *
+log_tables(uint64 *n)
+{
+	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
+				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
+	*n = SPI_processed;
+	return SPI_tuptable;
+}
+
 void
 apply_forget(const char *tenant)
 {
@@ -218,12 +229,7 @@ apply_forget(const char *tenant)
 	SPITupleTable *tt;
 	uint64		n;
 
-	/* every log table, whatever the plan is now */
-	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
-				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
-				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
-	tt = SPI_tuptable;
-	n = SPI_processed;
+	tt = log_tables(&n);
 	for (uint64 i = 0; i < n; i++)
 		cm_state_exec(psprintf("DELETE FROM %s.%s WHERE _cm_tenant = $1", CM_SCHEMA,
 							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
@@ -243,11 +249,7 @@ cm_capture_lag(PG_FUNCTION_ARGS)
 	int64		lag = 0;
 
 	SPI_connect();
-	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
-				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
-				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
-	tt = SPI_tuptable;
-	n = SPI_processed;
+	tt = log_tables(&n);
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
