@@ -14,7 +14,7 @@
  * The set of moving tenants is cached per backend and read with the latest
  * snapshot; whoever changes it sends a relcache invalidation for
  * clinic_migrate.tenants, which every backend processes at its next
- * transaction start.  capture_wait_for_older_transactions closes the gap
+ * transaction start.  capture_wait_for_writers closes the gap
  * for transactions that were already running.
  *
  * The log of a shared table holds the tenant and the key columns with
@@ -40,6 +40,7 @@
 #include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "storage/sinvaladt.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
@@ -624,28 +625,44 @@ capture_install(TenantPlan *plan)
 }
 
 void
-capture_wait_for_older_transactions(int skip_pid)
+capture_wait_for_writers(TenantPlan *plan)
 {
-	VirtualTransactionId *vxids;
-	int			n;
-	PGPROC	   *skip = skip_pid ? BackendPidGetProc(skip_pid) : NULL;
-
 	/*
-	 * Every transaction with a snapshot now; wait for each to end.  The
-	 * session waiting for us is skipped: it runs no transaction block (see
-	 * migrate_tenant) and writes nothing, and waiting for it would never end.
+	 * Every transaction that holds a lock conflicting with SHARE on a planned
+	 * table may have written it: ROW EXCLUSIVE is what INSERT, UPDATE and
+	 * DELETE take, and they keep it until they end.  Collect them first, then
+	 * wait for each, as CREATE INDEX CONCURRENTLY does.  (A transaction's xmin
+	 * says nothing here: an idle READ COMMITTED transaction that wrote a row
+	 * has none.)  Our own transaction is never among them; autovacuum's SHARE
+	 * UPDATE EXCLUSIVE conflicts too, but it writes no rows, so it is skipped.
 	 */
-	vxids = GetCurrentVirtualXIDs(InvalidTransactionId, true, false,
-								  PROC_IS_AUTOVACUUM | PROC_IN_VACUUM, &n);
-	for (int i = 0; i < n; i++)
+	List	   *wait = NIL;
+	ListCell   *lc;
+
+	for (int i = 0; i < plan->ncopied; i++)
 	{
-		if (!VirtualTransactionIdIsValid(vxids[i]))
-			continue;
-		if (skip && vxids[i].backendId == skip->backendId)
-			continue;
+		LOCKTAG		tag;
+		VirtualTransactionId *vxids;
+
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, plan->tables[i].relid);
+		vxids = GetLockConflicts(&tag, ShareLock, NULL);
+		for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+		{
+			PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+			VirtualTransactionId *v;
+
+			if (proc && (proc->statusFlags & PROC_IS_AUTOVACUUM))
+				continue;
+			v = palloc(sizeof(VirtualTransactionId));
+			*v = *vxids;
+			wait = lappend(wait, v);
+		}
+	}
+	foreach(lc, wait)
+	{
 		pgstat_report_activity(STATE_RUNNING,
 							   "clinic_migrate: waiting for transactions older than the capture");
-		(void) VirtualXactLock(vxids[i], true);
+		(void) VirtualXactLock(*(VirtualTransactionId *) lfirst(lc), true);
 		CHECK_FOR_INTERRUPTS();
 	}
 }

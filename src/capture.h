@@ -34,9 +34,10 @@ extern void capture_install(TenantPlan *plan);
 extern void capture_tenants_changed(void);
 
 /*
- * Wait until every transaction that was running when capture of a tenant
- * began has ended: after that, every writer sees the tenant as captured.
+ * Wait until every transaction that may have written a planned table before
+ * capture of a tenant began has ended: after that, every write of the
+ * tenant's rows is captured.
  */
-extern void capture_wait_for_older_transactions(int skip_pid);
+extern void capture_wait_for_writers(TenantPlan *plan);
 
 #endif

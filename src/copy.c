@@ -765,7 +765,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	 */
 	report_activity(sh, NULL, "waiting for older transactions before copying");
 	begin_txn();
-	capture_wait_for_older_transactions(sh->caller_pid);
+	capture_wait_for_writers(plan);
 	end_txn();
 
 	SpinLockAcquire(&sh->mutex);
