@@ -2,7 +2,8 @@
 EXTENSION = clinic_migrate
 MODULE_big = clinic_migrate
 OBJS = src/clinic_migrate.o src/state.o src/plan.o src/clone.o src/copy.o \
-       src/capture.o src/apply.o src/worker.o src/validate.o src/rollback.o
+       src/capture.o src/apply.o src/sync.o src/worker.o src/cutover.o \
+       src/validate.o src/rollback.o
 DATA = sql/clinic_migrate--0.1.sql
 PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 

@@ -18,12 +18,16 @@ CREATE TABLE clinic_migrate.tenants (
     source_schema   name NOT NULL,
     tenant_column   name NOT NULL,
     state           text NOT NULL DEFAULT 'schema_created'
-                    CHECK (state IN ('schema_created', 'copying', 'copied', 'failed')),
+                    CHECK (state IN ('schema_created', 'copying', 'copied', 'failed', 'cut_over',
+                                     'rolling_back', 'finalizing', 'finalized')),
     structure_done  boolean NOT NULL DEFAULT false,
     rows_copied     bigint NOT NULL DEFAULT 0,
+    rows_archived   bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
     started_at      timestamptz,
     completed_at    timestamptz,
+    cut_over_at     timestamptz,
+    finalized_at    timestamptz,
     last_error      text
 );
 
@@ -50,7 +54,8 @@ CREATE TABLE clinic_migrate.runs (
     run_id        bigserial PRIMARY KEY,
     tenant_id     text NOT NULL,
     schema_name   name,
-    action        text NOT NULL CHECK (action IN ('create_schema', 'migrate', 'rollback')),
+    action        text NOT NULL CHECK (action IN ('create_schema', 'migrate', 'cutover', 'rollback',
+                                                  'finalize')),
     status        text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     completed_at  timestamptz,
@@ -61,6 +66,22 @@ CREATE TABLE clinic_migrate.runs (
     worker_pid    integer
 );
 CREATE INDEX ON clinic_migrate.runs (tenant_id, run_id);
+
+-- Every pause of a tenant's writes: cutover, rollback after cutover, finalize.
+CREATE TABLE clinic_migrate.cutovers (
+    cutover_id      bigserial PRIMARY KEY,
+    tenant_id       text NOT NULL,
+    direction       text NOT NULL CHECK (direction IN ('cutover', 'rollback', 'finalize')),
+    attempt         integer NOT NULL,
+    outcome         text NOT NULL CHECK (outcome IN ('done', 'retried', 'failed')),
+    started_at      timestamptz NOT NULL,
+    pause_ms        numeric NOT NULL,   -- the tenant's writes were held this long
+    lock_wait_ms    numeric NOT NULL,   -- of which waiting for its transactions in flight
+    keys_drained    bigint NOT NULL,    -- changes replayed during the pause
+    rows_validated  bigint NOT NULL,    -- rows compared before and during the pause
+    error           text                -- why a pause was given up
+);
+CREATE INDEX ON clinic_migrate.cutovers (tenant_id, cutover_id);
 
 CREATE FUNCTION clinic_migrate.plan()
 RETURNS TABLE (
@@ -148,10 +169,72 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'cm_migration_active'
 LANGUAGE C VOLATILE STRICT;
 
--- Change capture: the trigger function and the checks in its WHEN clauses.
+CREATE FUNCTION clinic_migrate.cutover(
+    tenant text,
+    OUT schema_name name,
+    OUT attempts integer,
+    OUT pause_ms numeric,
+    OUT keys_drained bigint,
+    OUT rows_validated bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'cm_cutover'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION clinic_migrate.cutover(text) IS
+'switch a copied tenant to its schema, pausing only its writes, briefly';
+
+CREATE FUNCTION clinic_migrate.finalize_tenant(
+    tenant text,
+    archive boolean DEFAULT true,
+    OUT schema_name name,
+    OUT rows_archived bigint,
+    OUT finalized boolean)
+RETURNS record
+AS 'MODULE_PATHNAME', 'cm_finalize'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION clinic_migrate.finalize_tenant(text, boolean) IS
+'end the rollback window of a cut-over tenant: archive (or delete) its shared rows';
+
+-- Routing: where a tenant's rows live, and a search_path to them.
+CREATE FUNCTION clinic_migrate.tenant_schema(tenant text)
+RETURNS name
+AS 'MODULE_PATHNAME', 'cm_tenant_schema'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.set_tenant(tenant text, is_local boolean DEFAULT false)
+RETURNS name
+AS 'MODULE_PATHNAME', 'cm_set_tenant'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.sync_now(tenant text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cm_sync_now'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.start_sync()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_start_sync'
+LANGUAGE C VOLATILE;
+
+-- The default of a cut-over tenant's identity columns until finalize.
+CREATE FUNCTION clinic_migrate.identity_nextval(tab regclass, col name)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cm_identity_nextval'
+LANGUAGE C VOLATILE STRICT;
+
+-- Change capture: the trigger functions and the checks in their WHEN clauses.
 CREATE FUNCTION clinic_migrate.capture()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'cm_capture'
+LANGUAGE C;
+
+CREATE FUNCTION clinic_migrate.capture_reverse()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cm_capture_reverse'
+LANGUAGE C;
+
+CREATE FUNCTION clinic_migrate.guard_truncate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cm_guard_truncate'
 LANGUAGE C;
 
 CREATE FUNCTION clinic_migrate.capturing(tenant text)
@@ -191,7 +274,10 @@ SELECT t.tenant_id,
        t.started_at,
        t.completed_at,
        coalesce(t.completed_at, now()) - t.started_at AS elapsed,
-       CASE WHEN t.state IN ('copying', 'copied', 'failed')
+       t.cut_over_at,
+       t.finalized_at,
+       clinic_migrate.tenant_schema(t.tenant_id) AS lives_in,
+       CASE WHEN t.state IN ('copying', 'copied', 'failed', 'cut_over')
             THEN clinic_migrate.capture_lag(t.tenant_id) END AS capture_lag,
        clinic_migrate.syncing(t.tenant_id) AS syncing,
        t.last_error
@@ -229,3 +315,6 @@ REVOKE ALL ON ALL TABLES IN SCHEMA clinic_migrate FROM PUBLIC;
 -- except what the capture triggers' WHEN clauses call on every write of the
 -- shared tables: application roles must need no grant for capture to work
 GRANT EXECUTE ON FUNCTION clinic_migrate.capturing(text), clinic_migrate.capturing_any() TO PUBLIC;
+-- routing, for the application's roles; identity_nextval checks INSERT itself
+GRANT EXECUTE ON FUNCTION clinic_migrate.tenant_schema(text), clinic_migrate.set_tenant(text, boolean),
+    clinic_migrate.identity_nextval(regclass, name) TO PUBLIC;

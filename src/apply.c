@@ -24,6 +24,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 
 #include "apply.h"
@@ -85,12 +86,28 @@ is_key_column(List *keys, const char *col)
 	return false;
 }
 
-int64
-apply_round(const char *tenant, TenantPlan *plan, const char *schema)
+/* move the tenant's logged keys of a table into its key table; returns how many */
+static uint64
+take_logged_keys(PlanTable *pt, const char *tenant)
 {
 	Oid			ttype = TEXTOID;
 	Datum		tval = CStringGetTextDatum(tenant);
-	int64		applied = 0;
+	StringInfoData sql;
+
+	ensure_keys_table(pt);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant = $1 RETURNING ",
+					 log_relname(pt));
+	cm_append_quoted_list(&sql, plan_key_columns(pt), NULL);
+	appendStringInfo(&sql, ") INSERT INTO %s SELECT DISTINCT * FROM d", keys_relname(pt));
+	cm_state_exec(sql.data, 1, &ttype, &tval, NULL, 0);
+	return SPI_processed;
+}
+
+int64
+apply_round(const char *tenant, TenantPlan *plan, const char *schema)
+{
+	volatile int64 applied = 0;
 	bool		save_applying = cm_applying;
 	Oid			save_userid;
 	int			save_sec;
@@ -118,18 +135,12 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 			Oid			rtype = root->tenant_type;
 			Datum		rval = plan_tenant_datum(root, tenant);
 
-			ensure_keys_table(pt);
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant = $1 RETURNING ",
-							 log_relname(pt));
-			cm_append_quoted_list(&sql, keys, NULL);
-			appendStringInfo(&sql, ") INSERT INTO %s SELECT DISTINCT * FROM d", keys_relname(pt));
-			cm_state_exec(sql.data, 1, &ttype, &tval, NULL, 0);
-			if (SPI_processed == 0)
+			if (take_logged_keys(pt, tenant) == 0)
 				continue;
 			applied += SPI_processed;
+			pt->applied += SPI_processed;
 
-			resetStringInfo(&sql);
+			initStringInfo(&sql);
 			appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
 			cm_append_quoted_list(&sql, cols, NULL);
 			appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
@@ -186,6 +197,177 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 	}
 	PG_END_TRY();
 	return applied;
+}
+
+int64
+apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
+{
+	volatile int64 applied = 0;
+	bool		save_applying = cm_applying;
+	Oid			save_userid;
+	int			save_sec;
+	int			nest;
+
+	/*
+	 * As the extension owner, and as a replica, the way logical replication
+	 * applies changes: the shared tables' own triggers (and the foreign-key
+	 * checks, which the tenant's schema made already) do not fire again for
+	 * rows that were written, checked and triggered in the tenant's schema.
+	 * The capture triggers are ENABLE ALWAYS; cm_applying tells them that
+	 * these writes are ours.
+	 */
+	cm_owner_begin(&save_userid, &save_sec);
+	cm_applying = true;
+	nest = NewGUCNestLevel();
+	PG_TRY();
+	{
+		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
+		/* 1. parents first: the rows of the logged keys, from the schema */
+		for (int i = 0; i < plan->ncopied; i++)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			PlanTable  *root = plan_root(plan, pt);
+			List	   *keys = plan_key_columns(pt);
+			Oid			source = clone_target_relid(schema, pt->relname);
+			StringInfoData sql;
+			bool		always;
+			List	   *cols = plan_copy_columns(pt->relid, &always);
+			ListCell   *lc;
+			bool		first = true;
+			Oid			rtype = root->tenant_type;
+			Datum		rval = plan_tenant_datum(root, tenant);
+			uint64		candidates;
+
+			if (take_logged_keys(pt, tenant) == 0)
+				continue;
+			applied += SPI_processed;
+			pt->applied += SPI_processed;
+
+			/*
+			 * A key that another tenant's shared row already has (a key the
+			 * application chose itself, or a unique column outside the key)
+			 * must not take that row over: name it and stop.
+			 */
+			initStringInfo(&sql);
+			appendStringInfoString(&sql, "SELECT ");
+			cm_append_quoted_list(&sql, keys, "t");
+			appendStringInfo(&sql, " FROM %s t WHERE %s IN (SELECT * FROM %s) AND (",
+							 cm_qualified_relname(pt->relid), key_tuple(keys, "t"), keys_relname(pt));
+			plan_append_belongs(&sql, plan, pt, "t", 1);
+			appendStringInfoString(&sql, ") IS NOT TRUE LIMIT 1");
+			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: key check of %s failed", cm_qualified_relname(pt->relid));
+			if (SPI_processed > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("key %s of %s.%s belongs to another tenant in %s",
+								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+								quote_identifier(schema), quote_identifier(pt->relname),
+								cm_qualified_relname(pt->relid)),
+						 errdetail("The row was written in the schema of tenant \"%s\" after its cutover; replaying it would overwrite another tenant's row.",
+								   tenant),
+						 errhint("Change the key of that row in schema \"%s\"; keys generated by its defaults never collide.",
+								 schema)));
+
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "SELECT count(*) FROM %s s WHERE %s IN (SELECT * FROM %s)",
+							 cm_qualified_relname(source), key_tuple(keys, "s"), keys_relname(pt));
+			if (SPI_execute(sql.data, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: count of %s failed", cm_qualified_relname(source));
+			{
+				bool		isnull;
+
+				candidates = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+			}
+			if (candidates == 0)
+				continue;
+
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "INSERT INTO %s AS t (", cm_qualified_relname(pt->relid));
+			cm_append_quoted_list(&sql, cols, NULL);
+			appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+			cm_append_quoted_list(&sql, cols, "s");
+			appendStringInfo(&sql, " FROM %s s WHERE %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
+							 cm_qualified_relname(source), key_tuple(keys, "s"), keys_relname(pt),
+							 key_tuple(keys, NULL));
+			foreach(lc, cols)
+			{
+				char	   *col = lfirst(lc);
+
+				if (is_key_column(keys, col))
+					continue;
+				if (first)
+					appendStringInfoString(&sql, "UPDATE SET ");
+				appendStringInfo(&sql, "%s%s = EXCLUDED.%s", first ? "" : ", ",
+								 quote_identifier(col), quote_identifier(col));
+				first = false;
+			}
+			if (first)
+				appendStringInfoString(&sql, "NOTHING");
+			else
+			{
+				/* and never another tenant's row, whatever happened since the check */
+				appendStringInfoString(&sql, " WHERE ");
+				plan_append_belongs(&sql, plan, pt, "t", 1);
+			}
+			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "clinic_migrate: reverse replay into %s failed",
+					 cm_qualified_relname(pt->relid));
+			if (!first && SPI_processed < candidates)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("rows of %s.%s collide with another tenant's rows in %s",
+								quote_identifier(schema), quote_identifier(pt->relname),
+								cm_qualified_relname(pt->relid)),
+						 errhint("See clinic_migrate.validate_differences('%s').", tenant)));
+		}
+
+		/* 2. children first: keys gone from the schema go from the shared table */
+		for (int i = plan->ncopied - 1; i >= 0; i--)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			PlanTable  *root = plan_root(plan, pt);
+			List	   *keys = plan_key_columns(pt);
+			Oid			source = clone_target_relid(schema, pt->relname);
+			StringInfoData sql;
+			Oid			rtype = root->tenant_type;
+			Datum		rval = plan_tenant_datum(root, tenant);
+
+			if (apply_keys_table(pt) == NULL)
+				continue;
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "DELETE FROM %s t WHERE %s IN (SELECT * FROM %s) "
+							 "AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s = %s) AND ",
+							 cm_qualified_relname(pt->relid), key_tuple(keys, "t"), keys_relname(pt),
+							 cm_qualified_relname(source), key_tuple(keys, "s"), key_tuple(keys, "t"));
+			plan_append_belongs(&sql, plan, pt, "t", 1);
+			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "clinic_migrate: reverse replay of deletes into %s failed",
+					 cm_qualified_relname(pt->relid));
+		}
+		AtEOXact_GUC(true, nest);
+	}
+	PG_FINALLY();
+	{
+		cm_applying = save_applying;
+		cm_owner_end(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	return applied;
+}
+
+char *
+apply_keys_table(PlanTable *pt)
+{
+	Oid			relid;
+
+	relid = RelnameGetRelid(psprintf("cm_keys_%u", pt->relid));
+	if (!OidIsValid(relid) || !isTempNamespace(get_rel_namespace(relid)))
+		return NULL;
+	return keys_relname(pt);
 }
 
 int64

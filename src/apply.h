@@ -17,6 +17,19 @@
  */
 extern int64 apply_round(const char *tenant, TenantPlan *plan, const char *schema);
 
+/*
+ * The same after cutover, the other way: every change made in the tenant's
+ * schema and logged so far is applied to its shared rows (re-read from the
+ * schema by key: upserted, or deleted from the shared table).
+ */
+extern int64 apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema);
+
+/*
+ * The temporary table that holds the keys of a table applied in this
+ * transaction (all rounds of it), as a quoted name; NULL if it has none.
+ */
+extern char *apply_keys_table(PlanTable *pt);
+
 /* changes of the tenant captured and not yet applied */
 extern int64 apply_lag(const char *tenant, TenantPlan *plan);
 

@@ -52,6 +52,7 @@
 #include "utils/snapmgr.h"
 
 #include "capture.h"
+#include "clone.h"
 #include "clinic_migrate.h"
 #include "plan.h"
 #include "state.h"
@@ -63,13 +64,14 @@ bool		cm_applying = false;
 typedef struct MovingTenant
 {
 	char		tenant[CM_MAX_TENANT_LEN + 1];	/* hash key */
-	char		mode;
+	char		state;			/* CM_STATE_* */
 	char		schema[NAMEDATALEN];
+	char		source_schema[NAMEDATALEN];
 } MovingTenant;
 
 static HTAB *moving = NULL;
 static bool moving_valid = false;
-static long moving_count = 0;
+static long moving_count = 0;	/* tenants whose shared child rows need a lookup */
 static Oid	tenants_relid = InvalidOid;
 static bool callbacks_registered = false;
 
@@ -144,7 +146,8 @@ moving_load(void)
 	HeapTuple	tup;
 	AttrNumber	att_tenant,
 				att_state,
-				att_schema;
+				att_schema,
+				att_source;
 
 	register_callbacks();
 	/* valid from here: an invalidation during the scan makes us read again */
@@ -166,6 +169,7 @@ moving_load(void)
 	att_tenant = attnameAttNum(rel, "tenant_id", false);
 	att_state = attnameAttNum(rel, "state", false);
 	att_schema = attnameAttNum(rel, "schema_name", false);
+	att_source = attnameAttNum(rel, "source_schema", false);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snap, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -174,18 +178,18 @@ moving_load(void)
 		char	   *tenant = TextDatumGetCString(heap_getattr(tup, att_tenant, RelationGetDescr(rel), &isnull));
 		char	   *state = TextDatumGetCString(heap_getattr(tup, att_state, RelationGetDescr(rel), &isnull));
 		Name		schema = DatumGetName(heap_getattr(tup, att_schema, RelationGetDescr(rel), &isnull));
-		char		mode = CM_MODE_NONE;
+		Name		source = DatumGetName(heap_getattr(tup, att_source, RelationGetDescr(rel), &isnull));
+		char		code = cm_state_code(state);
 		MovingTenant *m;
 
-		if (strcmp(state, "copying") == 0 || strcmp(state, "copied") == 0 ||
-			strcmp(state, "failed") == 0)
-			mode = CM_MODE_CAPTURE;
-		if (mode == CM_MODE_NONE || strlen(tenant) > CM_MAX_TENANT_LEN)
+		if (code == CM_STATE_NONE || strlen(tenant) > CM_MAX_TENANT_LEN)
 			continue;
 		m = hash_search(moving, tenant, HASH_ENTER, NULL);
-		m->mode = mode;
+		m->state = code;
 		strlcpy(m->schema, NameStr(*schema), NAMEDATALEN);
-		moving_count++;
+		strlcpy(m->source_schema, NameStr(*source), NAMEDATALEN);
+		if (code == CM_STATE_CAPTURE || code == CM_STATE_CUT_OVER || code == CM_STATE_FINALIZING)
+			moving_count++;
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
@@ -199,7 +203,7 @@ moving_find(const char *tenant, int len)
 
 	if (!moving_valid)
 		moving_load();
-	if (moving_count == 0 || len > CM_MAX_TENANT_LEN)
+	if (hash_get_num_entries(moving) == 0 || len > CM_MAX_TENANT_LEN)
 		return NULL;
 	memcpy(key, tenant, len);
 	key[len] = '\0';
@@ -215,17 +219,52 @@ capture_tenants_changed(void)
 	moving_valid = false;
 }
 
+char
+cm_state_code(const char *state)
+{
+	if (strcmp(state, "copying") == 0 || strcmp(state, "copied") == 0 ||
+		strcmp(state, "failed") == 0)
+		return CM_STATE_CAPTURE;
+	if (strcmp(state, "cut_over") == 0)
+		return CM_STATE_CUT_OVER;
+	if (strcmp(state, "finalizing") == 0)
+		return CM_STATE_FINALIZING;
+	if (strcmp(state, "finalized") == 0)
+		return CM_STATE_FINALIZED;
+	if (strcmp(state, "rolling_back") == 0)
+		return CM_STATE_ROLLING_BACK;
+	return CM_STATE_NONE;
+}
+
+bool
+cm_state_after_cutover(const char *state)
+{
+	char		c = cm_state_code(state);
+
+	return c == CM_STATE_CUT_OVER || c == CM_STATE_FINALIZING || c == CM_STATE_FINALIZED;
+}
+
+/* do the shared tables' triggers act for a tenant in this state? */
+static inline bool
+shared_trigger_acts(char state)
+{
+	return state == CM_STATE_CAPTURE || state == CM_STATE_CUT_OVER ||
+		state == CM_STATE_FINALIZING || state == CM_STATE_FINALIZED;
+}
+
 /*
- * clinic_migrate.capturing(tenant text): is the tenant moving?  Used in the
- * triggers' WHEN clauses, so it must be cheap for tenants that are not.
+ * clinic_migrate.capturing(tenant text): do the shared tables' triggers act
+ * for this tenant (capture or guard)?  Used in the triggers' WHEN clauses,
+ * so it must be cheap for tenants that are not moving.
  */
 PG_FUNCTION_INFO_V1(cm_capturing);
 Datum
 cm_capturing(PG_FUNCTION_ARGS)
 {
 	text	   *t = PG_GETARG_TEXT_PP(0);
+	MovingTenant *m = moving_find(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 
-	PG_RETURN_BOOL(moving_find(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)) != NULL);
+	PG_RETURN_BOOL(m != NULL && shared_trigger_acts(m->state));
 }
 
 /* clinic_migrate.capturing_any(): is any tenant moving? (child tables) */
@@ -280,7 +319,7 @@ capture_table_get(Relation rel, Trigger *trigger)
 		elog(ERROR, "clinic_migrate: capture trigger on %s has no log table argument",
 			 RelationGetRelationName(rel));
 	ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
-	ct->tenant_att = trigger->tgnargs >= 2 ?
+	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
 		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
 
 	/* the log's columns after the tenant are the key columns, by name */
@@ -420,7 +459,7 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		Datum		values[INDEX_MAX_KEYS];
 		Oid			types[INDEX_MAX_KEYS];
 
-		if (!OidIsValid(target) || result)
+		if (!OidIsValid(target) || result || !shared_trigger_acts(m->state))
 			continue;
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "SELECT 1 FROM %s WHERE ", cm_qualified_relname(target));
@@ -509,7 +548,62 @@ same_key(Relation rel, CaptureTable *ct, HeapTuple a, HeapTuple b)
 	return true;
 }
 
-/* clinic_migrate.capture(): AFTER ROW trigger on planned shared tables */
+/*
+ * Take the tenant's write lock before a write of its rows is let through,
+ * then read the set of moving tenants again: cutover and rollback hold the
+ * lock exclusively while they drain and flip, so a writer that waited here
+ * finds the tenant where the flip put it.  Returns the tenant's entry as it
+ * is now, or NULL.
+ */
+static MovingTenant *
+lock_tenant_for_write(const char *tenant)
+{
+	cm_tenant_write_lock(tenant, false);
+	AcceptInvalidationMessages();
+	return moving_find(tenant, strlen(tenant));
+}
+
+static void
+guard_error(Relation rel, MovingTenant *m)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("tenant \"%s\" has moved to schema \"%s\"", m->tenant, m->schema),
+			 errdetail("Its rows in %s.%s no longer take writes.",
+					   quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+					   quote_identifier(RelationGetRelationName(rel))),
+			 errhint("Retry the transaction against schema \"%s\", for example after SELECT clinic_migrate.set_tenant(%s).",
+					 m->schema, quote_literal_cstr(m->tenant))));
+}
+
+/*
+ * What the shared tables' trigger does for one tenant a row belonged or
+ * belongs to: nothing, log the key (capture), or refuse (the tenant has
+ * been cut over).  Returns true if the key is to be logged.
+ */
+static bool
+shared_write_allowed(Relation rel, const char *tenant)
+{
+	MovingTenant *m;
+
+	if (tenant == NULL)
+		return false;
+	m = moving_find(tenant, strlen(tenant));
+	if (m == NULL || !shared_trigger_acts(m->state))
+		return false;
+	m = lock_tenant_for_write(tenant);
+	if (m == NULL || !shared_trigger_acts(m->state))
+		return false;
+	if (m->state != CM_STATE_CAPTURE)
+		guard_error(rel, m);
+	return true;
+}
+
+/*
+ * clinic_migrate.capture(): AFTER ROW trigger on the planned shared tables
+ * (arguments: the log table's OID, the tenant column or nothing for a child
+ * table).
+ */
 PG_FUNCTION_INFO_V1(cm_capture);
 Datum
 cm_capture(PG_FUNCTION_ARGS)
@@ -521,8 +615,8 @@ cm_capture(PG_FUNCTION_ARGS)
 	HeapTuple	newtup = NULL;
 	char	   *oldtenant = NULL;
 	char	   *newtenant = NULL;
-	bool		old_moving,
-				new_moving;
+	bool		old_log,
+				new_log;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_AFTER(td->tg_event))
@@ -550,23 +644,172 @@ cm_capture(PG_FUNCTION_ARGS)
 		oldtenant = tuple_tenant(rel, ct, oldtup, newtup == NULL);
 	if (newtup)
 		newtenant = tuple_tenant(rel, ct, newtup, false);
-	old_moving = oldtenant && moving_find(oldtenant, strlen(oldtenant)) != NULL;
-	new_moving = newtenant && moving_find(newtenant, strlen(newtenant)) != NULL;
+	old_log = shared_write_allowed(rel, oldtenant);
+	new_log = shared_write_allowed(rel, newtenant);
 
 	/*
 	 * Log the key the row had and the key it has now; an UPDATE that keeps
 	 * both tenant and key logs once.  Replay re-reads the row by key, so
 	 * what changed does not matter, only which keys.
 	 */
-	if (old_moving)
+	if (old_log)
 		log_key(rel, ct, oldtup, oldtenant);
-	if (new_moving &&
-		!(old_moving && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
+	if (new_log &&
+		!(old_log && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
 		log_key(rel, ct, newtup, newtenant);
 	return PointerGetDatum(NULL);
 }
 
+/*
+ * clinic_migrate.capture_reverse(): AFTER ROW trigger on a cut-over
+ * tenant's tables (arguments: the log table's OID, the tenant column or
+ * '', the tenant).  After cutover it logs the key of every change, which
+ * the sync worker applies to the shared rows so that a rollback loses
+ * nothing.  Before cutover, or once the tenant is rolled back, the schema
+ * is not where the tenant lives: writes are refused.  After finalize it
+ * does nothing.
+ */
+PG_FUNCTION_INFO_V1(cm_capture_reverse);
+Datum
+cm_capture_reverse(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	CaptureTable *ct;
+	const char *tenant;
+	MovingTenant *m;
+	HeapTuple	oldtup = NULL;
+	HeapTuple	newtup = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_AFTER(td->tg_event) || td->tg_trigger->tgnargs < 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.capture_reverse() must be an AFTER ROW trigger with three arguments")));
+	if (cm_applying)
+		return PointerGetDatum(NULL);
+	rel = td->tg_relation;
+	tenant = td->tg_trigger->tgargs[2];
+	m = moving_find(tenant, strlen(tenant));
+	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
+		return PointerGetDatum(NULL);
+	m = lock_tenant_for_write(tenant);
+	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
+		return PointerGetDatum(NULL);
+	if (m->state != CM_STATE_CUT_OVER)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("tenant \"%s\" lives in schema \"%s\", not in \"%s\"", m->tenant,
+						m->source_schema, m->schema),
+				 errdetail("Schema \"%s\" is %s.", m->schema,
+						   m->state == CM_STATE_ROLLING_BACK ? "being rolled back"
+						   : "a copy kept in sync until the tenant's cutover"),
+				 errhint("Retry the transaction against schema \"%s\", for example after SELECT clinic_migrate.set_tenant(%s).",
+						 m->source_schema, quote_literal_cstr(m->tenant))));
+
+	ct = capture_table_get(rel, td->tg_trigger);
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		newtup = td->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		oldtup = td->tg_trigtuple;
+		newtup = td->tg_newtuple;
+	}
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		oldtup = td->tg_trigtuple;
+	else
+		return PointerGetDatum(NULL);
+
+	/* a row in the tenant's schema is the tenant's: it must say so */
+	if (newtup && ct->tenant_att != InvalidAttrNumber)
+	{
+		char	   *t = tuple_tenant(rel, ct, newtup, false);
+
+		if (t == NULL || strcmp(t, tenant) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("a row of %s.%s must belong to tenant \"%s\"",
+							quote_identifier(m->schema), quote_identifier(RelationGetRelationName(rel)),
+							tenant),
+					 errdetail("Its %s is %s.", quote_identifier(td->tg_trigger->tgargs[1]),
+							   t ? quote_literal_cstr(t) : "NULL"),
+					 errhint("To move a row to another tenant, delete it here and insert it where that tenant lives.")));
+	}
+	if (oldtup)
+		log_key(rel, ct, oldtup, tenant);
+	if (newtup && !(oldtup && same_key(rel, ct, oldtup, newtup)))
+		log_key(rel, ct, newtup, tenant);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * clinic_migrate.guard_truncate(): BEFORE TRUNCATE trigger on the planned
+ * shared tables (no argument) and on a cut-over tenant's tables (argument:
+ * the tenant).  TRUNCATE fires no row trigger, so neither capture nor
+ * replay could see it: refuse while it would be lost.
+ */
+PG_FUNCTION_INFO_V1(cm_guard_truncate);
+Datum
+cm_guard_truncate(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	MovingTenant *busy = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.guard_truncate() must be a TRUNCATE trigger")));
+	if (cm_applying)
+		return PointerGetDatum(NULL);
+	rel = td->tg_relation;
+	AcceptInvalidationMessages();
+	if (td->tg_trigger->tgnargs >= 1)
+	{
+		MovingTenant *m = moving_find(td->tg_trigger->tgargs[0], strlen(td->tg_trigger->tgargs[0]));
+
+		if (m && m->state != CM_STATE_FINALIZING && m->state != CM_STATE_FINALIZED)
+			busy = m;
+	}
+	else
+	{
+		HASH_SEQ_STATUS seq;
+		MovingTenant *m;
+
+		if (!moving_valid)
+			moving_load();
+		hash_seq_init(&seq, moving);
+		while ((m = hash_seq_search(&seq)) != NULL)
+		{
+			if (busy == NULL && (m->state == CM_STATE_CAPTURE || m->state == CM_STATE_CUT_OVER ||
+								 m->state == CM_STATE_FINALIZING))
+				busy = m;
+		}
+	}
+	if (busy)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot truncate %s.%s while tenant \"%s\" is being migrated",
+						quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+						quote_identifier(RelationGetRelationName(rel)), busy->tenant),
+				 errdetail("TRUNCATE fires no row trigger: the change could not reach the other copy of the tenant's rows."),
+				 errhint("Delete the rows instead, or finish the migration (finalize_tenant) or roll it back first.")));
+	return PointerGetDatum(NULL);
+}
+
 /* ---- installation ---- */
+
+/* CREATE TRIGGER, then ENABLE ALWAYS (replicas and restores are captured too) */
+static void
+create_trigger(Oid relid, const char *name, const char *def)
+{
+	char	   *qrel = cm_qualified_relname(relid);
+
+	if (OidIsValid(get_trigger_oid(relid, name, true)))
+		return;
+	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s %s; ALTER TABLE %s ENABLE ALWAYS TRIGGER %s",
+							   quote_identifier(name), def, qrel, quote_identifier(name)));
+}
 
 void
 capture_install(TenantPlan *plan)
@@ -583,6 +826,7 @@ capture_install(TenantPlan *plan)
 		const char *ops[3] = {"INSERT", "UPDATE", "DELETE"};
 		const char *names[3] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
 		"clinic_migrate_capture_delete"};
+		char	   *qrel = cm_qualified_relname(pt->relid);
 
 		initStringInfo(&sql);
 		if (!OidIsValid(logrel))
@@ -591,7 +835,7 @@ capture_install(TenantPlan *plan)
 			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::text AS _cm_tenant, ",
 							 CM_SCHEMA, quote_identifier(logname));
 			cm_append_quoted_list(&sql, keys, "s");
-			appendStringInfo(&sql, " FROM %s s WITH NO DATA", cm_qualified_relname(pt->relid));
+			appendStringInfo(&sql, " FROM %s s WITH NO DATA", qrel);
 			cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
 			CommandCounterIncrement();
 			logrel = get_relname_relid(logname, nsp);
@@ -601,8 +845,6 @@ capture_install(TenantPlan *plan)
 			const char *when;
 			const char *tcol = quote_identifier(plan->tenant_column);
 
-			if (OidIsValid(get_trigger_oid(pt->relid, names[op], true)))
-				continue;
 			if (pt->kind == PLAN_CHILD)
 				when = "clinic_migrate.capturing_any()";
 			else if (op == 0)
@@ -612,16 +854,124 @@ capture_install(TenantPlan *plan)
 								tcol, tcol);
 			else
 				when = psprintf("clinic_migrate.capturing(OLD.%s::text)", tcol);
-			resetStringInfo(&sql);
-			appendStringInfo(&sql, "CREATE TRIGGER %s AFTER %s ON %s FOR EACH ROW WHEN (%s) "
-							 "EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
-							 names[op], ops[op], cm_qualified_relname(pt->relid), when,
-							 quote_literal_cstr(psprintf("%u", logrel)),
-							 pt->kind == PLAN_CHILD ? "" : ", ",
-							 pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column));
-			cm_ddl_with_retry(sql.data);
+			create_trigger(pt->relid, names[op],
+						   psprintf("AFTER %s ON %s FOR EACH ROW WHEN (%s) "
+									"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
+									ops[op], qrel, when,
+									quote_literal_cstr(psprintf("%u", logrel)),
+									pt->kind == PLAN_CHILD ? "" : ", ",
+									pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));
 		}
+		create_trigger(pt->relid, "clinic_migrate_guard_truncate",
+					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+								"EXECUTE FUNCTION clinic_migrate.guard_truncate()", qrel));
 	}
+}
+
+void
+capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			logrel = get_relname_relid(capture_log_name(pt->relid), nsp);
+		char	   *qrel;
+		const char *tcol = pt->tenant_att != InvalidAttrNumber ? plan->tenant_column : "";
+
+		if (!OidIsValid(target) || !OidIsValid(logrel))
+			elog(ERROR, "clinic_migrate: table %s.%s or its log is missing", schema, pt->relname);
+		qrel = cm_qualified_relname(target);
+		create_trigger(target, "clinic_migrate_capture_reverse",
+					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
+								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",
+								qrel, quote_literal_cstr(psprintf("%u", logrel)),
+								quote_literal_cstr(tcol), quote_literal_cstr(tenant)));
+		create_trigger(target, "clinic_migrate_guard_truncate",
+					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+								"EXECUTE FUNCTION clinic_migrate.guard_truncate(%s)",
+								qrel, quote_literal_cstr(tenant)));
+	}
+}
+
+void
+capture_drop_reverse(TenantPlan *plan, const char *schema)
+{
+	const char *names[2] = {"clinic_migrate_capture_reverse", "clinic_migrate_guard_truncate"};
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (!OidIsValid(target))
+			continue;
+		for (int k = 0; k < 2; k++)
+			if (OidIsValid(get_trigger_oid(target, names[k], true)))
+				cm_ddl_with_retry(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[k]),
+										   cm_qualified_relname(target)));
+	}
+}
+
+/* ---- routing ---- */
+
+/* where a tenant's rows live now: its schema once cut over, else the source schema */
+static const char *
+tenant_location(const char *tenant)
+{
+	MovingTenant *m;
+
+	/* a cutover committed a moment ago must be seen now */
+	AcceptInvalidationMessages();
+	m = moving_find(tenant, strlen(tenant));
+	if (m == NULL)
+		return cm_source_schema;
+	if (cm_state_after_cutover_code(m->state))
+		return m->schema;
+	return m->source_schema;
+}
+
+/* clinic_migrate.tenant_schema(tenant): where the tenant's rows live now */
+PG_FUNCTION_INFO_V1(cm_tenant_schema);
+Datum
+cm_tenant_schema(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	Name		result = palloc0(NAMEDATALEN);
+
+	namestrcpy(result, tenant_location(tenant));
+	PG_RETURN_NAME(result);
+}
+
+/*
+ * clinic_migrate.set_tenant(tenant, is_local): search_path to where the
+ * tenant's rows live, then the source schema (its shared tables), and
+ * app.current_tenant to the tenant; for the transaction only with is_local
+ * (poolers in transaction mode).  Returns the schema.
+ */
+PG_FUNCTION_INFO_V1(cm_set_tenant);
+Datum
+cm_set_tenant(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	bool		is_local = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	const char *where = tenant_location(tenant);
+	MovingTenant *m = moving_find(tenant, strlen(tenant));
+	const char *shared = m ? m->source_schema : cm_source_schema;
+	StringInfoData path;
+	Name		result = palloc0(NAMEDATALEN);
+
+	initStringInfo(&path);
+	appendStringInfoString(&path, quote_identifier(where));
+	if (strcmp(where, shared) != 0)
+		appendStringInfo(&path, ", %s", quote_identifier(shared));
+	(void) set_config_option("search_path", path.data, PGC_USERSET, PGC_S_SESSION,
+							 is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET, true, 0, false);
+	(void) set_config_option("app.current_tenant", tenant, PGC_USERSET, PGC_S_SESSION,
+							 is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET, true, 0, false);
+	namestrcpy(result, where);
+	PG_RETURN_NAME(result);
 }
 
 void

@@ -9,9 +9,29 @@
 #include "postgres.h"
 #include "plan.h"
 
-/* capture mode of a tenant, as the triggers see it */
-#define CM_MODE_NONE	0
-#define CM_MODE_CAPTURE 'c'		/* copying or in sync: log its changes */
+/*
+ * A tenant's state (clinic_migrate.tenants.state) as the triggers see it:
+ *   copying, copied, failed  shared rows authoritative; their changes are logged
+ *   cut_over                 the schema is authoritative; shared rows refuse
+ *                            writes; the schema's changes are logged (reverse)
+ *   finalizing, finalized    the schema is authoritative; shared rows refuse
+ *                            writes; nothing is logged
+ *   rolling_back             shared rows authoritative again; the schema
+ *                            refuses writes until it is dropped
+ */
+#define CM_STATE_NONE			0
+#define CM_STATE_CAPTURE		'c'
+#define CM_STATE_CUT_OVER		'x'
+#define CM_STATE_FINALIZING		'f'
+#define CM_STATE_FINALIZED		'F'
+#define CM_STATE_ROLLING_BACK	'b'
+
+extern char cm_state_code(const char *state);
+
+/* is the tenant's schema where it lives (cut_over, finalizing, finalized)? */
+extern bool cm_state_after_cutover(const char *state);
+#define cm_state_after_cutover_code(c) \
+	((c) == CM_STATE_CUT_OVER || (c) == CM_STATE_FINALIZING || (c) == CM_STATE_FINALIZED)
 
 /*
  * Set while this backend applies captured changes itself: its own writes
@@ -29,6 +49,13 @@ extern char *capture_log_name(Oid source);
  * application's writers behind a long transaction.
  */
 extern void capture_install(TenantPlan *plan);
+
+/*
+ * The reverse capture on a tenant's own tables (cutover installs it,
+ * finalize drops it), and their TRUNCATE guard.
+ */
+extern void capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant);
+extern void capture_drop_reverse(TenantPlan *plan, const char *schema);
 
 /* tell every backend that the set of captured tenants changed (at commit) */
 extern void capture_tenants_changed(void);

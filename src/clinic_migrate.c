@@ -21,6 +21,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/varlena.h"
 
 #include "clinic_migrate.h"
 #include "worker.h"
@@ -35,6 +36,15 @@ int			cm_batch_size = 50000;
 int			cm_progress_interval = 10;
 int			cm_batch_delay = 0;
 int			cm_sync_interval = 1000;
+int			cm_cutover_max_lag = 1000;
+int			cm_cutover_max_pause = 200;
+int			cm_cutover_attempts = 10;
+int			cm_cutover_wait = 300;
+int			cm_archive_batch_size = 10000;
+char	   *cm_archive_schema = NULL;
+char	   *cm_registry_schema_column = NULL;
+char	   *cm_registry_status_column = NULL;
+char	   *cm_pause_points = NULL;
 
 void		_PG_init(void);
 
@@ -111,6 +121,44 @@ _PG_init(void)
 							"Seconds between progress notices from migrate_tenant (0: none).",
 							NULL, &cm_progress_interval, 10, 0, 3600,
 							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.cutover_max_lag",
+							"Captured changes pending below which cutover pauses the tenant's writes.",
+							NULL, &cm_cutover_max_lag, 1000, 0, 100000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.cutover_max_pause",
+							"Longest pause of a tenant's writes in one cutover attempt.",
+							"Past it the attempt is given up, the writes resume, and cutover catches up and tries again.",
+							&cm_cutover_max_pause, 200, 10, 60000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.cutover_attempts",
+							"Pauses cutover (or rollback after cutover) tries before it fails.",
+							NULL, &cm_cutover_attempts, 10, 1, 1000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.cutover_wait",
+							"How long cutover waits for the pending changes to fall below cutover_max_lag.",
+							NULL, &cm_cutover_wait, 300, 0, 86400,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.archive_batch_size",
+							"Rows moved per committed batch when finalize_tenant archives or deletes shared rows.",
+							NULL, &cm_archive_batch_size, 10000, 1, 10000000,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.archive_schema",
+							   "Schema of the archive tables that finalize_tenant moves shared rows into.",
+							   NULL, &cm_archive_schema, "clinic_migrate_archive",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.registry_schema_column",
+							   "Column of the registry table kept set to where the tenant's rows live (empty: none).",
+							   NULL, &cm_registry_schema_column, "",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.registry_status_column",
+							   "Column of the registry table kept set to the tenant's migration state (empty: none).",
+							   NULL, &cm_registry_status_column, "",
+							   PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("clinic_migrate.pause_points",
+							   "Points where clinic_migrate stops while a session holds their advisory lock (tests only).",
+							   "A comma separated list; see cm_pause_point in the source.",
+							   &cm_pause_points, "",
+							   PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("clinic_migrate");
 
 	cm_worker_init();
@@ -129,6 +177,77 @@ cm_current_settings(CmSettings *s)
 	s->batch_size = cm_batch_size;
 	s->batch_delay = cm_batch_delay;
 	s->sync_interval = cm_sync_interval;
+	s->cutover_max_lag = cm_cutover_max_lag;
+	s->cutover_max_pause = cm_cutover_max_pause;
+	s->cutover_attempts = cm_cutover_attempts;
+	s->cutover_wait = cm_cutover_wait;
+	s->archive_batch_size = cm_archive_batch_size;
+	strlcpy(s->archive_schema, cm_archive_schema ? cm_archive_schema : "", NAMEDATALEN);
+	strlcpy(s->registry_schema_column, cm_registry_schema_column ? cm_registry_schema_column : "",
+			NAMEDATALEN);
+	strlcpy(s->registry_status_column, cm_registry_status_column ? cm_registry_status_column : "",
+			NAMEDATALEN);
+	strlcpy(s->pause_points, cm_pause_points ? cm_pause_points : "", sizeof(s->pause_points));
+}
+
+void
+cm_apply_settings(const CmSettings *s)
+{
+	char		buf[32];
+
+#define SET_STR(name, v) SetConfigOption("clinic_migrate." name, (v), PGC_SUSET, PGC_S_SESSION)
+#define SET_INT(name, v) (snprintf(buf, sizeof(buf), "%d", (v)), SET_STR(name, buf))
+	SET_STR("source_schema", s->source_schema);
+	SET_STR("tenant_column", s->tenant_column);
+	SET_STR("schema_template", s->schema_template);
+	SET_STR("registry_table", s->registry_table);
+	SET_INT("batch_size", s->batch_size);
+	SET_INT("batch_delay", s->batch_delay);
+	SET_INT("sync_interval", s->sync_interval);
+	SET_INT("cutover_max_lag", s->cutover_max_lag);
+	SET_INT("cutover_max_pause", s->cutover_max_pause);
+	SET_INT("cutover_attempts", s->cutover_attempts);
+	SET_INT("cutover_wait", s->cutover_wait);
+	SET_INT("archive_batch_size", s->archive_batch_size);
+	SET_STR("archive_schema", s->archive_schema);
+	SET_STR("registry_schema_column", s->registry_schema_column);
+	SET_STR("registry_status_column", s->registry_status_column);
+	SET_STR("pause_points", s->pause_points);
+#undef SET_INT
+#undef SET_STR
+}
+
+void
+cm_pause_point(const char *name)
+{
+	char	   *list;
+	List	   *names;
+	ListCell   *lc;
+	bool		listed = false;
+
+	if (cm_pause_points == NULL || cm_pause_points[0] == '\0')
+		return;
+	list = pstrdup(cm_pause_points);
+	if (!SplitIdentifierString(list, ',', &names))
+		return;
+	foreach(lc, names)
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			listed = true;
+	if (listed)
+	{
+		/* the key pg_advisory_lock(hashtext('clinic_migrate:<name>')) uses */
+		char	   *keytext = psprintf("clinic_migrate:%s", name);
+		int64		key = DatumGetInt32(DirectFunctionCall1(hashtext,
+														   CStringGetTextDatum(keytext)));
+		LOCKTAG		tag;
+		char		activity[128];
+
+		snprintf(activity, sizeof(activity), "clinic_migrate: at pause point %s", name);
+		pgstat_report_activity(STATE_RUNNING, activity);
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (key >> 32), (uint32) key, 1);
+		(void) LockAcquire(&tag, ShareLock, false, false);
+		LockRelease(&tag, ShareLock, false);
+	}
 }
 
 /*
@@ -273,6 +392,40 @@ cm_tenant_lock_kind_free(const char *tenant, int kind)
 	return r == LOCKACQUIRE_OK;
 }
 
+void
+cm_tenant_write_lock(const char *tenant, bool exclusive)
+{
+	LOCKTAG		tag;
+
+	tenant_locktag_kind(&tag, tenant, CM_LOCK_WRITE);
+	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+}
+
+/* the database-wide sync lock: advisory (db, 0, 0, CM_LOCK_SYNC) */
+bool
+cm_lock_sync_worker(bool session)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, CM_LOCK_SYNC);
+	return LockAcquire(&tag, ExclusiveLock, session, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+bool
+cm_sync_worker_running(void)
+{
+	LOCKTAG		tag;
+	LockAcquireResult r;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 0, CM_LOCK_SYNC);
+	r = LockAcquire(&tag, ExclusiveLock, false, true);
+	if (r == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, ExclusiveLock, false);
+	/* held by this very session (the sync worker asking itself) */
+	return r != LOCKACQUIRE_OK;
+}
+
 /* Take the tenant's migration lock for the session; false if busy. */
 bool
 cm_lock_tenant(const char *tenant, bool wait, bool session)
@@ -384,6 +537,8 @@ cm_ddl_with_retry(const char *sql)
 
 	for (volatile int attempt = 1;; attempt++)
 	{
+		volatile bool done = false;
+
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(cxt);
 		PG_TRY();
@@ -398,7 +553,8 @@ cm_ddl_with_retry(const char *sql)
 			ReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
-			return;
+			/* no return here: PG_END_TRY must restore the exception stack */
+			done = true;
 		}
 		PG_CATCH();
 		{
@@ -424,6 +580,8 @@ cm_ddl_with_retry(const char *sql)
 			delay_ms = Min(delay_ms * 2, 2000);
 		}
 		PG_END_TRY();
+		if (done)
+			return;
 	}
 }
 

@@ -23,6 +23,15 @@ extern int	cm_batch_size;
 extern int	cm_progress_interval;
 extern int	cm_batch_delay;
 extern int	cm_sync_interval;
+extern int	cm_cutover_max_lag;
+extern int	cm_cutover_max_pause;
+extern int	cm_cutover_attempts;
+extern int	cm_cutover_wait;
+extern int	cm_archive_batch_size;
+extern char *cm_archive_schema;
+extern char *cm_registry_schema_column;
+extern char *cm_registry_status_column;
+extern char *cm_pause_points;
 
 /* the longest tenant id we accept (bytes); longer ids are rejected cleanly */
 #define CM_MAX_TENANT_LEN 1024
@@ -37,9 +46,28 @@ typedef struct CmSettings
 	int			batch_size;
 	int			batch_delay;
 	int			sync_interval;
+	int			cutover_max_lag;
+	int			cutover_max_pause;
+	int			cutover_attempts;
+	int			cutover_wait;
+	int			archive_batch_size;
+	char		archive_schema[NAMEDATALEN];
+	char		registry_schema_column[NAMEDATALEN];
+	char		registry_status_column[NAMEDATALEN];
+	char		pause_points[256];
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);
+
+/* make a worker's clinic_migrate.* settings those of the session that started it */
+extern void cm_apply_settings(const CmSettings *s);
+
+/*
+ * A named point where clinic_migrate code stops while a session holds
+ * pg_advisory_lock(hashtext('clinic_migrate:<name>')), if <name> is listed
+ * in clinic_migrate.pause_points (superuser only; for tests of races).
+ */
+extern void cm_pause_point(const char *name);
 
 /* tenant argument: not NULL, not empty, not too long, valid encoding */
 extern char *cm_tenant_arg(FunctionCallInfo fcinfo, int argno);
@@ -66,10 +94,23 @@ extern bool cm_tenant_lock_free(const char *tenant);
  */
 #define CM_LOCK_APPLY	(CM_LOCK_FIELD4 + 1)
 #define CM_LOCK_SYNC	(CM_LOCK_FIELD4 + 2)
+#define CM_LOCK_WRITE	(CM_LOCK_FIELD4 + 3)
 extern bool cm_lock_tenant_kind(const char *tenant, int kind, bool wait, bool session);
 extern void cm_unlock_tenant_kind(const char *tenant, int kind, bool session);
 extern bool cm_tenant_lock_kind_free(const char *tenant, int kind);
 extern void cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo);
+
+/*
+ * The tenant's write lock (transaction-level): every write of a moving
+ * tenant's rows takes it in SHARE mode through the capture triggers;
+ * cutover and rollback take it EXCLUSIVE for their pause, which makes the
+ * tenant's writers, and only them, wait.
+ */
+extern void cm_tenant_write_lock(const char *tenant, bool exclusive);
+
+/* the database's sync worker lock (session-level): one sync worker per database */
+extern bool cm_lock_sync_worker(bool session);
+extern bool cm_sync_worker_running(void);
 
 /*
  * Output settings that make text renderings independent of the session:

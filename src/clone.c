@@ -31,6 +31,11 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_type.h"
+#include "catalog/pg_sequence.h"
+#include "catalog/dependency.h"
+#include "commands/sequence.h"
+#include "parser/parse_func.h"
+#include "utils/syscache.h"
 #include "commands/comment.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -916,6 +921,301 @@ clone_set_sequences(Oid target)
 		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: setval failed");
 	}
+}
+
+/* attidentity of a column ('\0' when it is not an identity column) */
+static char
+attidentity(Oid relid, AttrNumber attnum)
+{
+	HeapTuple	tp = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(attnum));
+	char		result = '\0';
+
+	if (HeapTupleIsValid(tp))
+	{
+		result = ((Form_pg_attribute) GETSTRUCT(tp))->attidentity;
+		ReleaseSysCache(tp);
+	}
+	return result;
+}
+
+/* a column whose values come from a sequence of the shared table */
+typedef struct KeySequence
+{
+	char	   *column;			/* unquoted */
+	Oid			seq;
+	char		identity;		/* attidentity of the shared column, or '\0' (serial) */
+} KeySequence;
+
+/* serial and identity columns of a shared table (sequences it owns) */
+static List *
+key_sequences(Oid shared)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(shared)};
+	SPITupleTable *tt;
+	List	   *result = NIL;
+
+	if (SPI_execute_with_args("SELECT a.attname, d.objid, a.attidentity::text "
+							  "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
+							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') AND NOT a.attisdropped "
+							  "ORDER BY a.attnum",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		KeySequence *ks = palloc(sizeof(KeySequence));
+		bool		isnull;
+		char	   *ident = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
+
+		ks->column = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		ks->seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		ks->identity = ident ? ident[0] : '\0';
+		result = lappend(result, ks);
+	}
+	return result;
+}
+
+void
+clone_switch_sequences(TenantPlan *plan, const char *schema)
+{
+	int			nest = pin_search_path();
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		ListCell   *lc;
+
+		foreach(lc, key_sequences(pt->relid))
+		{
+			KeySequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->column);
+			StringInfoData sql;
+
+			if (att == InvalidAttrNumber)
+				continue;
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s ", cm_qualified_relname(target));
+			if (attidentity(target, att) != '\0')
+				appendStringInfo(&sql, "ALTER COLUMN %s DROP IDENTITY, ", quote_identifier(ks->column));
+			if (ks->identity != '\0')
+				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT clinic_migrate.identity_nextval(%s::pg_catalog.regclass, %s::pg_catalog.name)",
+								 quote_identifier(ks->column),
+								 quote_literal_cstr(cm_qualified_relname(pt->relid)),
+								 quote_literal_cstr(ks->column));
+			else
+				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+								 quote_identifier(ks->column),
+								 quote_literal_cstr(cm_qualified_relname(ks->seq)));
+			cm_ddl_with_retry(sql.data);
+		}
+	}
+	cm_restore_output_settings(nest);
+}
+
+void
+clone_restore_sequences(TenantPlan *plan, const char *schema)
+{
+	int			nest = pin_search_path();
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		List	   *kss = key_sequences(pt->relid);
+		ListCell   *lc;
+		bool		locked = false;
+
+		foreach(lc, kss)
+		{
+			KeySequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->column);
+			const char *qcol = quote_identifier(ks->column);
+			char	   *qtarget = cm_qualified_relname(target);
+			StringInfoData sql;
+
+			if (att == InvalidAttrNumber || attidentity(target, att) != '\0')
+				continue;
+			/* no key may be taken between reading the highest and switching */
+			if (!locked)
+				cm_ddl_with_retry(psprintf("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", qtarget));
+			locked = true;
+			initStringInfo(&sql);
+			if (ks->identity != '\0')
+			{
+				Oid			types[1] = {OIDOID};
+				Datum		values[1] = {ObjectIdGetDatum(ks->seq)};
+				SPITupleTable *tt;
+				int64		inc;
+				char	   *start;
+
+				/* (the identity takes the column's type) */
+				if (SPI_execute_with_args("SELECT format_type(seqtypid, NULL), seqincrement, seqmin, seqmax, "
+										  "seqcache, seqcycle, seqstart FROM pg_sequence WHERE seqrelid = $1",
+										  1, types, values, NULL, true, 0) != SPI_OK_SELECT ||
+					SPI_processed != 1)
+					elog(ERROR, "clinic_migrate: sequence %u not found", ks->seq);
+				tt = SPI_tuptable;
+				inc = pg_strtoint64(SPI_getvalue(tt->vals[0], tt->tupdesc, 2));
+				appendStringInfo(&sql, "SELECT coalesce(%s(%s)::numeric + %s, %s)::text FROM %s",
+								 inc > 0 ? "max" : "min", qcol, SPI_getvalue(tt->vals[0], tt->tupdesc, 2),
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 7), qtarget);
+				start = query_text(sql.data, 0, NULL, NULL);
+				resetStringInfo(&sql);
+				appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT, ALTER COLUMN %s ADD GENERATED %s AS IDENTITY "
+								 "(INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)",
+								 qtarget, qcol, qcol, ks->identity == ATTRIBUTE_IDENTITY_ALWAYS ? "ALWAYS" : "BY DEFAULT",
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 2),
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 3), SPI_getvalue(tt->vals[0], tt->tupdesc, 4),
+								 start, SPI_getvalue(tt->vals[0], tt->tupdesc, 5),
+								 strcmp(SPI_getvalue(tt->vals[0], tt->tupdesc, 6), "t") == 0 ? "CYCLE" : "NO CYCLE");
+				exec_ddl(sql.data);
+			}
+			else
+			{
+				/* the tenant's own serial sequence, made when its table was */
+				ListCell   *oc;
+				OwnedSequence *own = NULL;
+
+				foreach(oc, clone_owned_sequences(target))
+				{
+					OwnedSequence *os = lfirst(oc);
+
+					if (strcmp(os->column, qcol) == 0)
+						own = os;
+				}
+				if (own == NULL)
+					continue;	/* it shares a sequence it does not own: nothing to restore */
+				appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+								 qtarget, qcol, quote_literal_cstr(cm_qualified_relname(own->seq)));
+				exec_ddl(sql.data);
+			}
+		}
+		if (locked)
+			clone_set_sequences(target);
+	}
+	cm_restore_output_settings(nest);
+}
+
+List *
+clone_column_sequences(Oid relid)
+{
+	SPITupleTable *tt;
+	uint64		n;
+	List	   *result = NIL;
+	Oid			fn = LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("identity_nextval")),
+									-1, NULL, true);
+
+	/*
+	 * Per column with a sequence behind it: its identity sequence; else the
+	 * sequence its default reads; else, for identity_nextval(table, column),
+	 * that table's identity sequence.
+	 */
+	if (SPI_execute_with_args(
+							  "SELECT a.attname, "
+							  "  (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+							  "     AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid "
+							  "     AND d.refobjsubid = a.attnum AND d.deptype = 'i' LIMIT 1), "
+							  "  (SELECT d.refobjid FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid "
+							  "     WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+							  "       AND d.refclassid = 'pg_class'::regclass AND c.relkind = 'S' LIMIT 1), "
+							  "  (SELECT d.refobjid FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid "
+							  "     WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+							  "       AND d.refclassid = 'pg_class'::regclass AND c.relkind IN ('r', 'p') "
+							  "       AND EXISTS (SELECT 1 FROM pg_depend f WHERE f.classid = 'pg_attrdef'::regclass "
+							  "                   AND f.objid = ad.oid AND f.refclassid = 'pg_proc'::regclass "
+							  "                   AND f.refobjid = $2) LIMIT 1) "
+							  "FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum "
+							  "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
+							  "ORDER BY a.attnum",
+							  2, (Oid[]) {OIDOID, OIDOID},
+							  (Datum[]) {ObjectIdGetDatum(relid), ObjectIdGetDatum(fn)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d;
+		Oid			seq = InvalidOid;
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+
+		d = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+		if (!isnull)
+			seq = DatumGetObjectId(d);
+		if (!OidIsValid(seq))
+		{
+			d = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
+			if (!isnull)
+				seq = DatumGetObjectId(d);
+		}
+		if (!OidIsValid(seq))
+		{
+			d = SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull);
+			if (!isnull)
+			{
+				Oid			shared = DatumGetObjectId(d);
+				AttrNumber	att = get_attnum(shared, col);
+
+				if (att != InvalidAttrNumber)
+					seq = getIdentitySequence(shared, att, true);
+			}
+		}
+		if (OidIsValid(seq))
+		{
+			OwnedSequence *os = palloc(sizeof(OwnedSequence));
+			HeapTuple	stup = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
+
+			os->seq = seq;
+			os->column = pstrdup(quote_identifier(col));
+			os->increment = 1;
+			if (HeapTupleIsValid(stup))
+			{
+				os->increment = ((Form_pg_sequence) GETSTRUCT(stup))->seqincrement;
+				ReleaseSysCache(stup);
+			}
+			result = lappend(result, os);
+		}
+	}
+	return result;
+}
+
+/*
+ * clinic_migrate.identity_nextval(table, column): the next value of a
+ * table's identity column, for the default of a cut-over tenant's copy of
+ * that column.  As for the identity itself, INSERT on the column is the
+ * privilege it takes.
+ */
+PG_FUNCTION_INFO_V1(cm_identity_nextval);
+Datum
+cm_identity_nextval(PG_FUNCTION_ARGS)
+{
+	Oid			rel = PG_GETARG_OID(0);
+	Name		col = PG_GETARG_NAME(1);
+	AttrNumber	att = get_attnum(rel, NameStr(*col));
+	Oid			seq;
+
+	if (att == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation %u does not exist", NameStr(*col), rel)));
+	if (pg_attribute_aclcheck(rel, att, GetUserId(), ACL_INSERT) != ACLCHECK_OK &&
+		pg_class_aclcheck(rel, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", cm_qualified_relname(rel)),
+				 errdetail("Drawing from the identity of column \"%s\" takes INSERT on it.", NameStr(*col))));
+	seq = getIdentitySequence(rel, att, true);
+	if (!OidIsValid(seq))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("column \"%s\" of %s is not an identity column", NameStr(*col),
+						cm_qualified_relname(rel))));
+	PG_RETURN_INT64(nextval_internal(seq, false));
 }
 
 /*

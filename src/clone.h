@@ -79,6 +79,23 @@ typedef struct OwnedSequence
 /* the sequences a table's columns own (List of OwnedSequence *) */
 extern List *clone_owned_sequences(Oid relid);
 
+/*
+ * Every sequence a table's columns draw their values from: their identity,
+ * a default on a sequence, or a default that draws from a shared table's
+ * identity (clinic_migrate.identity_nextval); List of OwnedSequence *.
+ */
+extern List *clone_column_sequences(Oid relid);
+
+/*
+ * Until finalize, new keys in a cut-over tenant's schema come from the
+ * shared tables' sequences, so that replaying them into the shared tables
+ * never collides with another tenant's keys: serial and identity columns of
+ * the tenant's tables are switched to them (cutover), and back to sequences
+ * of their own, set past the highest key (finalize).
+ */
+extern void clone_switch_sequences(TenantPlan *plan, const char *schema);
+extern void clone_restore_sequences(TenantPlan *plan, const char *schema);
+
 /* where a foreign key to ref points in the tenant's schema: its copy, or ref */
 extern Oid	clone_fk_target(TenantPlan *plan, const char *schema, Oid ref);
 

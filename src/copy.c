@@ -62,22 +62,8 @@ typedef struct CopyTable
 	char	   *checkpoint[INDEX_MAX_KEYS];	/* root keyset, as text */
 } CopyTable;
 
-static void
-begin_txn(void)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-static void
-end_txn(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-}
+#define begin_txn cm_begin_txn
+#define end_txn cm_end_txn
 
 static int64
 count_rows(TenantPlan *plan, PlanTable *pt, Datum tenant)
@@ -456,6 +442,9 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		AtEOXact_GUC(true, nest);
 	}
 
+	/* tests: a write racing the batch, between its snapshot and its commit */
+	cm_pause_point("copy_batch");
+
 	/* (3) the checkpoint, committed with the rows */
 	{
 		Oid			utypes[5] = {TEXTOID, OIDOID, INT8OID, TEXTARRAYOID, BOOLOID};
@@ -544,91 +533,6 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 		if (applied < 1000)
 			break;
 	}
-}
-
-/*
- * Keep a copied tenant in sync: a replay round every sync_interval, until
- * the tenant is rolled back (or no longer 'copied'), the worker is asked to
- * stop, or another worker already does the job.  Errors are recorded and
- * retried with back-off; nothing is lost meanwhile, the log keeps it.
- */
-void
-cm_sync_loop(const char *tenant, int interval)
-{
-	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate sync",
-											  ALLOCSET_DEFAULT_SIZES);
-	volatile int delay = interval;
-
-	if (!cm_lock_tenant_kind(tenant, CM_LOCK_SYNC, false, true))
-		return;
-	for (;;)
-	{
-		volatile bool stop = false;
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 delay, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (cm_got_sigterm)
-			break;
-		MemoryContextReset(cxt);
-		PG_TRY();
-		{
-			TenantInfo	info;
-
-			begin_txn();
-			(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
-			clone_tenant_info(tenant, &info);
-			if (!info.exists || strcmp(info.state, "copied") != 0)
-				stop = true;
-			else
-			{
-				CmSettings	s;
-				char	   *t = (char *) tenant;
-				TenantPlan *plan;
-				int64		applied;
-				char		activity[NAMEDATALEN + 64];
-
-				cm_current_settings(&s);
-				plan = clone_plan_for_tenant(&t, &s, cxt);
-				applied = apply_round(tenant, plan, info.schema_name);
-				snprintf(activity, sizeof(activity),
-						 "clinic_migrate: keeping %s in sync (" INT64_FORMAT " applied)",
-						 info.schema_name, applied);
-				pgstat_report_activity(STATE_RUNNING, activity);
-			}
-			end_txn();
-			delay = interval;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			EmitErrorReport();
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			begin_txn();
-			{
-				Oid			types[2] = {TEXTOID, TEXTOID};
-				Datum		values[2];
-
-				/* the tenant stays 'copied': only the error is recorded */
-				values[0] = CStringGetTextDatum(tenant);
-				values[1] = CStringGetTextDatum(edata->message);
-				cm_state_exec("UPDATE clinic_migrate.tenants SET last_error = $2 WHERE tenant_id = $1",
-							  2, types, values, NULL, 0);
-			}
-			end_txn();
-			delay = Min(delay * 2, 60000);
-		}
-		PG_END_TRY();
-		if (stop)
-			break;
-	}
-	cm_unlock_tenant_kind(tenant, CM_LOCK_SYNC, true);
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 void
@@ -767,6 +671,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	begin_txn();
 	capture_wait_for_writers(plan);
 	end_txn();
+	cm_pause_point("copy_start");
 
 	SpinLockAcquire(&sh->mutex);
 	sh->state = CMW_RUNNING;

@@ -11,7 +11,4 @@
 /* copy the tenant of sh; errors propagate; *run_id is set once recorded */
 extern void cm_copy_tenant(CmWorkerShared *sh, int64 *run_id);
 
-/* keep a copied tenant in sync until it is rolled back or told to stop */
-extern void cm_sync_loop(const char *tenant, int interval);
-
 #endif

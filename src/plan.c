@@ -654,6 +654,42 @@ plan_append_tenant_rows(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 		append_row_bound(buf, root, ralias, "<=", hi_param);
 }
 
+void
+plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
+					const char *alias, int param)
+{
+	PlanTable  *root = plan_root(plan, pt);
+	Oid			child = pt->relid;
+
+	if (pt->nhops == 0)
+	{
+		appendStringInfo(buf, "%s.%s = $%d", alias,
+						 quote_identifier(attname(root->relid, root->tenant_att)), param);
+		return;
+	}
+	appendStringInfoString(buf, "EXISTS (SELECT 1 FROM ");
+	for (int h = 0; h < pt->nhops; h++)
+		appendStringInfo(buf, "%s%s a%d", h ? ", " : "", cm_qualified_relname(pt->hops[h].parent), h + 1);
+	appendStringInfoString(buf, " WHERE ");
+	for (int h = 0; h < pt->nhops; h++)
+	{
+		PlanHop    *hop = &pt->hops[h];
+		char		calias[NAMEDATALEN + 16];
+
+		if (h == 0)
+			strlcpy(calias, alias, sizeof(calias));
+		else
+			snprintf(calias, sizeof(calias), "a%d", h);
+		for (int k = 0; k < hop->nkeys; k++)
+			appendStringInfo(buf, "%s.%s = a%d.%s AND ", calias,
+							 quote_identifier(attname(child, hop->child_att[k])),
+							 h + 1, quote_identifier(attname(hop->parent, hop->parent_att[k])));
+		child = hop->parent;
+	}
+	appendStringInfo(buf, "a%d.%s = $%d)", pt->nhops,
+					 quote_identifier(attname(root->relid, root->tenant_att)), param);
+}
+
 List *
 plan_copy_columns(Oid relid, bool *has_always_identity)
 {

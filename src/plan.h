@@ -59,6 +59,8 @@ typedef struct PlanTable
 	Oid			batch_index;	/* index on (tenant, batch columns...), if any */
 
 	char	   *note;			/* warnings for the user, or NULL */
+
+	int64		applied;		/* keys replayed (apply.c), reset by whoever reads it */
 } PlanTable;
 
 typedef struct TenantPlan
@@ -88,6 +90,14 @@ extern void plan_check_copyable(TenantPlan *plan);
  */
 extern void plan_append_tenant_rows(StringInfo buf, TenantPlan *plan,
 									PlanTable *pt, int lo_param, int hi_param);
+
+/*
+ * A boolean SQL expression: the row of pt's table under alias belongs to
+ * the tenant in parameter $param (its tenant column, or the tenant column
+ * at the end of its foreign key chain, through EXISTS).
+ */
+extern void plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
+								const char *alias, int param);
 
 /* alias of the root table in plan_append_tenant_rows' SQL */
 extern const char *plan_root_alias(PlanTable *pt);

@@ -19,7 +19,10 @@
 #include "capture.h"
 #include "clinic_migrate.h"
 #include "clone.h"
+#include "cutover.h"
+#include "rollback.h"
 #include "state.h"
+#include "worker.h"
 
 /*
  * DROP SCHEMA ... CASCADE would silently take objects outside the schema
@@ -73,8 +76,64 @@ check_no_outside_dependents(Oid nsp, const char *name)
 }
 
 /*
+ * Drop the tenant's schema (only if it is still the one we created) and
+ * clinic_migrate's state of it.  The caller holds the tenant's migration
+ * lock.  Returns true if there was something to drop.
+ */
+bool
+cm_rollback_drop(const char *tenant)
+{
+	TenantInfo	info;
+
+	/* a replay round in progress finishes first; the next one sees us */
+	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+	clone_tenant_info(tenant, &info);
+	if (!info.exists)
+		return false;
+	{
+		char	   *name = get_namespace_name(info.schema_oid);
+
+		if (name != NULL && strcmp(name, info.schema_name) == 0)
+		{
+			StringInfoData sql;
+			int			nest;
+
+			if (!pg_namespace_ownercheck(info.schema_oid, GetUserId()))
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("permission denied to roll back tenant \"%s\"", tenant),
+						 errdetail("Rolling back drops schema \"%s\", which only its owner may do.", name),
+						 errhint("Roll back as the owner of schema \"%s\" or a member of its role.", name)));
+			check_no_outside_dependents(info.schema_oid, name);
+			nest = NewGUCNestLevel();
+
+			/* the list of dropped tables is noise: the schema was ours */
+			(void) set_config_option("client_min_messages", "warning", PGC_USERSET,
+									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "DROP SCHEMA %s CASCADE", quote_identifier(name));
+
+			/*
+			 * Dropping a table whose foreign key points at a shared table
+			 * locks that table exclusively for a moment, and a cut-over
+			 * tenant's tables may be busy: never queue for them.
+			 */
+			cm_ddl_with_retry(sql.data);
+			AtEOXact_GUC(true, nest);
+		}
+	}
+	cm_state_exec_tenant("DELETE FROM clinic_migrate.tenants WHERE tenant_id = $1", tenant);
+	apply_forget(tenant);
+	capture_tenants_changed();	/* writers stop capturing it at our commit */
+	return true;
+}
+
+/*
  * clinic_migrate.rollback_tenant(tenant): true if there was something to
- * roll back.  Idempotent; every call is recorded in runs.
+ * roll back.  Idempotent; every call is recorded in runs.  Before cutover
+ * it drops the schema here and now; after cutover a worker first switches
+ * the tenant back with a pause, as cutover does, replaying every change
+ * made in the schema into the shared rows.
  */
 PG_FUNCTION_INFO_V1(cm_rollback_tenant);
 Datum
@@ -100,6 +159,27 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 		cm_current_settings(&s);
 		if (OidIsValid(get_namespace_oid(s.source_schema, true)))
 			(void) clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
+		clone_tenant_info(tenant, &info);
+	}
+	if (info.exists && (strcmp(info.state, "finalizing") == 0 || strcmp(info.state, "finalized") == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" has been finalized and can no longer be rolled back", tenant),
+				 errdetail("Its rows live in schema \"%s\"; its shared rows were archived or deleted.",
+						   info.schema_name),
+				 errhint("The archive tables in schema \"%s\" hold the shared rows if they were archived.",
+						 cm_archive_schema)));
+	if (info.exists && (strcmp(info.state, "cut_over") == 0 || strcmp(info.state, "rolling_back") == 0))
+	{
+		CmWorkerShared *req = palloc0(sizeof(CmWorkerShared));
+		CmWorkerShared *result = palloc0(sizeof(CmWorkerShared));
+		char	   *t = pstrdup(tenant);
+
+		SPI_finish();
+		cm_require_no_transaction_block("rollback_tenant of a cut-over tenant");
+		cm_worker_request_init(req, CMA_ROLLBACK, t);
+		cm_run_in_worker(req, result);
+		PG_RETURN_BOOL(result->did);
 	}
 
 	/*
@@ -111,48 +191,12 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("tenant \"%s\" is being migrated by another session", tenant),
 				 errhint("Cancel that session's migrate_tenant() (pg_cancel_backend) or wait for it, then roll back.")));
-	/* a replay round in progress finishes first; the next one sees us */
-	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
-	clone_tenant_info(tenant, &info);	/* again: the id may be canonical now */
+	clone_tenant_info(tenant, &info);	/* again, under the lock */
 	run_id = cm_run_start(tenant, info.exists ? info.schema_name : NULL, "rollback",
 						  GetUserNameFromId(GetUserId(), false), 0);
-	if (info.exists)
-	{
-		char	   *name = get_namespace_name(info.schema_oid);
-
-		/* drop the schema only if it is still the one we created */
-		if (name != NULL && strcmp(name, info.schema_name) == 0)
-		{
-			StringInfoData sql;
-			int			nest;
-
-			if (!pg_namespace_ownercheck(info.schema_oid, GetUserId()))
-				ereport(ERROR,
-						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-						 errmsg("permission denied to roll back tenant \"%s\"", tenant),
-						 errdetail("Rolling back drops schema \"%s\", which only its owner may do.", name),
-						 errhint("Roll back as the owner of schema \"%s\" or a member of its role.", name)));
-			check_no_outside_dependents(info.schema_oid, name);
-			nest = NewGUCNestLevel();
-
-			/* the list of dropped tables is noise: the schema was ours */
-			(void) set_config_option("client_min_messages", "warning", PGC_USERSET,
-									 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "DROP SCHEMA %s CASCADE", quote_identifier(name));
-
-			/*
-			 * Dropping a table whose foreign key points at a shared table
-			 * locks that table exclusively for a moment: never queue for it.
-			 */
-			cm_ddl_with_retry(sql.data);
-			AtEOXact_GUC(true, nest);
-		}
-		cm_state_exec_tenant("DELETE FROM clinic_migrate.tenants WHERE tenant_id = $1", tenant);
-		apply_forget(tenant);
-		capture_tenants_changed();	/* writers stop capturing it at our commit */
-		did = true;
-	}
+	did = cm_rollback_drop(tenant);
+	if (did)
+		cm_registry_sync(tenant, "rolled_back", info.source_schema);
 	cm_runs_mark_interrupted(tenant);
 	cm_run_finish(run_id, "completed", 0, did ? NULL : "nothing to roll back", NULL);
 	SPI_finish();

@@ -19,6 +19,8 @@
 #include "utils/rel.h"
 #include "access/table.h"
 #include "access/genam.h"
+#include "access/xact.h"
+#include "utils/snapmgr.h"
 
 #include "clinic_migrate.h"
 #include "state.h"
@@ -120,6 +122,8 @@ cm_run_start(const char *tenant, const char *schema, const char *action,
 	values[4] = Int32GetDatum(pid);
 	if (pid == 0)
 		nulls[4] = 'n';
+	/* whoever starts a run holds the tenant's lock: a run still 'running' died */
+	(void) cm_runs_mark_interrupted(tenant);
 	cm_state_exec("INSERT INTO clinic_migrate.runs "
 				  "(tenant_id, schema_name, action, status, started_by, worker_pid) "
 				  "VALUES ($1, $2, $3, 'running', $4, $5) RETURNING run_id",
@@ -175,4 +179,33 @@ cm_tenant_record_error(const char *tenant, const char *msg)
 	cm_state_exec("UPDATE clinic_migrate.tenants SET state = 'failed', last_error = $2 "
 				  "WHERE tenant_id = $1",
 				  2, types, values, NULL, 0);
+}
+
+void
+cm_tenant_record_last_error(const char *tenant, const char *msg)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(msg);
+	cm_state_exec("UPDATE clinic_migrate.tenants SET last_error = $2 WHERE tenant_id = $1",
+				  2, types, values, NULL, 0);
+}
+
+void
+cm_begin_txn(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+void
+cm_end_txn(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }

@@ -32,7 +32,14 @@ extern void cm_run_finish(int64 run_id, const char *status, int64 rows,
 /* mark runs left 'running' by a worker that died as 'interrupted' */
 extern int	cm_runs_mark_interrupted(const char *tenant);
 
-/* record a failure for a tenant in a fresh transaction (worker error path) */
+/* record a failed copy for a tenant: state 'failed' and the error */
 extern void cm_tenant_record_error(const char *tenant, const char *msg);
+
+/* record the last error of a tenant, leaving its state as it is */
+extern void cm_tenant_record_last_error(const char *tenant, const char *msg);
+
+/* a worker's transaction: start it with SPI and a snapshot, and commit it */
+extern void cm_begin_txn(void);
+extern void cm_end_txn(void);
 
 #endif

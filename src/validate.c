@@ -36,9 +36,13 @@
 #include "utils/memutils.h"
 
 #include "clinic_migrate.h"
+#include "apply.h"
+#include "capture.h"
 #include "clone.h"
+#include "catalog/namespace.h"
 #include "plan.h"
 #include "state.h"
+#include "validate.h"
 
 typedef struct KeyEntry
 {
@@ -76,6 +80,7 @@ typedef struct TableCheck
 	int64		ndiff;			/* keys that differ, all of them */
 	int64		orphans;
 	bool		seq_ok;
+	List	   *keyhashes;		/* check_table_keys: KeyEntry of every differing key */
 } TableCheck;
 
 /* hash of columns [from, to) of a slot, position-sensitive */
@@ -370,7 +375,7 @@ sequences_ok(Oid target)
 {
 	ListCell   *lc;
 
-	foreach(lc, clone_owned_sequences(target))
+	foreach(lc, clone_column_sequences(target))
 	{
 		OwnedSequence *os = lfirst(lc);
 		char	   *inc = psprintf(INT64_FORMAT, os->increment);
@@ -476,6 +481,204 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 	out->seq_ok = sequences_ok(target);
 }
 
+/*
+ * Counts and checksums of both sides; where they differ, every differing
+ * key (KeyEntry, with its hash) in tc->keyhashes.  No orphan or sequence
+ * check: this is the proof cutover needs, nothing else.
+ */
+static void
+check_table_keys(TenantPlan *plan, PlanTable *pt, Oid target, const char *tenant, TableCheck *out)
+{
+	PlanTable  *root = plan_root(plan, pt);
+	Datum		tenantv = plan_tenant_datum(root, tenant);
+	StringInfoData src,
+				tgt;
+	RowHasher	rs,
+				rt;
+
+	memset(out, 0, sizeof(*out));
+	out->table = pt->relname;
+	initStringInfo(&src);
+	append_select_list(&src, pt);
+	plan_append_tenant_rows(&src, plan, pt, 0, 0);
+	initStringInfo(&tgt);
+	append_select_list(&tgt, pt);
+	appendStringInfo(&tgt, " FROM %s s", cm_qualified_relname(target));
+	hasher_init(&rs, pt->nkey);
+	hasher_init(&rt, pt->nkey);
+	run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
+	run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+	out->src_rows = rs.count;
+	out->tgt_rows = rt.count;
+	out->src_sum = rs.sum;
+	out->tgt_sum = rt.sum;
+	if (rs.count != rt.count || rs.sum != rt.sum)
+	{
+		HASHCTL		ctl;
+		HASH_SEQ_STATUS seq;
+		KeyEntry   *e;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(KeyEntry);
+		ctl.hcxt = CurrentMemoryContext;
+		hasher_init(&rs, pt->nkey);
+		hasher_init(&rt, pt->nkey);
+		rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		rt.side = 1;
+		run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
+		run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+		hash_seq_init(&seq, rs.map);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->count[0] != e->count[1] || e->sum[0] != e->sum[1])
+				out->keyhashes = lappend(out->keyhashes, e);
+	}
+}
+
+/* the keys of a tenant pending in a table's log, as key hashes */
+static HTAB *
+logged_key_hashes(PlanTable *pt, const char *tenant)
+{
+	RowHasher	r;
+	HASHCTL		ctl;
+	StringInfoData sql;
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	char	   *logname = capture_log_name(pt->relid);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(KeyEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	hasher_init(&r, pt->nkey);
+	r.map = hash_create("clinic_migrate logged keys", 256, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (!OidIsValid(get_relname_relid(logname, nsp)))
+		return r.map;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT ");
+	cm_append_quoted_list(&sql, plan_key_columns(pt), "l");
+	appendStringInfo(&sql, " FROM %s l WHERE l._cm_tenant = $1",
+					 quote_qualified_identifier(CM_SCHEMA, logname));
+	{
+		Oid			save_userid;
+		int			save_sec;
+
+		/* the logs are clinic_migrate's own */
+		cm_owner_begin(&save_userid, &save_sec);
+		run_hashed(sql.data, TEXTOID, CStringGetTextDatum(tenant), true, &r);
+		cm_owner_end(save_userid, save_sec);
+	}
+	return r.map;
+}
+
+void
+validate_before_pause(TenantPlan *plan, const char *schema, const char *tenant,
+					  int64 *rows, int64 *in_flight)
+{
+	int			nest = cm_stable_output_settings();
+	StringInfoData unexplained;
+	int			nunexplained = 0;
+
+	*rows = 0;
+	*in_flight = 0;
+	initStringInfo(&unexplained);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		TableCheck	tc;
+
+		if (!OidIsValid(target))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s.%s of tenant \"%s\" is missing", quote_identifier(schema),
+							quote_identifier(pt->relname), tenant),
+					 errhint("Roll the tenant back with clinic_migrate.rollback_tenant('%s') and migrate again.",
+							 tenant)));
+		check_table_keys(plan, pt, target, tenant, &tc);
+		*rows += tc.src_rows + tc.tgt_rows;
+		if (tc.keyhashes != NIL)
+		{
+			HTAB	   *logged = logged_key_hashes(pt, tenant);
+			ListCell   *lc;
+
+			foreach(lc, tc.keyhashes)
+			{
+				KeyEntry   *e = lfirst(lc);
+				bool		found;
+
+				(void) hash_search(logged, &e->keyhash, HASH_FIND, &found);
+				if (found)
+					(*in_flight)++;
+				else if (nunexplained++ < 10)
+					appendStringInfo(&unexplained, "%s%s %s", unexplained.len ? ", " : "",
+									 pt->relname, e->keytext);
+			}
+		}
+	}
+	cm_restore_output_settings(nest);
+	if (nunexplained > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the schema of tenant \"%s\" differs from its source in %d keys that no captured change explains",
+						tenant, nunexplained),
+				 errdetail("First keys: %s.", unexplained.data),
+				 errhint("Nothing was switched. See SELECT * FROM clinic_migrate.validate_differences('%s'); "
+						 "a change made outside the capture (a write with the capture triggers disabled, "
+						 "or by hand in the copy) explains it; roll the tenant back and migrate it again.",
+						 tenant)));
+}
+
+int64
+validate_applied_keys(TenantPlan *plan, const char *schema, const char *tenant)
+{
+	int64		rows = 0;
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		PlanTable  *root = plan_root(plan, pt);
+		char	   *keys = apply_keys_table(pt);
+		Oid			target = clone_target_relid(schema, pt->relname);
+		StringInfoData src,
+					tgt,
+					in;
+		RowHasher	rs,
+					rt;
+
+		if (keys == NULL || pt->applied == 0)
+			continue;
+		initStringInfo(&in);
+		appendStringInfoString(&in, " AND (");
+		cm_append_quoted_list(&in, plan_key_columns(pt), "s");
+		appendStringInfo(&in, ") IN (SELECT * FROM %s)", keys);
+		initStringInfo(&src);
+		append_select_list(&src, pt);
+		plan_append_tenant_rows(&src, plan, pt, 0, 0);
+		appendStringInfoString(&src, in.data);
+		initStringInfo(&tgt);
+		append_select_list(&tgt, pt);
+		appendStringInfo(&tgt, " FROM %s s WHERE true%s", cm_qualified_relname(target), in.data);
+		hasher_init(&rs, pt->nkey);
+		hasher_init(&rt, pt->nkey);
+		run_hashed(src.data, root->tenant_type, plan_tenant_datum(root, tenant), true, &rs);
+		run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+		rows += rs.count + rt.count;
+		if (rs.count != rt.count || rs.sum != rt.sum)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("table %s.%s of tenant \"%s\" differs from its source after the final replay",
+							quote_identifier(schema), quote_identifier(pt->relname), tenant),
+					 errdetail("The replayed keys have " UINT64_FORMAT " rows with checksum %016" INT64_MODIFIER "x in the source, "
+							   UINT64_FORMAT " rows with checksum %016" INT64_MODIFIER "x in the copy.",
+							   rs.count, rs.sum, rt.count, rt.sum),
+					 errhint("Nothing was switched. See SELECT * FROM clinic_migrate.validate_differences('%s').",
+							 tenant)));
+	}
+	return rows;
+}
+
 static Datum
 text_list_array(List *l)
 {
@@ -513,6 +716,14 @@ validate_tenant(const char *tenant, int max_keys, check_emit emit, void *arg)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("tenant \"%s\" has not been migrated", tenant),
 				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') first.", tenant)));
+	if (strcmp(info.state, "finalizing") == 0 || strcmp(info.state, "finalized") == 0 ||
+		strcmp(info.state, "rolling_back") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is %s: there is no second copy to compare", tenant, info.state),
+				 errdetail("Validation compares the shared rows with the tenant's schema; %s",
+						   strcmp(info.state, "rolling_back") == 0 ? "the schema is being dropped."
+						   : "finalize moves the shared rows out.")));
 	nest = cm_stable_output_settings();
 	cm_state_exec_tenant("SELECT source_table, target_table FROM clinic_migrate.tenant_tables "
 						 "WHERE tenant_id = $1 ORDER BY position", tenant);

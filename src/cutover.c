@@ -1,0 +1,1049 @@
+/*-------------------------------------------------------------------------
+ * cutover.c
+ *	  cutover, rollback after cutover, and finalize_tenant.
+ *
+ * Cutover switches a copied tenant from its shared rows to its schema
+ * while the application writes.  Only that tenant's writers wait, and only
+ * for a bounded pause:
+ *
+ *   1. prepare: the reverse capture goes onto the tenant's tables (it
+ *      refuses writes there until the switch), and their serial and
+ *      identity columns are pointed at the shared tables' sequences
+ *      (clone_switch_sequences), so keys made after the switch never
+ *      collide with other tenants' when they are replayed back;
+ *   2. catch up until fewer than cutover_max_lag changes are pending;
+ *   3. validate both sides in one snapshot: every key that differs must be
+ *      a captured change still pending (validate_before_pause);
+ *   4. pause: take the tenant's write lock exclusively.  Every write of the
+ *      tenant's rows takes it in SHARE mode in the capture trigger, so the
+ *      tenant's transactions in flight finish first and new ones queue
+ *      behind it; no other tenant's write ever asks for it.  Drain the log,
+ *      check the rows of the keys drained, set the state to cut_over and
+ *      commit.  The writers that queued wake up, read the new state and
+ *      fail with SQLSTATE 40001, to be retried where the tenant lives now.
+ *
+ * Lock waits in the pause use lock_timeout = what is left of
+ * cutover_max_pause; past the budget the attempt is rolled back (the
+ * writers go on), recorded, and tried again after a catch-up, at most
+ * cutover_attempts times.  Every attempt is recorded in
+ * clinic_migrate.cutovers with its pause.
+ *
+ * Rollback after cutover is the same switch the other way (the reverse log
+ * drained into the shared rows), followed by dropping the schema.
+ * Finalize makes the same pause to stop the reverse capture exactly, gives
+ * the tenant's tables sequences of their own again, and moves the tenant's
+ * shared rows into archive tables (or deletes them) in batches.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "portability/instr_time.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "apply.h"
+#include "capture.h"
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "cutover.h"
+#include "plan.h"
+#include "rollback.h"
+#include "state.h"
+#include "sync.h"
+#include "validate.h"
+#include "worker.h"
+
+#define begin_txn cm_begin_txn
+#define end_txn cm_end_txn
+
+void
+cm_tenant_set_state(const char *tenant, const char *state)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(state);
+	cm_state_exec("UPDATE clinic_migrate.tenants SET state = $2, last_error = NULL, "
+				  "cut_over_at = CASE WHEN $2 = 'cut_over' THEN clock_timestamp() "
+				  "                   WHEN $2 = 'rolling_back' THEN NULL ELSE cut_over_at END, "
+				  "finalized_at = CASE WHEN $2 = 'finalized' THEN clock_timestamp() ELSE finalized_at END "
+				  "WHERE tenant_id = $1",
+				  2, types, values, NULL, 0);
+	/* every backend reads the tenant's new state at its next lock */
+	capture_tenants_changed();
+}
+
+void
+cm_registry_sync(const char *tenant, const char *state, const char *location)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	const char *scol = cm_registry_schema_column;
+	const char *stcol = cm_registry_status_column;
+
+	if ((scol == NULL || scol[0] == '\0') && (stcol == NULL || stcol[0] == '\0'))
+		return;
+	if (cm_registry_table == NULL || cm_registry_table[0] == '\0')
+		return;
+
+	/*
+	 * The application's own table: in a subtransaction with a short
+	 * lock_timeout, so that a locked registry row delays nothing and a
+	 * misconfigured column costs a warning, not the step.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		TenantInfo	info;
+		Oid			nsp;
+		Oid			reg;
+		StringInfoData sql;
+		Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Datum		values[3];
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		clone_tenant_info(tenant, &info);
+		nsp = get_namespace_oid(info.exists ? info.source_schema : cm_source_schema, true);
+		reg = OidIsValid(nsp) ? get_relname_relid(cm_registry_table, nsp) : InvalidOid;
+		if (OidIsValid(reg))
+		{
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "UPDATE %s SET ", cm_qualified_relname(reg));
+			if (scol && scol[0])
+				appendStringInfo(&sql, "%s = $2", quote_identifier(scol));
+			if (stcol && stcol[0])
+				appendStringInfo(&sql, "%s%s = $3", (scol && scol[0]) ? ", " : "",
+								 quote_identifier(stcol));
+			appendStringInfo(&sql, " WHERE %s::text = $1",
+							 quote_identifier(info.exists ? info.tenant_column : cm_tenant_column));
+			values[0] = CStringGetTextDatum(tenant);
+			values[1] = CStringGetTextDatum(location);
+			values[2] = CStringGetTextDatum(state);
+			if (SPI_execute_with_args(sql.data, 3, types, values, NULL, false, 0) < 0)
+				elog(ERROR, "clinic_migrate: registry update failed");
+		}
+		AtEOXact_GUC(true, nest);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ereport(WARNING,
+				(errmsg("could not record tenant \"%s\" as %s in the registry: %s",
+						tenant, state, edata->message),
+				 errhint("Check clinic_migrate.registry_schema_column and registry_status_column.")));
+	}
+	PG_END_TRY();
+}
+
+static double
+ms_since(instr_time start)
+{
+	instr_time	now;
+
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, start);
+	return INSTR_TIME_GET_MILLISEC(now);
+}
+
+static void
+check_stop(const char *tenant)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (cm_got_sigterm)
+		ereport(ERROR,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("work on tenant \"%s\" stopped by request", tenant),
+				 errhint("Run it again to resume.")));
+}
+
+static int64
+pending_changes(const char *tenant)
+{
+	Oid			t = TEXTOID;
+	Datum		v = CStringGetTextDatum(tenant);
+	bool		isnull;
+
+	cm_state_exec("SELECT clinic_migrate.capture_lag($1)", 1, &t, &v, NULL, 0);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Replay rounds (in whichever direction the state calls for) until fewer
+ * than max_lag changes are pending, within wait_s seconds.
+ */
+static void
+catch_up(const char *tenant, const char *schema, int max_lag, int wait_s)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_s * 1000L);
+	char		activity[NAMEDATALEN + 64];
+
+	snprintf(activity, sizeof(activity), "clinic_migrate: catching up %s before the pause", schema);
+	for (;;)
+	{
+		int64		applied;
+		int64		lag;
+
+		check_stop(tenant);
+		pgstat_report_activity(STATE_RUNNING, activity);
+		begin_txn();
+		applied = cm_sync_tenant_once(tenant);
+		end_txn();
+		begin_txn();
+		lag = pending_changes(tenant);
+		end_txn();
+		if (lag <= max_lag)
+			return;
+		if (GetCurrentTimestamp() > deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("changes of tenant \"%s\" kept coming faster than they were replayed", tenant),
+					 errdetail(INT64_FORMAT " changes were pending after %d s; cutover_max_lag is %d.",
+							   lag, wait_s, max_lag),
+					 errhint("Try at a quieter time, or raise clinic_migrate.cutover_max_lag or cutover_wait.")));
+		if (applied == 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 50L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+/* one attempt of a pause */
+typedef struct Attempt
+{
+	bool		done;
+	TimestampTz started;
+	double		pause_ms;		/* the tenant's writers were held this long */
+	double		lock_wait_ms;	/* of which waiting for its transactions in flight */
+	int64		drained;
+	int64		checked;
+	char	   *error;			/* why a retried attempt gave up */
+} Attempt;
+
+static void
+over_budget(instr_time t0, int budget_ms)
+{
+	if (ms_since(t0) > budget_ms)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("the pause reached clinic_migrate.cutover_max_pause (%d ms)", budget_ms)));
+}
+
+static void
+set_lock_timeout(instr_time t0, int budget_ms)
+{
+	char		buf[32];
+	int			left = budget_ms - (int) ms_since(t0);
+
+	snprintf(buf, sizeof(buf), "%d", Max(left, 1));
+	(void) set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * The pause: hold the tenant's writes, drain the log (forward for cutover,
+ * reverse for rollback and finalize), check the drained rows, set the new
+ * state, commit.  A retryable failure (lock timeout, the budget, deadlock,
+ * serialization failure) rolls back and is returned in a->error; anything
+ * else is raised.
+ */
+static void
+pause_and_flip(const char *tenant, TenantPlan *plan, const char *expect_state,
+			   const char *new_state, bool reverse, const char *point, Attempt *a)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	instr_time	t0;
+	volatile bool ok = false;
+	int			budget = cm_cutover_max_pause;
+
+	memset(a, 0, sizeof(*a));
+	a->started = GetCurrentTimestamp();
+	INSTR_TIME_SET_CURRENT(t0);
+	PG_TRY();
+	{
+		TenantInfo	info;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+
+		/*
+		 * Locks first, snapshot after: a writer that committed while we
+		 * waited for the lock must be seen by the drain.
+		 */
+		set_lock_timeout(t0, budget);
+		cm_tenant_write_lock(tenant, true);
+		set_lock_timeout(t0, budget);
+		(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+		a->lock_wait_ms = ms_since(t0);
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+
+		clone_tenant_info(tenant, &info);
+		if (!info.exists || strcmp(info.state, expect_state) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("tenant \"%s\" changed state while it was being switched", tenant),
+					 errdetail("It is %s, not %s.", info.exists ? info.state : "gone", expect_state)));
+
+		/*
+		 * One round drains everything: the snapshot was taken after the
+		 * locks, so every change of the tenant committed before is in it,
+		 * and none can commit until we do (its writer waits for the write
+		 * lock in the capture trigger, before it logs).
+		 */
+		for (int i = 0; i < plan->ncopied; i++)
+			plan->tables[i].applied = 0;
+		a->drained = reverse ? apply_reverse_round(tenant, plan, info.schema_name)
+			: apply_round(tenant, plan, info.schema_name);
+		over_budget(t0, budget);
+		a->checked = validate_applied_keys(plan, info.schema_name, tenant);
+		cm_pause_point(point);
+		over_budget(t0, budget);
+		cm_tenant_set_state(tenant, new_state);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		if (cm_got_sigterm ||
+			(edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+			 edata->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
+			 edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE))
+			ReThrowError(edata);
+		a->error = edata->message;
+	}
+	PG_END_TRY();
+	a->pause_ms = ms_since(t0);
+	a->done = ok;
+}
+
+static void
+record_attempt(const char *tenant, const char *direction, int attempt, Attempt *a,
+			   int64 rows_validated, const char *outcome)
+{
+	Oid			types[10] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID,
+	FLOAT8OID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(direction);
+	values[2] = Int32GetDatum(attempt);
+	values[3] = CStringGetTextDatum(outcome);
+	values[4] = TimestampTzGetDatum(a->started);
+	values[5] = Float8GetDatum(a->pause_ms);
+	values[6] = Float8GetDatum(a->lock_wait_ms);
+	values[7] = Int64GetDatum(a->drained);
+	values[8] = Int64GetDatum(rows_validated);
+	if (a->error)
+		values[9] = CStringGetTextDatum(a->error);
+	else
+		nulls[9] = 'n';
+	cm_state_exec("INSERT INTO clinic_migrate.cutovers (tenant_id, direction, attempt, outcome, "
+				  "started_at, pause_ms, lock_wait_ms, keys_drained, rows_validated, error) "
+				  "VALUES ($1, $2, $3, $4, $5, round($6::numeric, 3), round($7::numeric, 3), $8, $9, $10)",
+				  10, types, values, nulls, 0);
+}
+
+/*
+ * Catch up, check, and pause until the switch is made or the attempts are
+ * used up.  direction names it in the records (cutover, rollback, finalize).
+ */
+static void
+switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
+			  const char *new_state, bool reverse, const char *direction, bool precheck)
+{
+	const char *tenant = sh->tenant;
+	int64		rows = 0;
+	int64		in_flight = 0;
+	int			attempt;
+	Attempt		a;
+	char		activity[NAMEDATALEN + 64];
+	char	   *point = psprintf("%s_pause", direction);
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate switch",
+											  ALLOCSET_DEFAULT_SIZES);
+	TenantPlan *plan;
+
+	catch_up(tenant, schema, cm_cutover_max_lag, cm_cutover_wait);
+
+	/* the plan, read before the pause; the pause only replays and checks */
+	begin_txn();				/* repeatable read: one snapshot for both sides and the log */
+	{
+		CmSettings	s;
+		char	   *t = (char *) tenant;
+
+		cm_current_settings(&s);
+		plan = clone_plan_for_tenant(&t, &s, cxt);
+		if (precheck)
+		{
+			snprintf(activity, sizeof(activity), "clinic_migrate: validating %s before the pause", schema);
+			pgstat_report_activity(STATE_RUNNING, activity);
+			validate_before_pause(plan, schema, tenant, &rows, &in_flight);
+		}
+	}
+	end_txn();
+	for (attempt = 1; attempt <= cm_cutover_attempts; attempt++)
+	{
+		check_stop(tenant);
+		snprintf(activity, sizeof(activity), "clinic_migrate: %s of %s, pause %d", direction,
+				 schema, attempt);
+		pgstat_report_activity(STATE_RUNNING, activity);
+		pause_and_flip(tenant, plan, expect_state, new_state, reverse, point, &a);
+		begin_txn();
+		record_attempt(tenant, direction, attempt, &a, rows,
+					   a.done ? "done" : (attempt < cm_cutover_attempts ? "retried" : "failed"));
+		end_txn();
+		if (a.done)
+			break;
+		ereport(LOG,
+				(errmsg("clinic_migrate: %s of tenant \"%s\": pause %d gave up after %.1f ms: %s",
+						direction, tenant, attempt, a.pause_ms, a.error)));
+		if (attempt < cm_cutover_attempts)
+		{
+			/* let the writers that waited go on, then catch up again */
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(100L * attempt, 2000L), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			catch_up(tenant, schema, cm_cutover_max_lag, cm_cutover_wait);
+		}
+	}
+	if (!a.done)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("%s of tenant \"%s\" gave up after %d pauses", direction, tenant,
+						cm_cutover_attempts),
+				 errdetail("The last one: %s.", a.error ? a.error : "?"),
+				 errhint("Nothing was switched; clinic_migrate.cutovers lists every pause. "
+						 "Long transactions writing the tenant's rows hold it up: try at a quieter time, "
+						 "or raise clinic_migrate.cutover_max_pause.")));
+	MemoryContextDelete(cxt);
+	SpinLockAcquire(&sh->mutex);
+	sh->attempts = attempt;
+	sh->pause_ms = a.pause_ms;
+	sh->keys_drained = a.drained;
+	sh->rows_validated = rows + a.checked;
+	SpinLockRelease(&sh->mutex);
+}
+
+/* the tenant's plan and its recorded state, checked for an action */
+static TenantPlan *
+load_tenant(const char *tenant, TenantInfo *info)
+{
+	CmSettings	s;
+	char	   *t = (char *) tenant;
+	TenantPlan *plan;
+
+	cm_current_settings(&s);
+	plan = clone_plan_for_tenant(&t, &s, TopTransactionContext);
+	clone_tenant_info(tenant, info);
+	if (!info->exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant \"%s\" has not been migrated", tenant),
+				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') first.", tenant)));
+	return plan;
+}
+
+void
+cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	const char *tenant = sh->tenant;
+	TenantInfo	info;
+	TenantPlan *plan;
+	char		schema[NAMEDATALEN];
+
+	begin_txn();
+	plan = load_tenant(tenant, &info);
+	strlcpy(schema, info.schema_name, NAMEDATALEN);
+	strlcpy(sh->schema, schema, NAMEDATALEN);
+	if (strcmp(info.state, "cut_over") == 0)
+	{
+		/* already done: nothing to pause */
+		end_txn();
+		return;
+	}
+	if (cm_state_after_cutover(info.state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" has been finalized", tenant),
+				 errdetail("Its rows live in schema \"%s\".", schema)));
+	if (strcmp(info.state, "copied") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is not ready for cutover", tenant),
+				 errdetail("Its state is %s; cutover needs a finished copy (state copied).", info.state),
+				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') until it completes.", tenant)));
+	*run_id = cm_run_start(tenant, schema, "cutover", sh->started_by, MyProcPid);
+	end_txn();
+
+	/* 1. the reverse capture (refusing writes until the switch), shared sequences */
+	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: preparing the cutover");
+	begin_txn();
+	plan = load_tenant(tenant, &info);
+	capture_install_reverse(plan, schema, tenant);
+	clone_switch_sequences(plan, schema);
+	end_txn();
+
+	/* 2-4. catch up, validate, pause and switch */
+	switch_tenant(sh, schema, "copied", "cut_over", false, "cutover", true);
+
+	begin_txn();
+	cm_registry_sync(tenant, "cut_over", schema);
+	cm_run_finish(*run_id, "completed", 0, NULL, NULL);
+	end_txn();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+void
+cm_rollback_cutover(CmWorkerShared *sh, int64 *run_id)
+{
+	const char *tenant = sh->tenant;
+	TenantInfo	info;
+	char		schema[NAMEDATALEN];
+	char		source[NAMEDATALEN];
+	bool		flip;
+
+	begin_txn();
+	clone_tenant_info(tenant, &info);
+	if (!info.exists)
+	{
+		sh->did = false;
+		end_txn();
+		return;
+	}
+	strlcpy(schema, info.schema_name, NAMEDATALEN);
+	strlcpy(source, info.source_schema, NAMEDATALEN);
+	strlcpy(sh->schema, schema, NAMEDATALEN);
+	flip = strcmp(info.state, "cut_over") == 0;
+	if (!flip && strcmp(info.state, "rolling_back") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is %s, not cut over", tenant, info.state)));
+	*run_id = cm_run_start(tenant, schema, "rollback", sh->started_by, MyProcPid);
+	end_txn();
+
+	/* the shared rows take every change made in the schema, then the writes again */
+	if (flip)
+		switch_tenant(sh, schema, "cut_over", "rolling_back", true, "rollback", true);
+
+	/* the schema goes; writes that still reach it are refused until then */
+	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: dropping the rolled back schema");
+	begin_txn();
+	sh->did = cm_rollback_drop(tenant);
+	cm_registry_sync(tenant, "rolled_back", source);
+	cm_run_finish(*run_id, "completed", 0, NULL, NULL);
+	end_txn();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* ---- finalize ---- */
+
+/* the archive table of a shared table, created or completed as needed */
+static char *
+archive_table(PlanTable *pt, const char *archive_schema)
+{
+	char	   *qarch = quote_qualified_identifier(archive_schema, pt->relname);
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+	SPITupleTable *tt;
+	uint64		n;
+
+	if (SPI_execute(psprintf("CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(archive_schema)),
+					false, 0) < 0 ||
+		SPI_execute(psprintf("CREATE TABLE IF NOT EXISTS %s (LIKE %s)", qarch,
+							 cm_qualified_relname(pt->relid)), false, 0) < 0)
+		elog(ERROR, "clinic_migrate: could not create %s", qarch);
+	/* columns the shared table gained since an earlier tenant was archived */
+	if (SPI_execute_with_args("SELECT quote_ident(attname), format_type(atttypid, atttypmod) "
+							  "FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
+							  "ORDER BY attnum", 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: column lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+		if (SPI_execute(psprintf("ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s", qarch,
+								 SPI_getvalue(tt->vals[i], tt->tupdesc, 1),
+								 SPI_getvalue(tt->vals[i], tt->tupdesc, 2)), false, 0) < 0)
+			elog(ERROR, "clinic_migrate: could not complete %s", qarch);
+	return qarch;
+}
+
+/*
+ * " AND NOT EXISTS (...)" per foreign key of the table to itself: the row
+ * is referenced by no other row, so deleting it cannot break the key.
+ */
+static char *
+self_reference_filter(PlanTable *pt)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+	SPITupleTable *tt;
+	StringInfoData buf;
+	List	   *keys = plan_key_columns(pt);
+
+	if (SPI_execute_with_args("SELECT conkey, confkey FROM pg_constraint "
+							  "WHERE conrelid = $1 AND confrelid = $1 AND contype = 'f' ORDER BY conname",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: foreign key lookup failed");
+	if (SPI_processed == 0)
+		return NULL;
+	tt = SPI_tuptable;
+	initStringInfo(&buf);
+	for (uint64 f = 0; f < SPI_processed; f++)
+	{
+		bool		isnull;
+		Datum	   *ck,
+				   *rk;
+		int			nk;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 1, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &ck, NULL, &nk);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 2, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &rk, NULL, &nk);
+		appendStringInfo(&buf, " AND NOT EXISTS (SELECT 1 FROM %s r WHERE ",
+						 cm_qualified_relname(pt->relid));
+		for (int k = 0; k < nk; k++)
+			appendStringInfo(&buf, "r.%s = s.%s AND ",
+							 quote_identifier(get_attname(pt->relid, DatumGetInt16(ck[k]), false)),
+							 quote_identifier(get_attname(pt->relid, DatumGetInt16(rk[k]), false)));
+		appendStringInfoChar(&buf, '(');
+		cm_append_quoted_list(&buf, keys, "r");
+		appendStringInfoString(&buf, ") <> (");
+		cm_append_quoted_list(&buf, keys, "s");
+		appendStringInfoString(&buf, "))");
+	}
+	return buf.data;
+}
+
+/* one batch of archive_rows; our own deletes, which the capture triggers let through */
+static int64
+run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool archive)
+{
+	bool		save_applying = cm_applying;
+	volatile int64 rows = 0;
+
+	cm_applying = true;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) < 0)
+			elog(ERROR, "clinic_migrate: archive batch failed");
+		if (archive)
+			rows = SPI_processed;
+		else
+		{
+			bool		isnull;
+
+			rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		}
+	}
+	PG_FINALLY();
+	{
+		cm_applying = save_applying;
+	}
+	PG_END_TRY();
+	return rows;
+}
+
+/*
+ * Move (or delete) the tenant's shared rows of one table in batches of
+ * archive_batch_size rows of its root table, one transaction each.  A
+ * table that references itself goes leaves first: a row another row still
+ * references waits for a later pass; what a cycle leaves goes in one
+ * statement.  Returns the rows moved.
+ */
+static int64
+archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, MemoryContext keep)
+{
+	PlanTable  *root = plan_root(plan, pt);
+	int			nb = root->nbatch;
+	char	   *qarch = NULL;
+	char	   *selfref;
+	List	   *keys;
+	List	   *cols = NIL;
+	int64		total = 0;
+	Oid			typinput[INDEX_MAX_KEYS];
+	Oid			typioparam[INDEX_MAX_KEYS];
+	Oid			btypes[INDEX_MAX_KEYS];
+	char	   *rootcols;
+
+	/* what the batches need, read from the catalogs once, kept across transactions */
+	begin_txn();
+	keys = plan_key_columns(pt);
+	if (archive)
+		qarch = MemoryContextStrdup(keep, archive_table(pt, cm_archive_schema));
+	selfref = self_reference_filter(pt);
+	if (selfref)
+		selfref = MemoryContextStrdup(keep, selfref);
+	{
+		Relation	rel = RelationIdGetRelation(pt->relid);
+		TupleDesc	td = RelationGetDescr(rel);
+		MemoryContext old = MemoryContextSwitchTo(keep);
+
+		for (int i = 0; i < td->natts; i++)
+			if (!TupleDescAttr(td, i)->attisdropped)
+				cols = lappend(cols, pstrdup(NameStr(TupleDescAttr(td, i)->attname)));
+		MemoryContextSwitchTo(old);
+		RelationClose(rel);
+	}
+	{
+		StringInfoData b;
+		MemoryContext old = MemoryContextSwitchTo(keep);
+
+		initStringInfo(&b);
+		for (int i = 0; i < nb; i++)
+		{
+			btypes[i] = get_atttype(root->relid, root->batch_att[i]);
+			getTypeInputInfo(btypes[i], &typinput[i], &typioparam[i]);
+			appendStringInfo(&b, "%ss.%s", i ? ", " : "",
+							 quote_identifier(get_attname(root->relid, root->batch_att[i], false)));
+		}
+		rootcols = b.data;
+		{
+			List	   *copy = NIL;
+			ListCell   *lc;
+
+			foreach(lc, keys)
+				copy = lappend(copy, pstrdup((char *) lfirst(lc)));
+			keys = copy;
+		}
+		MemoryContextSwitchTo(old);
+	}
+	end_txn();
+
+	for (int pass = 0;; pass++)
+	{
+		char	   *lo[INDEX_MAX_KEYS];
+		bool		have_lo = false;
+		int64		pass_rows = 0;
+		int64		left = 0;
+
+		for (;;)
+		{
+			StringInfoData sql;
+			Oid			types[1 + 2 * INDEX_MAX_KEYS];
+			Datum		values[1 + 2 * INDEX_MAX_KEYS];
+			bool		have_hi = false;
+			char	   *hi[INDEX_MAX_KEYS];
+			int			nargs;
+
+			check_stop(tenant);
+			begin_txn();
+			types[0] = root->tenant_type;
+			values[0] = plan_tenant_datum(root, tenant);
+			for (int i = 0; i < nb; i++)
+			{
+				types[1 + i] = types[1 + nb + i] = btypes[i];
+				if (have_lo)
+					values[1 + i] = OidInputFunctionCall(typinput[i], lo[i], typioparam[i], -1);
+			}
+			/* the batch's upper bound on the root's keys */
+			initStringInfo(&sql);
+			if (nb > 0)
+			{
+				appendStringInfo(&sql, "SELECT %s FROM %s s WHERE s.%s = $1", rootcols,
+								 cm_qualified_relname(root->relid),
+								 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
+				if (have_lo)
+				{
+					appendStringInfo(&sql, " AND (%s) > (", rootcols);
+					for (int i = 0; i < nb; i++)
+						appendStringInfo(&sql, "%s$%d", i ? ", " : "", 2 + i);
+					appendStringInfoChar(&sql, ')');
+				}
+				appendStringInfo(&sql, " ORDER BY %s OFFSET %d LIMIT 1", rootcols,
+								 cm_archive_batch_size - 1);
+				if (SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL,
+										  true, 0) != SPI_OK_SELECT)
+					elog(ERROR, "clinic_migrate: archive bound query failed");
+				if (SPI_processed > 0)
+				{
+					have_hi = true;
+					for (int i = 0; i < nb; i++)
+					{
+						bool		isnull;
+						Oid			typout;
+						bool		varlena;
+
+						values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, i + 1, &isnull);
+						getTypeOutputInfo(btypes[i], &typout, &varlena);
+						hi[i] = MemoryContextStrdup(keep, OidOutputFunctionCall(typout, values[1 + nb + i]));
+					}
+				}
+			}
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t WHERE (", cm_qualified_relname(pt->relid));
+			cm_append_quoted_list(&sql, keys, "t");
+			appendStringInfoString(&sql, ") IN (SELECT ");
+			cm_append_quoted_list(&sql, keys, "s");
+			if (!have_lo && !have_hi)
+				plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+			else if (!have_lo)
+			{
+				for (int i = 0; i < nb; i++)
+				{
+					values[1 + i] = values[1 + nb + i];
+					types[1 + i] = types[1 + nb + i];
+				}
+				plan_append_tenant_rows(&sql, plan, pt, 0, 2);
+			}
+			else
+				plan_append_tenant_rows(&sql, plan, pt, 2, have_hi ? 2 + nb : 0);
+			if (selfref)
+				appendStringInfoString(&sql, selfref);
+			appendStringInfoString(&sql, ") RETURNING t.*) ");
+			if (archive)
+			{
+				appendStringInfo(&sql, "INSERT INTO %s (", qarch);
+				cm_append_quoted_list(&sql, cols, NULL);
+				appendStringInfoString(&sql, ") SELECT ");
+				cm_append_quoted_list(&sql, cols, NULL);
+				appendStringInfoString(&sql, " FROM d");
+			}
+			else
+				appendStringInfoString(&sql, "SELECT count(*) FROM d");
+			nargs = 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0);
+
+			pass_rows += run_archive_batch(sql.data, nargs, types, values, archive);
+			cm_pause_point("finalize_batch");
+			end_txn();
+			if (!have_hi)
+				break;
+			for (int i = 0; i < nb; i++)
+				lo[i] = hi[i];
+			have_lo = true;
+		}
+		total += pass_rows;
+		if (selfref == NULL)
+			break;
+
+		/* rows other rows still referenced wait for the next pass */
+		begin_txn();
+		{
+			StringInfoData sql;
+			Oid			t = root->tenant_type;
+			Datum		v = plan_tenant_datum(root, tenant);
+			bool		isnull;
+
+			initStringInfo(&sql);
+			appendStringInfoString(&sql, "SELECT count(*)");
+			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+			if (SPI_execute_with_args(sql.data, 1, &t, &v, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: count failed");
+			left = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		end_txn();
+		if (left == 0)
+			break;
+		if (pass_rows == 0)
+		{
+			/* a cycle: what is left goes at once */
+			selfref = NULL;
+		}
+	}
+	return total;
+}
+
+void
+cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	const char *tenant = sh->tenant;
+	TenantInfo	info;
+	TenantPlan *plan;
+	char		schema[NAMEDATALEN];
+	int64		rows = 0;
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate finalize",
+											  ALLOCSET_DEFAULT_SIZES);
+
+	begin_txn();
+	plan = load_tenant(tenant, &info);
+	strlcpy(schema, info.schema_name, NAMEDATALEN);
+	strlcpy(sh->schema, schema, NAMEDATALEN);
+	if (strcmp(info.state, "finalized") == 0)
+	{
+		sh->did = false;
+		end_txn();
+		return;
+	}
+	if (strcmp(info.state, "cut_over") != 0 && strcmp(info.state, "finalizing") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is not cut over", tenant),
+				 errdetail("Its state is %s; finalize ends the rollback window after a cutover.", info.state),
+				 errhint("Run SELECT clinic_migrate.cutover('%s') first.", tenant)));
+	*run_id = cm_run_start(tenant, schema, "finalize", sh->started_by, MyProcPid);
+	end_txn();
+
+	/* the shared rows take the last changes; from then on nothing is logged */
+	if (strcmp(info.state, "cut_over") == 0)
+		switch_tenant(sh, schema, "cut_over", "finalizing", true, "finalize", false);
+
+	/* the tenant's tables get sequences of their own, and lose the reverse capture */
+	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: finalizing: sequences and triggers");
+	begin_txn();
+	plan = load_tenant(tenant, &info);
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		CmSettings	s;
+		char	   *t = (char *) tenant;
+
+		cm_current_settings(&s);
+		plan = clone_plan_for_tenant(&t, &s, cxt);
+		MemoryContextSwitchTo(old);
+	}
+	clone_restore_sequences(plan, schema);
+	capture_drop_reverse(plan, schema);
+	end_txn();
+
+	/* the shared rows, children first, into the archive (or gone) */
+	for (int i = plan->ncopied - 1; i >= 0; i--)
+	{
+		char		activity[2 * NAMEDATALEN + 64];
+
+		snprintf(activity, sizeof(activity), "clinic_migrate: finalizing: %s the rows of %s",
+				 sh->archive ? "archiving" : "deleting", plan->tables[i].relname);
+		pgstat_report_activity(STATE_RUNNING, activity);
+		rows += archive_rows(plan, &plan->tables[i], tenant, sh->archive, cxt);
+		SpinLockAcquire(&sh->mutex);
+		sh->rows_done = rows;
+		SpinLockRelease(&sh->mutex);
+	}
+
+	begin_txn();
+	{
+		Oid			types[2] = {TEXTOID, INT8OID};
+		Datum		values[2];
+
+		apply_forget(tenant);
+		cm_tenant_set_state(tenant, "finalized");
+		values[0] = CStringGetTextDatum(tenant);
+		values[1] = Int64GetDatum(rows);
+		cm_state_exec("UPDATE clinic_migrate.tenants SET rows_archived = coalesce(rows_archived, 0) + $2 "
+					  "WHERE tenant_id = $1", 2, types, values, NULL, 0);
+		cm_registry_sync(tenant, "finalized", schema);
+		cm_run_finish(*run_id, "completed", rows, NULL, NULL);
+	}
+	end_txn();
+	sh->did = true;
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* ---- SQL ---- */
+
+/* the tenant's canonical id, for functions that take it from the user */
+static char *
+canonical_tenant(FunctionCallInfo fcinfo)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	CmSettings	s;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	cm_current_settings(&s);
+	SPI_connect();
+	(void) clone_plan_for_tenant(&tenant, &s, cxt);
+	SPI_finish();
+	return tenant;
+}
+
+/*
+ * clinic_migrate.cutover(tenant): switch the tenant to its schema, pausing
+ * only its writes, briefly.
+ */
+PG_FUNCTION_INFO_V1(cm_cutover);
+Datum
+cm_cutover(PG_FUNCTION_ARGS)
+{
+	char	   *tenant;
+	TupleDesc	tupdesc;
+	CmWorkerShared *req = palloc0(sizeof(CmWorkerShared));
+	CmWorkerShared *result = palloc0(sizeof(CmWorkerShared));
+	Datum		values[5];
+	bool		nulls[5] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	cm_require_no_transaction_block("cutover");
+	tenant = canonical_tenant(fcinfo);
+	cm_worker_request_init(req, CMA_CUTOVER, tenant);
+	cm_run_in_worker(req, result);
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result->schema));
+	values[1] = Int32GetDatum(result->attempts);
+	values[2] = DirectFunctionCall1(float8_numeric, Float8GetDatum(round(result->pause_ms * 1000.0) / 1000.0));
+	values[3] = Int64GetDatum(result->keys_drained);
+	values[4] = Int64GetDatum(result->rows_validated);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * clinic_migrate.finalize_tenant(tenant, archive): end the rollback window:
+ * the shared rows go into the archive tables (or away).
+ */
+PG_FUNCTION_INFO_V1(cm_finalize);
+Datum
+cm_finalize(PG_FUNCTION_ARGS)
+{
+	char	   *tenant;
+	TupleDesc	tupdesc;
+	CmWorkerShared *req = palloc0(sizeof(CmWorkerShared));
+	CmWorkerShared *result = palloc0(sizeof(CmWorkerShared));
+	Datum		values[3];
+	bool		nulls[3] = {0};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("archive must not be null"),
+				 errhint("Pass true to keep the shared rows in archive tables, false to delete them.")));
+	cm_require_no_transaction_block("finalize_tenant");
+	tenant = canonical_tenant(fcinfo);
+	cm_worker_request_init(req, CMA_FINALIZE, tenant);
+	req->archive = PG_GETARG_BOOL(1);
+	cm_run_in_worker(req, result);
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result->schema));
+	values[1] = Int64GetDatum(result->rows_done);
+	values[2] = BoolGetDatum(result->did);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}

@@ -1,0 +1,307 @@
+/*-------------------------------------------------------------------------
+ * sync.c
+ *	  The database's sync worker, and sync_now/syncing.
+ *
+ * Between its copy and its cutover a tenant's schema must follow every
+ * change of its shared rows; between its cutover and its finalize the
+ * shared rows must follow every change made in its schema, so that a
+ * rollback loses nothing.  Both directions use the same log tables: which
+ * direction a tenant's entries go is told by its state (see capture.c).
+ *
+ * One worker per database does this for every tenant, one replay round per
+ * tenant with pending changes every clinic_migrate.sync_interval.  It is
+ * started by migrate_tenant and cutover when they finish, by
+ * clinic_migrate.start_sync(), and exits when no tenant needs it.  A round
+ * is one transaction under the tenant's apply lock, so rounds of the
+ * worker, of cutover's drain and of sync_now never overlap for a tenant.
+ * A failing round records the error in the tenant's last_error and is
+ * tried again next time; nothing is lost meanwhile, the log keeps it.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "apply.h"
+#include "capture.h"
+#include "clinic_migrate.h"
+#include "clone.h"
+#include "plan.h"
+#include "state.h"
+#include "sync.h"
+#include "worker.h"
+
+PGDLLEXPORT void cm_sync_worker_main(Datum main_arg);
+
+static void
+sync_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	cm_got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+int64
+cm_sync_tenant_once(const char *tenant)
+{
+	TenantInfo	info;
+	CmSettings	s;
+	char	   *t = (char *) tenant;
+	TenantPlan *plan;
+	int64		applied = 0;
+
+	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+	clone_tenant_info(tenant, &info);
+	if (!info.exists)
+		return 0;
+	if (strcmp(info.state, "copied") != 0 && strcmp(info.state, "cut_over") != 0)
+		return 0;
+	cm_current_settings(&s);
+	plan = clone_plan_for_tenant(&t, &s, CurrentMemoryContext);
+	if (strcmp(info.state, "copied") == 0)
+		applied = apply_round(tenant, plan, info.schema_name);
+	else
+		applied = apply_reverse_round(tenant, plan, info.schema_name);
+	return applied;
+}
+
+/* tenants that need rounds: (tenant, pending changes), or NIL */
+typedef struct SyncTenant
+{
+	char	   *tenant;
+	char	   *schema;
+	int64		pending;
+} SyncTenant;
+
+static List *
+tenants_to_sync(MemoryContext cxt, bool *any)
+{
+	List	   *result = NIL;
+	SPITupleTable *tt;
+	uint64		n;
+	MemoryContext old;
+
+	*any = false;
+	cm_state_exec("SELECT t.tenant_id, t.schema_name::text, "
+				  "       coalesce(clinic_migrate.capture_lag(t.tenant_id), 0) "
+				  "FROM clinic_migrate.tenants t WHERE t.state IN ('copied', 'cut_over') "
+				  "ORDER BY t.tenant_id", 0, NULL, NULL, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	*any = n > 0;
+	old = MemoryContextSwitchTo(cxt);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		pending = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		SyncTenant *st;
+
+		if (pending == 0)
+			continue;
+		st = palloc(sizeof(SyncTenant));
+		st->tenant = pstrdup(SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
+		st->schema = pstrdup(SPI_getvalue(tt->vals[i], tt->tupdesc, 2));
+		st->pending = pending;
+		result = lappend(result, st);
+	}
+	MemoryContextSwitchTo(old);
+	return result;
+}
+
+static void
+record_sync_error(const char *tenant, const char *msg)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	cm_tenant_record_last_error(tenant, msg);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+void
+cm_sync_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext cxt;
+	volatile int idle = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, sync_sigterm);
+	BackgroundWorkerUnblockSignals();
+	/* as the bootstrap superuser; rounds act as the extension's owner */
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("application_name", "clinic_migrate sync", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "repeatable read", PGC_USERSET, PGC_S_SESSION);
+	/* a round lost in a crash loses its log deletions too: it is replayed */
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("statement_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname("clinic_migrate sync");
+
+	/* one sync worker per database: a second one leaves at once */
+	if (!cm_lock_sync_worker(true))
+		proc_exit(0);
+	cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate sync",
+								ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		List	   *todo = NIL;
+		bool		any = false;
+		ListCell   *lc;
+		int			nsynced = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (cm_got_sigterm)
+			break;
+		MemoryContextReset(cxt);
+
+		/* who needs a round */
+		PG_TRY();
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			SPI_connect();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			if (!OidIsValid(get_extension_oid("clinic_migrate", true)))
+				cm_got_sigterm = true;	/* dropped: nothing left to do */
+			else
+				todo = tenants_to_sync(cxt, &any);
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+		}
+		PG_CATCH();
+		{
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			any = true;			/* try again later */
+		}
+		PG_END_TRY();
+		if (cm_got_sigterm)
+			break;
+
+		foreach(lc, todo)
+		{
+			SyncTenant *st = lfirst(lc);
+			char		activity[NAMEDATALEN + 64];
+
+			if (cm_got_sigterm)
+				break;
+			snprintf(activity, sizeof(activity), "clinic_migrate: keeping %s in sync (" INT64_FORMAT " pending)",
+					 st->schema, st->pending);
+			pgstat_report_activity(STATE_RUNNING, activity);
+			PG_TRY();
+			{
+				SetCurrentStatementStartTimestamp();
+				StartTransactionCommand();
+				SPI_connect();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				(void) cm_sync_tenant_once(st->tenant);
+				cm_pause_point("sync_round");
+				SPI_finish();
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+				nsynced++;
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+				MemoryContext ecxt = MemoryContextSwitchTo(cxt);
+
+				EmitErrorReport();
+				edata = CopyErrorData();
+				FlushErrorState();
+				AbortCurrentTransaction();
+				MemoryContextSwitchTo(ecxt);
+				/* the next round tries again; the error is there to see */
+				PG_TRY();
+				{
+					record_sync_error(st->tenant, edata->message);
+				}
+				PG_CATCH();
+				{
+					EmitErrorReport();
+					FlushErrorState();
+					AbortCurrentTransaction();
+				}
+				PG_END_TRY();
+			}
+			PG_END_TRY();
+		}
+		pgstat_report_activity(STATE_IDLE, "clinic_migrate: sync worker waiting");
+
+		/* nobody to keep in sync for a while: free the slot */
+		idle = any ? 0 : idle + 1;
+		if (idle >= 3)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 cm_sync_interval, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	proc_exit(0);
+}
+
+/*
+ * clinic_migrate.sync_now(tenant): one replay round now, in this session,
+ * in whichever direction the tenant's state calls for.  Returns the keys
+ * applied.
+ */
+PG_FUNCTION_INFO_V1(cm_sync_now);
+Datum
+cm_sync_now(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = cm_tenant_arg(fcinfo, 0);
+	int64		applied;
+
+	SPI_connect();
+	applied = cm_sync_tenant_once(tenant);
+	SPI_finish();
+	PG_RETURN_INT64(applied);
+}
+
+/* clinic_migrate.syncing(tenant): does a worker keep this tenant in step? */
+PG_FUNCTION_INFO_V1(cm_syncing);
+Datum
+cm_syncing(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TenantInfo	info;
+
+	if (!cm_sync_worker_running())
+		PG_RETURN_BOOL(false);
+	SPI_connect();
+	clone_tenant_info(tenant, &info);
+	SPI_finish();
+	PG_RETURN_BOOL(info.exists &&
+				   (strcmp(info.state, "copied") == 0 || strcmp(info.state, "cut_over") == 0));
+}

@@ -1,0 +1,31 @@
+/*-------------------------------------------------------------------------
+ * validate.h
+ *	  Checks cutover and rollback make before and during their pause.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_VALIDATE_H
+#define CM_VALIDATE_H
+
+#include "postgres.h"
+#include "plan.h"
+
+/*
+ * Compare every table of a tenant, both sides in the current snapshot:
+ * where counts or checksums differ, every key that differs must be pending
+ * in the log (taken in the same snapshot), else ERROR naming the keys.  A
+ * replay round applies exactly the logged keys and deletes their entries in
+ * one transaction, so in any snapshot a key that is not logged is equal on
+ * both sides: this check is exact while the application writes.  Sets the
+ * rows compared (both sides) and the keys found in flight.  SPI connected.
+ */
+extern void validate_before_pause(TenantPlan *plan, const char *schema, const char *tenant,
+								  int64 *rows, int64 *in_flight);
+
+/*
+ * The rows of the keys replayed in this transaction (apply_keys_table, for
+ * the tables whose PlanTable.applied counts some) are equal on both sides,
+ * else ERROR.  Returns the rows compared.
+ */
+extern int64 validate_applied_keys(TenantPlan *plan, const char *schema, const char *tenant);
+
+#endif
