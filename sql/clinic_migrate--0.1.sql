@@ -257,6 +257,15 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'cm_syncing'
 LANGUAGE C VOLATILE STRICT;
 
+-- The capture triggers of every session cache the tenants' states; any change
+-- of them, by clinic_migrate or by hand, tells every session to read them again.
+CREATE FUNCTION clinic_migrate.tenants_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'cm_tenants_changed'
+LANGUAGE C;
+CREATE TRIGGER tenants_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+ON clinic_migrate.tenants FOR EACH STATEMENT EXECUTE FUNCTION clinic_migrate.tenants_changed();
+
 -- One row per tenant: where it is, how far, and what went wrong last.
 CREATE VIEW clinic_migrate.status AS
 SELECT t.tenant_id,
@@ -276,6 +285,7 @@ SELECT t.tenant_id,
        coalesce(t.completed_at, now()) - t.started_at AS elapsed,
        t.cut_over_at,
        t.finalized_at,
+       t.rows_archived,
        clinic_migrate.tenant_schema(t.tenant_id) AS lives_in,
        CASE WHEN t.state IN ('copying', 'copied', 'failed', 'cut_over')
             THEN clinic_migrate.capture_lag(t.tenant_id) END AS capture_lag,

@@ -27,7 +27,7 @@ SELECT extname, extversion, extnamespace::regnamespace AS schema
 FROM pg_extension WHERE extname = 'clinic_migrate';
 
 -- settings and their defaults
-SELECT name, setting, unit
+SELECT name, boot_val AS default_value, unit
 FROM pg_settings WHERE name LIKE 'clinic\_migrate.%' ORDER BY name;
 
 CREATE ROLE regress_clinic_reader NOLOGIN;

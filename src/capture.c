@@ -219,6 +219,19 @@ capture_tenants_changed(void)
 	moving_valid = false;
 }
 
+/* clinic_migrate.tenants_changed(): statement trigger on clinic_migrate.tenants */
+PG_FUNCTION_INFO_V1(cm_tenants_changed);
+Datum
+cm_tenants_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.tenants_changed() must be a trigger")));
+	capture_tenants_changed();
+	return PointerGetDatum(NULL);
+}
+
 char
 cm_state_code(const char *state)
 {

@@ -45,6 +45,7 @@
 #include "clinic_migrate.h"
 #include "clone.h"
 #include "copy.h"
+#include "cutover.h"
 #include "plan.h"
 #include "state.h"
 
@@ -593,6 +594,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 						 tenant);
 	/* from this commit on, every backend captures the tenant's writes */
 	capture_tenants_changed();
+	cm_registry_sync(tenant, "copying", s.source_schema);
 
 	/* the tenant's stored plan must still be the plan */
 	cm_state_exec_tenant("SELECT source_table, target_table, rows_total, rows_copied, checkpoint, "
@@ -770,6 +772,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copied', structure_done = true, "
 						 "completed_at = coalesce(completed_at, clock_timestamp()) WHERE tenant_id = $1",
 						 tenant);
+	cm_registry_sync(tenant, "copied", s.source_schema);
 	{
 		int64		done;
 

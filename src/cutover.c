@@ -48,6 +48,7 @@
 #include "pgstat.h"
 #include "portability/instr_time.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -608,62 +609,98 @@ archive_table(PlanTable *pt, const char *archive_schema)
 }
 
 /*
- * " AND NOT EXISTS (...)" per foreign key of the table to itself: the row
- * is referenced by no other row, so deleting it cannot break the key.
+ * The archive deletes run as a replica (no foreign-key checks, no user
+ * triggers): refuse first if any row that is not the tenant's references
+ * one of its shared rows, which those deletes would leave dangling.  A
+ * row of a planned table references through its own chain; a row of any
+ * other table (excluded, shared, in another schema) is never the tenant's.
  */
-static char *
-self_reference_filter(PlanTable *pt)
+static void
+check_no_outside_references(TenantPlan *plan, const char *tenant)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
-	SPITupleTable *tt;
-	StringInfoData buf;
-	List	   *keys = plan_key_columns(pt);
-
-	if (SPI_execute_with_args("SELECT conkey, confkey FROM pg_constraint "
-							  "WHERE conrelid = $1 AND confrelid = $1 AND contype = 'f' ORDER BY conname",
-							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "clinic_migrate: foreign key lookup failed");
-	if (SPI_processed == 0)
-		return NULL;
-	tt = SPI_tuptable;
-	initStringInfo(&buf);
-	for (uint64 f = 0; f < SPI_processed; f++)
+	for (int i = 0; i < plan->ncopied; i++)
 	{
-		bool		isnull;
-		Datum	   *ck,
-				   *rk;
-		int			nk;
+		PlanTable  *pt = &plan->tables[i];
+		PlanTable  *root = plan_root(plan, pt);
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+		SPITupleTable *tt;
+		uint64		n;
 
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 1, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &ck, NULL, &nk);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 2, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &rk, NULL, &nk);
-		appendStringInfo(&buf, " AND NOT EXISTS (SELECT 1 FROM %s r WHERE ",
-						 cm_qualified_relname(pt->relid));
-		for (int k = 0; k < nk; k++)
-			appendStringInfo(&buf, "r.%s = s.%s AND ",
-							 quote_identifier(get_attname(pt->relid, DatumGetInt16(ck[k]), false)),
-							 quote_identifier(get_attname(pt->relid, DatumGetInt16(rk[k]), false)));
-		appendStringInfoChar(&buf, '(');
-		cm_append_quoted_list(&buf, keys, "r");
-		appendStringInfoString(&buf, ") <> (");
-		cm_append_quoted_list(&buf, keys, "s");
-		appendStringInfoString(&buf, "))");
+		if (SPI_execute_with_args("SELECT conrelid, conkey, confkey, conname FROM pg_constraint "
+								  "WHERE confrelid = $1 AND contype = 'f' ORDER BY conname",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: foreign key lookup failed");
+		tt = SPI_tuptable;
+		n = SPI_processed;
+		for (uint64 f = 0; f < n; f++)
+		{
+			bool		isnull;
+			Oid			child = DatumGetObjectId(SPI_getbinval(tt->vals[f], tt->tupdesc, 1, &isnull));
+			PlanTable  *cpt = plan_find(plan, child);
+			char	   *conname = pstrdup(SPI_getvalue(tt->vals[f], tt->tupdesc, 4));
+			Datum	   *ck,
+					   *rk;
+			int			nk;
+			StringInfoData sql;
+			Oid			t = root->tenant_type;
+			Datum		v = plan_tenant_datum(root, tenant);
+
+			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 2, &isnull)),
+							  INT2OID, 2, true, TYPALIGN_SHORT, &ck, NULL, &nk);
+			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tt->vals[f], tt->tupdesc, 3, &isnull)),
+							  INT2OID, 2, true, TYPALIGN_SHORT, &rk, NULL, &nk);
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "SELECT 1 FROM %s c WHERE (", cm_qualified_relname(child));
+			for (int k = 0; k < nk; k++)
+				appendStringInfo(&sql, "%sc.%s", k ? ", " : "",
+								 quote_identifier(get_attname(child, DatumGetInt16(ck[k]), false)));
+			appendStringInfoString(&sql, ") IN (SELECT ");
+			for (int k = 0; k < nk; k++)
+				appendStringInfo(&sql, "%ss.%s", k ? ", " : "",
+								 quote_identifier(get_attname(pt->relid, DatumGetInt16(rk[k]), false)));
+			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+			appendStringInfoChar(&sql, ')');
+			if (cpt && cpt->position > 0)
+			{
+				appendStringInfoString(&sql, " AND (");
+				plan_append_belongs(&sql, plan, cpt, "c", 1);
+				appendStringInfoString(&sql, ") IS NOT TRUE");
+			}
+			appendStringInfoString(&sql, " LIMIT 1");
+			if (SPI_execute_with_args(sql.data, 1, &t, &v, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: reference check failed");
+			if (SPI_processed > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+						 errmsg("rows of %s that are not tenant \"%s\"'s reference its rows of %s",
+								cm_qualified_relname(child), tenant, cm_qualified_relname(pt->relid)),
+						 errdetail("Foreign key %s would be left dangling by moving the tenant's shared rows out.",
+								   quote_identifier(conname)),
+						 errhint("Point those rows elsewhere, then finalize again; the tenant stays cut over meanwhile.")));
+		}
 	}
-	return buf.data;
 }
 
-/* one batch of archive_rows; our own deletes, which the capture triggers let through */
+/* one batch of archive_rows: our own deletes, let through by the capture triggers */
 static int64
 run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool archive)
 {
 	bool		save_applying = cm_applying;
 	volatile int64 rows = 0;
+	int			nest = NewGUCNestLevel();
 
 	cm_applying = true;
 	PG_TRY();
 	{
+		/*
+		 * As a replica: every row of the tenant goes, children first, so its
+		 * own foreign keys (cycles and self-references included) need no
+		 * check, and the application's triggers have nothing to react to.
+		 * check_no_outside_references made sure no other row points here.
+		 */
+		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) < 0)
 			elog(ERROR, "clinic_migrate: archive batch failed");
 		if (archive)
@@ -674,6 +711,7 @@ run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool ar
 
 			rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		}
+		AtEOXact_GUC(true, nest);
 	}
 	PG_FINALLY();
 	{
@@ -685,10 +723,8 @@ run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool ar
 
 /*
  * Move (or delete) the tenant's shared rows of one table in batches of
- * archive_batch_size rows of its root table, one transaction each.  A
- * table that references itself goes leaves first: a row another row still
- * references waits for a later pass; what a cycle leaves goes in one
- * statement.  Returns the rows moved.
+ * archive_batch_size rows of its root table, one transaction each.
+ * Returns the rows moved.
  */
 static int64
 archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, MemoryContext keep)
@@ -696,38 +732,34 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 	PlanTable  *root = plan_root(plan, pt);
 	int			nb = root->nbatch;
 	char	   *qarch = NULL;
-	char	   *selfref;
-	List	   *keys;
+	List	   *keys = NIL;
 	List	   *cols = NIL;
 	int64		total = 0;
 	Oid			typinput[INDEX_MAX_KEYS];
 	Oid			typioparam[INDEX_MAX_KEYS];
 	Oid			btypes[INDEX_MAX_KEYS];
 	char	   *rootcols;
+	char	   *lo[INDEX_MAX_KEYS];
+	bool		have_lo = false;
 
 	/* what the batches need, read from the catalogs once, kept across transactions */
 	begin_txn();
-	keys = plan_key_columns(pt);
 	if (archive)
 		qarch = MemoryContextStrdup(keep, archive_table(pt, cm_archive_schema));
-	selfref = self_reference_filter(pt);
-	if (selfref)
-		selfref = MemoryContextStrdup(keep, selfref);
 	{
+		/* no SPI call past here: SPI switches back to its own context */
+		MemoryContext old = MemoryContextSwitchTo(keep);
 		Relation	rel = RelationIdGetRelation(pt->relid);
 		TupleDesc	td = RelationGetDescr(rel);
-		MemoryContext old = MemoryContextSwitchTo(keep);
+		StringInfoData b;
+		ListCell   *lc;
 
+		foreach(lc, plan_key_columns(pt))
+			keys = lappend(keys, pstrdup((char *) lfirst(lc)));
 		for (int i = 0; i < td->natts; i++)
 			if (!TupleDescAttr(td, i)->attisdropped)
 				cols = lappend(cols, pstrdup(NameStr(TupleDescAttr(td, i)->attname)));
-		MemoryContextSwitchTo(old);
 		RelationClose(rel);
-	}
-	{
-		StringInfoData b;
-		MemoryContext old = MemoryContextSwitchTo(keep);
-
 		initStringInfo(&b);
 		for (int i = 0; i < nb; i++)
 		{
@@ -737,148 +769,104 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 							 quote_identifier(get_attname(root->relid, root->batch_att[i], false)));
 		}
 		rootcols = b.data;
-		{
-			List	   *copy = NIL;
-			ListCell   *lc;
-
-			foreach(lc, keys)
-				copy = lappend(copy, pstrdup((char *) lfirst(lc)));
-			keys = copy;
-		}
 		MemoryContextSwitchTo(old);
 	}
 	end_txn();
 
-	for (int pass = 0;; pass++)
+	for (;;)
 	{
-		char	   *lo[INDEX_MAX_KEYS];
-		bool		have_lo = false;
-		int64		pass_rows = 0;
-		int64		left = 0;
+		StringInfoData sql;
+		Oid			types[1 + 2 * INDEX_MAX_KEYS];
+		Datum		values[1 + 2 * INDEX_MAX_KEYS];
+		bool		have_hi = false;
+		char	   *hi[INDEX_MAX_KEYS];
 
-		for (;;)
+		check_stop(tenant);
+		begin_txn();
+		types[0] = root->tenant_type;
+		values[0] = plan_tenant_datum(root, tenant);
+		for (int i = 0; i < nb; i++)
 		{
-			StringInfoData sql;
-			Oid			types[1 + 2 * INDEX_MAX_KEYS];
-			Datum		values[1 + 2 * INDEX_MAX_KEYS];
-			bool		have_hi = false;
-			char	   *hi[INDEX_MAX_KEYS];
-			int			nargs;
+			types[1 + i] = types[1 + nb + i] = btypes[i];
+			if (have_lo)
+				values[1 + i] = OidInputFunctionCall(typinput[i], lo[i], typioparam[i], -1);
+		}
 
-			check_stop(tenant);
-			begin_txn();
-			types[0] = root->tenant_type;
-			values[0] = plan_tenant_datum(root, tenant);
-			for (int i = 0; i < nb; i++)
+		/* the batch's upper bound on the root's keys */
+		initStringInfo(&sql);
+		if (nb > 0)
+		{
+			appendStringInfo(&sql, "SELECT %s FROM %s s WHERE s.%s = $1", rootcols,
+							 cm_qualified_relname(root->relid),
+							 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
+			if (have_lo)
 			{
-				types[1 + i] = types[1 + nb + i] = btypes[i];
-				if (have_lo)
-					values[1 + i] = OidInputFunctionCall(typinput[i], lo[i], typioparam[i], -1);
+				appendStringInfo(&sql, " AND (%s) > (", rootcols);
+				for (int i = 0; i < nb; i++)
+					appendStringInfo(&sql, "%s$%d", i ? ", " : "", 2 + i);
+				appendStringInfoChar(&sql, ')');
 			}
-			/* the batch's upper bound on the root's keys */
-			initStringInfo(&sql);
-			if (nb > 0)
+			appendStringInfo(&sql, " ORDER BY %s OFFSET %d LIMIT 1", rootcols,
+							 cm_archive_batch_size - 1);
+			if (SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL,
+									  true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: archive bound query failed");
+			if (SPI_processed > 0)
 			{
-				appendStringInfo(&sql, "SELECT %s FROM %s s WHERE s.%s = $1", rootcols,
-								 cm_qualified_relname(root->relid),
-								 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
-				if (have_lo)
-				{
-					appendStringInfo(&sql, " AND (%s) > (", rootcols);
-					for (int i = 0; i < nb; i++)
-						appendStringInfo(&sql, "%s$%d", i ? ", " : "", 2 + i);
-					appendStringInfoChar(&sql, ')');
-				}
-				appendStringInfo(&sql, " ORDER BY %s OFFSET %d LIMIT 1", rootcols,
-								 cm_archive_batch_size - 1);
-				if (SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL,
-										  true, 0) != SPI_OK_SELECT)
-					elog(ERROR, "clinic_migrate: archive bound query failed");
-				if (SPI_processed > 0)
-				{
-					have_hi = true;
-					for (int i = 0; i < nb; i++)
-					{
-						bool		isnull;
-						Oid			typout;
-						bool		varlena;
-
-						values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, i + 1, &isnull);
-						getTypeOutputInfo(btypes[i], &typout, &varlena);
-						hi[i] = MemoryContextStrdup(keep, OidOutputFunctionCall(typout, values[1 + nb + i]));
-					}
-				}
-			}
-			resetStringInfo(&sql);
-			appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t WHERE (", cm_qualified_relname(pt->relid));
-			cm_append_quoted_list(&sql, keys, "t");
-			appendStringInfoString(&sql, ") IN (SELECT ");
-			cm_append_quoted_list(&sql, keys, "s");
-			if (!have_lo && !have_hi)
-				plan_append_tenant_rows(&sql, plan, pt, 0, 0);
-			else if (!have_lo)
-			{
+				have_hi = true;
 				for (int i = 0; i < nb; i++)
 				{
-					values[1 + i] = values[1 + nb + i];
-					types[1 + i] = types[1 + nb + i];
+					bool		isnull;
+					Oid			typout;
+					bool		varlena;
+
+					values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, i + 1, &isnull);
+					getTypeOutputInfo(btypes[i], &typout, &varlena);
+					hi[i] = MemoryContextStrdup(keep, OidOutputFunctionCall(typout, values[1 + nb + i]));
 				}
-				plan_append_tenant_rows(&sql, plan, pt, 0, 2);
 			}
-			else
-				plan_append_tenant_rows(&sql, plan, pt, 2, have_hi ? 2 + nb : 0);
-			if (selfref)
-				appendStringInfoString(&sql, selfref);
-			appendStringInfoString(&sql, ") RETURNING t.*) ");
-			if (archive)
-			{
-				appendStringInfo(&sql, "INSERT INTO %s (", qarch);
-				cm_append_quoted_list(&sql, cols, NULL);
-				appendStringInfoString(&sql, ") SELECT ");
-				cm_append_quoted_list(&sql, cols, NULL);
-				appendStringInfoString(&sql, " FROM d");
-			}
-			else
-				appendStringInfoString(&sql, "SELECT count(*) FROM d");
-			nargs = 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0);
-
-			pass_rows += run_archive_batch(sql.data, nargs, types, values, archive);
-			cm_pause_point("finalize_batch");
-			end_txn();
-			if (!have_hi)
-				break;
-			for (int i = 0; i < nb; i++)
-				lo[i] = hi[i];
-			have_lo = true;
 		}
-		total += pass_rows;
-		if (selfref == NULL)
-			break;
 
-		/* rows other rows still referenced wait for the next pass */
-		begin_txn();
-		{
-			StringInfoData sql;
-			Oid			t = root->tenant_type;
-			Datum		v = plan_tenant_datum(root, tenant);
-			bool		isnull;
-
-			initStringInfo(&sql);
-			appendStringInfoString(&sql, "SELECT count(*)");
+		/* the rows of the batch: deleted, and into the archive */
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t WHERE (", cm_qualified_relname(pt->relid));
+		cm_append_quoted_list(&sql, keys, "t");
+		appendStringInfoString(&sql, ") IN (SELECT ");
+		cm_append_quoted_list(&sql, keys, "s");
+		if (!have_lo && !have_hi)
 			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
-			if (SPI_execute_with_args(sql.data, 1, &t, &v, NULL, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "clinic_migrate: count failed");
-			left = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		end_txn();
-		if (left == 0)
-			break;
-		if (pass_rows == 0)
+		else if (!have_lo)
 		{
-			/* a cycle: what is left goes at once */
-			selfref = NULL;
+			for (int i = 0; i < nb; i++)
+			{
+				values[1 + i] = values[1 + nb + i];
+				types[1 + i] = types[1 + nb + i];
+			}
+			plan_append_tenant_rows(&sql, plan, pt, 0, 2);
 		}
+		else
+			plan_append_tenant_rows(&sql, plan, pt, 2, have_hi ? 2 + nb : 0);
+		appendStringInfoString(&sql, ") RETURNING t.*) ");
+		if (archive)
+		{
+			appendStringInfo(&sql, "INSERT INTO %s (", qarch);
+			cm_append_quoted_list(&sql, cols, NULL);
+			appendStringInfoString(&sql, ") SELECT ");
+			cm_append_quoted_list(&sql, cols, NULL);
+			appendStringInfoString(&sql, " FROM d");
+		}
+		else
+			appendStringInfoString(&sql, "SELECT count(*) FROM d");
+		total += run_archive_batch(sql.data, 1 + (have_lo ? nb : 0) + (have_hi ? nb : 0),
+								   types, values, archive);
+		cm_pause_point("finalize_batch");
+		end_txn();
+		if (!have_hi)
+			break;
+		for (int i = 0; i < nb; i++)
+			lo[i] = hi[i];
+		have_lo = true;
 	}
 	return total;
 }
@@ -910,6 +898,17 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 				 errmsg("tenant \"%s\" is not cut over", tenant),
 				 errdetail("Its state is %s; finalize ends the rollback window after a cutover.", info.state),
 				 errhint("Run SELECT clinic_migrate.cutover('%s') first.", tenant)));
+	/* finalize deletes shared rows: the acting role must be allowed to */
+	for (int i = 0; i < plan->ncopied; i++)
+		if (pg_class_aclcheck(plan->tables[i].relid, GetUserId(), ACL_DELETE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s", cm_qualified_relname(plan->tables[i].relid)),
+					 errdetail("Finalizing a tenant deletes its shared rows, which needs DELETE."),
+					 errhint("GRANT DELETE ON %s TO %s;", cm_qualified_relname(plan->tables[i].relid),
+							 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+	/* nothing changes if a row outside the tenant points at what would go */
+	check_no_outside_references(plan, tenant);
 	*run_id = cm_run_start(tenant, schema, "finalize", sh->started_by, MyProcPid);
 	end_txn();
 
@@ -932,6 +931,11 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 	}
 	clone_restore_sequences(plan, schema);
 	capture_drop_reverse(plan, schema);
+	end_txn();
+
+	/* again: one may have appeared before the pause */
+	begin_txn();
+	check_no_outside_references(plan, tenant);
 	end_txn();
 
 	/* the shared rows, children first, into the archive (or gone) */
