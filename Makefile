@@ -16,6 +16,11 @@ REGRESS = setup plan clone migrate validate errors rollback edge cutover
 REGRESS_OPTS = --inputdir=. --temp-config=test/clinic_migrate.conf \
                --temp-instance=./tmp_check_regress
 
+# races, with the worker held at pause points (test/specs, test/expected)
+ISOLATION = capture_batch capture_open_xact cutover_write
+ISOLATION_OPTS = --inputdir=test --outputdir=output_iso --temp-config=test/clinic_migrate.conf \
+                 --temp-instance=./tmp_check_iso
+
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 

@@ -56,6 +56,7 @@
 #include "clinic_migrate.h"
 #include "plan.h"
 #include "state.h"
+#include "worker.h"
 
 bool		cm_applying = false;
 
@@ -1023,9 +1024,31 @@ capture_wait_for_writers(TenantPlan *plan)
 	}
 	foreach(lc, wait)
 	{
+		VirtualTransactionId *v = lfirst(lc);
+		CmWorkerShared *sh = cm_worker_shared;
+
 		pgstat_report_activity(STATE_RUNNING,
 							   "clinic_migrate: waiting for transactions older than the capture");
-		(void) VirtualXactLock(*(VirtualTransactionId *) lfirst(lc), true);
+		/* the session waiting for us waits for it too: pg_blocking_pids names it */
+		if (sh)
+		{
+			PGPROC	   *caller;
+
+			SpinLockAcquire(&sh->mutex);
+			sh->wait_backend = v->backendId;
+			sh->wait_lxid = v->localTransactionId;
+			SpinLockRelease(&sh->mutex);
+			caller = BackendPidGetProc(sh->caller_pid);
+			if (caller)
+				SetLatch(&caller->procLatch);
+		}
+		(void) VirtualXactLock(*v, true);
+		if (sh)
+		{
+			SpinLockAcquire(&sh->mutex);
+			sh->wait_backend = InvalidBackendId;
+			SpinLockRelease(&sh->mutex);
+		}
 		CHECK_FOR_INTERRUPTS();
 	}
 }

@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_collation.h"
 #include "common/hashfn.h"
 #include "utils/resowner.h"
 #include "utils/memutils.h"
@@ -18,6 +19,8 @@
 #include "nodes/params.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -235,19 +238,45 @@ cm_pause_point(const char *name)
 			listed = true;
 	if (listed)
 	{
-		/* the key pg_advisory_lock(hashtext('clinic_migrate:<name>')) uses */
-		char	   *keytext = psprintf("clinic_migrate:%s", name);
-		int64		key = DatumGetInt32(DirectFunctionCall1(hashtext,
-														   CStringGetTextDatum(keytext)));
-		LOCKTAG		tag;
+		CmWorkerShared *sh = cm_worker_shared;
 		char		activity[128];
 
 		snprintf(activity, sizeof(activity), "clinic_migrate: at pause point %s", name);
 		pgstat_report_activity(STATE_RUNNING, activity);
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (key >> 32), (uint32) key, 1);
-		(void) LockAcquire(&tag, ShareLock, false, false);
-		LockRelease(&tag, ShareLock, false);
+		/* the waiting session follows us onto the lock */
+		if (sh)
+		{
+			PGPROC	   *caller;
+
+			SpinLockAcquire(&sh->mutex);
+			strlcpy(sh->pause_point, name, sizeof(sh->pause_point));
+			SpinLockRelease(&sh->mutex);
+			caller = BackendPidGetProc(sh->caller_pid);
+			if (caller)
+				SetLatch(&caller->procLatch);
+		}
+		cm_pause_point_follow(name);
+		if (sh)
+		{
+			SpinLockAcquire(&sh->mutex);
+			sh->pause_point[0] = '\0';
+			SpinLockRelease(&sh->mutex);
+		}
 	}
+}
+
+void
+cm_pause_point_follow(const char *name)
+{
+	/* the key pg_advisory_lock(hashtext('clinic_migrate:<name>')) uses */
+	char	   *keytext = psprintf("clinic_migrate:%s", name);
+	int64		key = DatumGetInt32(DirectFunctionCall1Coll(hashtext, C_COLLATION_OID,
+														   CStringGetTextDatum(keytext)));
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (key >> 32), (uint32) key, 1);
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	LockRelease(&tag, ShareLock, false);
 }
 
 /*

@@ -69,6 +69,9 @@ extern void cm_apply_settings(const CmSettings *s);
  */
 extern void cm_pause_point(const char *name);
 
+/* wait until the session holding a pause point lets it go (the worker's caller) */
+extern void cm_pause_point_follow(const char *name);
+
 /* tenant argument: not NULL, not empty, not too long, valid encoding */
 extern char *cm_tenant_arg(FunctionCallInfo fcinfo, int argno);
 

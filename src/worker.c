@@ -53,6 +53,7 @@
 PGDLLEXPORT void cm_action_worker_main(Datum main_arg);
 
 volatile sig_atomic_t cm_got_sigterm = false;
+CmWorkerShared *cm_worker_shared = NULL;
 
 const char *
 cm_action_name(CmAction action)
@@ -175,6 +176,7 @@ cm_action_worker_main(Datum main_arg)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("clinic_migrate worker: the session that started it is gone")));
 	sh = dsm_segment_address(seg);
+	cm_worker_shared = sh;
 
 	/*
 	 * Connect as the caller's session user, which could log in, then act as
@@ -298,6 +300,33 @@ progress_notice(CmWorkerShared *sh, const char *tenant)
 					snap.tables_done, snap.tables_total, snap.schema, snap.current_table)));
 }
 
+/*
+ * The worker's state; and where the worker waits for a transaction, or is
+ * held at a pause point (tests), wait for the same thing, so that the
+ * session shows what holds it up (pg_blocking_pids, isolationtester).
+ */
+static pg_noinline CmWorkerState
+follow_worker(CmWorkerShared *sh)
+{
+	CmWorkerState st;
+	char		point[64];
+	VirtualTransactionId vxid;
+
+	SpinLockAcquire(&sh->mutex);
+	st = sh->state;
+	strlcpy(point, sh->pause_point, sizeof(point));
+	vxid.backendId = sh->wait_backend;
+	vxid.localTransactionId = sh->wait_lxid;
+	SpinLockRelease(&sh->mutex);
+	if (st == CMW_DONE || st == CMW_FAILED)
+		return st;
+	if (point[0] != '\0')
+		cm_pause_point_follow(point);
+	if (VirtualTransactionIdIsValid(vxid))
+		(void) VirtualXactLock(vxid, true);
+	return st;
+}
+
 void
 cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 {
@@ -314,6 +343,7 @@ cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 	memcpy(sh, req, sizeof(*sh));
 	SpinLockInit(&sh->mutex);
 	sh->state = CMW_STARTING;
+	sh->wait_backend = InvalidBackendId;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -356,9 +386,7 @@ cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 							 1000L, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
-			SpinLockAcquire(&sh->mutex);
-			st = sh->state;
-			SpinLockRelease(&sh->mutex);
+			st = follow_worker(sh);
 			if (st == CMW_DONE || st == CMW_FAILED)
 				break;
 			if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)

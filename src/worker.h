@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 #include "storage/spin.h"
+#include "storage/lock.h"
 
 #include "clinic_migrate.h"
 
@@ -65,6 +66,9 @@ typedef struct CmWorkerShared
 	int64		keys_drained;
 	int64		rows_validated;
 	bool		did;			/* rollback: there was something to roll back */
+	char		pause_point[64];	/* tests: the pause point the worker is held at */
+	BackendId	wait_backend;	/* the transaction the worker waits for, if any... */
+	LocalTransactionId wait_lxid;	/* ...which the caller then waits for too */
 	/* the error, if the action failed */
 	int			sqlerrcode;
 	char		errmsg[1024];
@@ -73,6 +77,9 @@ typedef struct CmWorkerShared
 } CmWorkerShared;
 
 extern void cm_worker_init(void);
+
+/* the shared state of the action this worker runs (NULL elsewhere) */
+extern CmWorkerShared *cm_worker_shared;
 
 /* set by SIGTERM: long loops stop at their next boundary */
 extern volatile sig_atomic_t cm_got_sigterm;

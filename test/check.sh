@@ -2,17 +2,18 @@
 # test/check.sh: the test command of clinic_migrate (README, "Contributing"; CI runs it
 # through .ci/run). Installs what the build needs, builds and installs the extension,
 # then runs the pg_regress suite (sql/*.sql against expected/*.out, REGRESS in the
-# Makefile) and the TAP tests (test/t/*.pl), each against temporary servers it starts
+# Makefile), the isolation specs (test/specs/*.spec against test/expected/*.out,
+# ISOLATION) and the TAP tests (test/t/*.pl), each against temporary servers it starts
 # and stops itself. initdb refuses to run as root, so the tests run as the postgres
 # user in a scratch copy of the working tree, which is removed on exit.
 #
 #   sudo bash test/check.sh                                everything
-#   sudo bash test/check.sh --regress-only                 the pg_regress suite only
+#   sudo bash test/check.sh --regress-only                 pg_regress and isolation only
 #   sudo bash test/check.sh --tap-only                     every TAP test only
 #   sudo bash test/check.sh --tap test/t/001_worker_copy.pl   one TAP file (repeatable)
 #
 # Failures print regression.diffs and the TAP logs. The last line is the summary,
-# "N passed, M failed", counting pg_regress tests and TAP test files; the exit status
+# "N passed, M failed", counting pg_regress and isolation tests and TAP test files; the exit status
 # is non-zero when anything failed or could not run. CLINIC_KEEP_TMP=1 keeps the
 # scratch copy for a post-mortem (its path is printed).
 set -euo pipefail
@@ -76,7 +77,7 @@ make_var() {
 }
 regress_tests=()
 if [ $run_regress -eq 1 ]; then
-  read -r -a regress_tests <<<"$(make_var REGRESS)"
+  read -r -a regress_tests <<<"$(make_var REGRESS) $(make_var ISOLATION)"
 fi
 if [ $run_tap -eq 1 ] && [ ${#tap_files[@]} -eq 0 ]; then
   shopt -s nullglob
@@ -125,7 +126,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 tar -C "$repo" --exclude=./.git --exclude='tmp_check*' --exclude=./results \
     --exclude=./log --exclude=./regression.diffs --exclude=./regression.out \
-    -cf - . | tar -C "$tmp" -xf -
+    --exclude=./output_iso -cf - . | tar -C "$tmp" -xf -
 chown -R postgres: "$tmp"
 mkdir "$logs"
 
@@ -156,7 +157,7 @@ show_log() {
 # a pg_regress failure would skip the TAP tests), so both always run and both count.
 rc=0
 if [ ${#regress_tests[@]} -gt 0 ]; then
-  echo "== pg_regress: ${regress_tests[*]}"
+  echo "== pg_regress and isolation: ${regress_tests[*]}"
   reg_rc=0
   as_postgres_make installcheck TAP_TESTS= 2>&1 | tee "$logs/regress.out" || reg_rc=$?
   reg_ok=$(grep -cE '^(test +| +)[^ ]+ +\.\.\. +(ok|failed \(ignored\))' "$logs/regress.out" || true)
@@ -170,9 +171,11 @@ if [ ${#regress_tests[@]} -gt 0 ]; then
     rc=1
     echo "== pg_regress failed (make exit status $reg_rc)"
     show_log "$tmp/regression.diffs"
+    show_log "$tmp/output_iso/regression.diffs"
     # no test got a result line: the harness itself failed, so show how the server did
     [ "$reg_ok" -gt 0 ] || show_log "$tmp/log/initdb.log" 200
     show_log "$tmp/log/postmaster.log" 300
+    show_log "$tmp/output_iso/log/postmaster.log" 300
   fi
 elif [ $run_regress -eq 1 ]; then
   echo "== pg_regress: REGRESS is empty, nothing to run"
