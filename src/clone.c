@@ -1039,7 +1039,10 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 
 			if (att == InvalidAttrNumber || attidentity(target, att) != '\0')
 				continue;
-			/* no key may be taken between reading the highest and switching */
+			/*
+			 * No key may be taken between reading the highest and switching;
+			 * the caller reads in READ COMMITTED, so after this lock.
+			 */
 			if (!locked)
 				cm_ddl_with_retry(psprintf("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", qtarget));
 			locked = true;

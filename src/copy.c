@@ -527,8 +527,12 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 
 		CHECK_FOR_INTERRUPTS();
 		report_activity(sh, NULL, "catching up");
-		begin_txn();
+		/* the apply lock before the snapshot (see cm_sync_tenant_round) */
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
 		(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
 		applied = apply_round(tenant, plan, sh->schema);
 		end_txn();
 		if (applied < 1000)

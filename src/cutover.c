@@ -215,9 +215,7 @@ catch_up(const char *tenant, const char *schema, int max_lag, int wait_s)
 
 		check_stop(tenant);
 		pgstat_report_activity(STATE_RUNNING, activity);
-		begin_txn();
-		applied = cm_sync_tenant_once(tenant);
-		end_txn();
+		applied = cm_sync_tenant_round(tenant);
 		begin_txn();
 		lag = pending_changes(tenant);
 		end_txn();
@@ -918,7 +916,8 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 
 	/* the tenant's tables get sequences of their own, and lose the reverse capture */
 	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: finalizing: sequences and triggers");
-	begin_txn();
+	/* the highest keys are read after each table's lock: not in an older snapshot */
+	cm_begin_txn_read_committed();
 	plan = load_tenant(tenant, &info);
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);

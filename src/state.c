@@ -203,6 +203,17 @@ cm_begin_txn(void)
 }
 
 void
+cm_begin_txn_read_committed(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	/* before the first snapshot, as SET TRANSACTION ISOLATION LEVEL does */
+	XactIsoLevel = XACT_READ_COMMITTED;
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+void
 cm_end_txn(void)
 {
 	SPI_finish();

@@ -40,6 +40,9 @@ extern void cm_tenant_record_last_error(const char *tenant, const char *msg);
 
 /* a worker's transaction: start it with SPI and a snapshot, and commit it */
 extern void cm_begin_txn(void);
+
+/* the same in READ COMMITTED: each statement sees what committed before it (after a lock) */
+extern void cm_begin_txn_read_committed(void);
 extern void cm_end_txn(void);
 
 #endif

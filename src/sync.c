@@ -83,6 +83,24 @@ cm_sync_tenant_once(const char *tenant)
 	return applied;
 }
 
+int64
+cm_sync_tenant_round(const char *tenant)
+{
+	int64		applied;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	applied = cm_sync_tenant_once(tenant);
+	cm_pause_point("sync_round");
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return applied;
+}
+
 /* tenants that need rounds: (tenant, pending changes), or NIL */
 typedef struct SyncTenant
 {
@@ -222,15 +240,7 @@ cm_sync_worker_main(Datum main_arg)
 			pgstat_report_activity(STATE_RUNNING, activity);
 			PG_TRY();
 			{
-				SetCurrentStatementStartTimestamp();
-				StartTransactionCommand();
-				SPI_connect();
-				PushActiveSnapshot(GetTransactionSnapshot());
-				(void) cm_sync_tenant_once(st->tenant);
-				cm_pause_point("sync_round");
-				SPI_finish();
-				PopActiveSnapshot();
-				CommitTransactionCommand();
+				(void) cm_sync_tenant_round(st->tenant);
 				nsynced++;
 			}
 			PG_CATCH();

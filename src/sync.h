@@ -19,4 +19,11 @@
  */
 extern int64 cm_sync_tenant_once(const char *tenant);
 
+/*
+ * The same as a transaction of its own (a worker's): the apply lock is
+ * taken before the snapshot, so that in REPEATABLE READ a round never sees
+ * the rows another round just committed as a concurrent change.
+ */
+extern int64 cm_sync_tenant_round(const char *tenant);
+
 #endif

@@ -16,6 +16,8 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use lib "$ENV{TESTDIR}/test/t";
+use ClinicTest;
 
 my $gen = "$ENV{TESTDIR}/test/gen/clinic.sql";
 die "the data generator $gen is missing" unless -f $gen;
@@ -30,6 +32,7 @@ restart_after_crash = on
 clinic_migrate.sync_interval = 100
 });
 $node->start;
+ClinicTest::init($node);
 
 $node->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
 $node->command_ok(
@@ -51,175 +54,8 @@ INSERT INTO public.appointments (tenant_id, patient_id, staff_no, starts_at)
 SELECT 't1', (SELECT min(id) FROM public.patients WHERE tenant_id = 't1'), s,
        timestamptz '2024-06-01 09:00+00' + s * interval '1 hour'
 FROM generate_series(5001, 5003) s;
-CREATE SCHEMA cm_test;
-CREATE TABLE cm_test.ledger (id bigserial PRIMARY KEY, tenant text NOT NULL,
-                             tbl text NOT NULL, key bigint NOT NULL, op text NOT NULL);
 });
-
-# A string as an SQL literal (standard_conforming_strings is on).
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
-# The migrated tables: explicit columns, the tenant's rows in the shared tables, the
-# key the ledger records.
-my %tables = (
-	staff => {
-		cols => 'tenant_id, staff_no, name, specialty_id, roles',
-		key => 'staff_no',
-	},
-	patients => {
-		cols => 'id, tenant_id, first_name, last_name, full_name, birth_date, email, '
-		  . 'profile, photo, tags, notes, referred_by, balance, created_at',
-		key => 'id',
-	},
-	appointments => {
-		cols => 'id, tenant_id, patient_id, staff_no, specialty_id, starts_at, '
-		  . 'duration, status',
-		key => 'id',
-	},
-	appointment_notes => {
-		cols => 'id, appointment_id, body, written_at',
-		key => 'id',
-	},
-);
-my @table_order = qw(staff patients appointments appointment_notes);
-
-# SELECT of one table's rows of a tenant: in the shared tables (the notes through
-# their appointment) or in the tenant's schema; $cols defaults to the explicit list.
-sub shared_rows
-{
-	my ($tbl, $tenant, $cols) = @_;
-	my $t = lit($tenant);
-	$cols //= $tables{$tbl}{cols};
-	if ($tbl eq 'appointment_notes')
-	{
-		my $c = join(', ', map { "n.$_" } split(/, /, $cols));
-		return "SELECT $c FROM public.appointment_notes n "
-		  . "JOIN public.appointments a ON a.id = n.appointment_id WHERE a.tenant_id = $t";
-	}
-	return "SELECT $cols FROM public.$tbl WHERE tenant_id = $t";
-}
-
-sub copy_rows
-{
-	my ($tbl, $schema, $cols) = @_;
-	$cols //= $tables{$tbl}{cols};
-	return "SELECT $cols FROM $schema.$tbl";
-}
-
-# "staff 0/0, patients 0/0, ...": rows of the tenant in the shared tables missing from
-# its copy / rows of the copy that are not the tenant's shared rows, EXCEPT ALL.
-sub comparison_query
-{
-	my ($tenant, $schema) = @_;
-	my @parts;
-	for my $tbl (@table_order)
-	{
-		my $s = shared_rows($tbl, $tenant);
-		my $c = copy_rows($tbl, $schema);
-		push @parts,
-		  "SELECT '$tbl' || ' ' || (SELECT count(*) FROM ($s EXCEPT ALL $c) d) || '/'"
-		  . " || (SELECT count(*) FROM ($c EXCEPT ALL $s) d)";
-	}
-	return 'SELECT string_agg(x, \', \') FROM (' . join(' UNION ALL ', @parts) . ') r(x)';
-}
-
-sub zero_comparison
-{
-	return join(', ', map { "$_ 0/0" } @table_order);
-}
-
-# The rows that differ, for a failure message.
-sub diag_differences
-{
-	my ($tenant, $schema) = @_;
-	for my $tbl (@table_order)
-	{
-		my $s = shared_rows($tbl, $tenant);
-		my $c = copy_rows($tbl, $schema);
-		my $out = $node->safe_psql(
-			'postgres', qq{
-SELECT 'shared only: ' || d::text FROM ($s EXCEPT ALL $c) d
-UNION ALL
-SELECT 'copy only: ' || d::text FROM ($c EXCEPT ALL $s) d
-LIMIT 20});
-		diag("$tbl:\n$out") if $out ne '';
-	}
-	return;
-}
-
-# validate_migration: the tables that do not match, "none" if all do.
-sub validate_mismatches
-{
-	my ($tenant) = @_;
-	return $node->safe_psql(
-		'postgres', q{
-SELECT coalesce(string_agg(table_name || ': ' || source_rows || ' / ' || target_rows
-                           || ' missing ' || coalesce(missing_keys::text, '-')
-                           || ' extra ' || coalesce(extra_keys::text, '-')
-                           || ' different ' || coalesce(different_keys::text, '-'),
-                           E'\n' ORDER BY table_name)
-                FILTER (WHERE match IS NOT TRUE), 'none')
-       || ' of ' || count(*)
-FROM clinic_migrate.validate_migration(} . lit($tenant) . ')');
-}
-
-# The ledger's verdict for a tenant: for every (table, key) of the tenant, its last
-# entry says whether the key must be there ('ins', 'upd') or not ('del'). Returns
-# "tbl op entries wrong" lines, checked against $side: the shared rows or the copy.
-sub ledger_check
-{
-	my ($tenant, $side) = @_;
-	my @parts;
-	for my $tbl (@table_order)
-	{
-		my $key = $tables{$tbl}{key};
-		my $rows =
-		  $side eq 'shared'
-		  ? shared_rows($tbl, $tenant, $key)
-		  : copy_rows($tbl, $side, $key);
-		push @parts, qq{
-SELECT l.tbl, l.op, count(*) AS entries,
-       count(*) FILTER (WHERE (l.op = 'del') = (r.k IS NOT NULL)) AS wrong
-FROM last l LEFT JOIN ($rows) r(k) ON r.k = l.key
-WHERE l.tbl = '$tbl'
-GROUP BY l.tbl, l.op};
-	}
-	return $node->safe_psql(
-		'postgres', q{
-WITH last AS (
-    SELECT DISTINCT ON (tbl, key) tbl, key, op
-    FROM cm_test.ledger WHERE tenant = } . lit($tenant) . q{
-    ORDER BY tbl, key, id DESC)
-SELECT string_agg(tbl || ' ' || op || ' ' || entries || ' ' || wrong, E'\n' ORDER BY tbl, op)
-FROM (} . join(' UNION ALL ', @parts) . ') c');
-}
-
-# Ledger lines "tbl op entries wrong" with no wrong entry.
-sub ledger_all_right
-{
-	my ($lines) = @_;
-	return 0 if $lines eq '';
-	for my $l (split /\n/, $lines)
-	{
-		my (undef, undef, undef, $wrong) = split / /, $l;
-		return 0 if $wrong != 0;
-	}
-	return 1;
-}
-
-# poll_query_until with a bound fit for this test: everything it waits for takes
-# about a second (sync_interval is 100 ms), so a failure should not take minutes.
-sub poll
-{
-	my ($query, $expected) = @_;
-	local $PostgreSQL::Test::Utils::timeout_default = 15;
-	return $node->poll_query_until('postgres', $query, $expected);
-}
+ClinicTest::create_ledger();
 
 # Starts migrate_tenant(tenant) in a psql of its own; returns the harness and outputs.
 sub start_migration
@@ -232,7 +68,7 @@ sub start_migration
 			'-d', $node->connstr('postgres'),
 			'-c', "SET clinic_migrate.batch_size = $batch_size",
 			'-c', "SET clinic_migrate.batch_delay = $batch_delay",
-			'-c', 'SELECT * FROM clinic_migrate.migrate_tenant(' . lit($tenant) . ')'
+			'-c', 'SELECT * FROM clinic_migrate.migrate_tenant(' . ClinicTest::lit($tenant) . ')'
 		],
 		'<', \undef, '>', \$s{stdout}, '2>', \$s{stderr},
 		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
@@ -358,29 +194,29 @@ FROM (SELECT DISTINCT tbl, op FROM cm_test.ledger WHERE tenant = 't1') l}),
 	  . 'patients upd, staff del, staff ins',
 	'the ledger holds every kind of write to t1');
 
-ok( poll(
+ok( ClinicTest::poll(
 		q{SELECT capture_lag = 0 FROM clinic_migrate.status WHERE tenant_id = 't1'}),
 	't1: capture_lag reaches 0');
-my $cmp_t1 = comparison_query('t1', 'tenant_t1');
-ok(poll($cmp_t1, zero_comparison()),
+my $cmp_t1 = ClinicTest::comparison_query('t1', 'shared', 'tenant_t1');
+ok(ClinicTest::poll($cmp_t1, ClinicTest::zero_comparison()),
 	't1: the copy converges to the shared rows');
 my $cmp = $node->safe_psql('postgres', $cmp_t1);
-for my $tbl (@table_order)
+for my $tbl (@ClinicTest::table_order)
 {
 	my ($missing, $extra) = $cmp =~ /\b$tbl (\d+)\/(\d+)/;
 	is($missing, 0, "t1 $tbl: no shared row is missing from the copy");
 	is($extra, 0, "t1 $tbl: the copy has no row that is not shared");
 }
-diag_differences('t1', 'tenant_t1') if $cmp ne zero_comparison();
-like(validate_mismatches('t1'), qr/^none of 4$/,
+ClinicTest::diag_differences('t1', 'shared', 'tenant_t1') if $cmp ne ClinicTest::zero_comparison();
+like(ClinicTest::validate_mismatches('t1'), qr/^none of 4$/,
 	't1: validate_migration matches on every table');
 {
-	my $copy = ledger_check('t1', 'tenant_t1');
-	my $shared = ledger_check('t1', 'shared');
+	my $copy = ClinicTest::ledger_check('t1', 'tenant_t1');
+	my $shared = ClinicTest::ledger_check('t1', 'shared');
 	note("ledger of t1 (table op entries wrong), shared:\n$shared\ncopy:\n$copy");
-	ok(ledger_all_right($shared), 't1: the ledger agrees with the shared rows')
+	ok(ClinicTest::ledger_all_right($shared), 't1: the ledger agrees with the shared rows')
 	  or diag($shared);
-	ok(ledger_all_right($copy),
+	ok(ClinicTest::ledger_all_right($copy),
 		't1: every write in the ledger is in the copy, every delete is gone')
 	  or diag($copy);
 }
@@ -421,20 +257,20 @@ SELECT 't1', 'staff', staff_no, 'del' FROM m UNION ALL SELECT 't2', 'staff', sta
 RETURNING key});
 	($staff_no) = split /\n/, $staff_no;
 	like($staff_no, qr/^\d+$/, 'sync: moved a t1 staff member to t2');
-	ok( poll(
+	ok( ClinicTest::poll(
 			"SELECT EXISTS (SELECT 1 FROM tenant_t1.patients WHERE id = $new_id AND last_name = 'Write')"
 		),
 		'sync: the inserted patient reaches tenant_t1');
-	ok( poll(
+	ok( ClinicTest::poll(
 			"SELECT NOT EXISTS (SELECT 1 FROM tenant_t1.patients WHERE id = $gone_id)"),
 		'sync: the deleted patient leaves tenant_t1');
-	ok( poll(
+	ok( ClinicTest::poll(
 			"SELECT NOT EXISTS (SELECT 1 FROM tenant_t1.staff WHERE staff_no = $staff_no)"),
 		'sync: the staff member moved to t2 leaves tenant_t1');
-	ok(poll($cmp_t1, zero_comparison()),
+	ok(ClinicTest::poll($cmp_t1, ClinicTest::zero_comparison()),
 		'sync: the copy still equals the shared rows');
-	my $copy = ledger_check('t1', 'tenant_t1');
-	ok(ledger_all_right($copy), 'sync: the ledger of t1 agrees with the copy')
+	my $copy = ClinicTest::ledger_check('t1', 'tenant_t1');
+	ok(ClinicTest::ledger_all_right($copy), 'sync: the ledger of t1 agrees with the copy')
 	  or diag($copy);
 	is( $node->safe_psql(
 			'postgres', q{SELECT syncing FROM clinic_migrate.status WHERE tenant_id = 't1'}),
@@ -462,7 +298,7 @@ RETURNING id});
 SELECT query FROM pg_stat_activity
 WHERE backend_type = 'clinic_migrate' AND query LIKE 'clinic_migrate: waiting for%older%'
   AND $open_pid = ANY (pg_blocking_pids(pid))};
-	ok( poll(
+	ok( ClinicTest::poll(
 			qq{
 SELECT EXISTS ($worker_waits)
        OR EXISTS (SELECT 1 FROM clinic_migrate.status WHERE tenant_id = 't3' AND state = 'copied')}
@@ -482,17 +318,17 @@ SELECT EXISTS ($worker_waits)
 	$open->quit;
 	ok(finish_session($s), 't3: migrate_tenant completes once the transaction commits')
 	  or diag("stdout: $s->{stdout}\nstderr: $s->{stderr}");
-	ok( poll(
+	ok( ClinicTest::poll(
 			q{SELECT capture_lag = 0 FROM clinic_migrate.status WHERE tenant_id = 't3'}),
 		't3: capture_lag reaches 0');
 	is( $node->safe_psql(
 			'postgres', "SELECT notes FROM tenant_t3.patients WHERE id = $p3"),
 		'written before the capture of t3',
 		't3: the copy has the update of the transaction that was open');
-	my $cmp_t3 = comparison_query('t3', 'tenant_t3');
-	ok(poll($cmp_t3, zero_comparison()),
+	my $cmp_t3 = ClinicTest::comparison_query('t3', 'shared', 'tenant_t3');
+	ok(ClinicTest::poll($cmp_t3, ClinicTest::zero_comparison()),
 		't3: the copy equals the shared rows')
-	  or diag_differences('t3', 'tenant_t3');
+	  or ClinicTest::diag_differences('t3', 'shared', 'tenant_t3');
 }
 
 # 6. Rollback ends the sync and the capture of t1.
@@ -509,7 +345,7 @@ SELECT EXISTS ($worker_waits)
 			q{SELECT count(*) FROM clinic_migrate.status WHERE tenant_id = 't1'}),
 		'0',
 		'rollback: status has no t1');
-	ok( poll(q{
+	ok( ClinicTest::poll(q{
 SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
                    WHERE query LIKE 'clinic_migrate: keeping tenant\_t1 %')}),
 		'rollback: no worker keeps tenant_t1 in sync');
@@ -584,7 +420,7 @@ WHERE a.tenant_id = 't2' AND n.body <> 'note by app'});
 	$as_app->("DELETE FROM public.appointment_notes WHERE id = $note_del",
 		'deletes a t2 note');
 
-	ok( poll(qq{
+	ok( ClinicTest::poll(qq{
 SELECT EXISTS (SELECT 1 FROM tenant_t2.patients WHERE id = $kept AND last_name = 'Kept')
    AND NOT EXISTS (SELECT 1 FROM tenant_t2.patients WHERE id = $dropped)
    AND EXISTS (SELECT 1 FROM tenant_t2.patients WHERE id = $updated AND notes = 'updated by app')
@@ -593,14 +429,14 @@ SELECT EXISTS (SELECT 1 FROM tenant_t2.patients WHERE id = $kept AND last_name =
                WHERE id = $note_upd AND body = 'note edited by app')
    AND NOT EXISTS (SELECT 1 FROM tenant_t2.appointment_notes WHERE id = $note_del)}),
 		"app: the writes reach tenant_t2");
-	my $cmp_t2 = comparison_query('t2', 'tenant_t2');
-	ok(poll($cmp_t2, zero_comparison()),
+	my $cmp_t2 = ClinicTest::comparison_query('t2', 'shared', 'tenant_t2');
+	ok(ClinicTest::poll($cmp_t2, ClinicTest::zero_comparison()),
 		'app: the t2 copy equals the shared rows')
-	  or diag_differences('t2', 'tenant_t2');
-	like(validate_mismatches('t2'), qr/^none of 4$/,
+	  or ClinicTest::diag_differences('t2', 'shared', 'tenant_t2');
+	like(ClinicTest::validate_mismatches('t2'), qr/^none of 4$/,
 		't2: validate_migration matches on every table');
-	my $copy = ledger_check('t2', 'tenant_t2');
-	ok(ledger_all_right($copy), 't2: every pgbench write of t2 in the ledger is in the copy')
+	my $copy = ClinicTest::ledger_check('t2', 'tenant_t2');
+	ok(ClinicTest::ledger_all_right($copy), 't2: every pgbench write of t2 in the ledger is in the copy')
 	  or diag($copy);
 }
 

@@ -1,0 +1,213 @@
+# test/t/ClinicTest.pm: what the TAP tests that run pgbench against the clinic data set
+# (test/gen/clinic.sql) share: an independent comparison of a tenant's rows in two
+# places (EXCEPT ALL both ways, explicit columns), a ledger of every committed write
+# and its verdict, validate_migration's mismatches, and a bounded poll.
+#
+#   use lib "$ENV{TESTDIR}/test/t";
+#   use ClinicTest;
+#   ClinicTest::init($node);        # the PostgreSQL::Test::Cluster to query
+#   ClinicTest::create_ledger();    # cm_test.ledger, outside the migrated schema
+#
+# A "place" is 'shared' (the tenant's rows of the shared tables in public, notes
+# through their appointment) or the name of a schema holding only the tenant's rows.
+package ClinicTest;
+
+use strict;
+use warnings;
+
+use Test::More;
+use PostgreSQL::Test::Utils;
+
+our $node;
+
+# The migrated tables: explicit columns, the key the ledger records, and the column
+# an update's ledger entry records the value of (checked when the entry has one).
+our %tables = (
+	staff => {
+		cols => 'tenant_id, staff_no, name, specialty_id, roles',
+		key => 'staff_no',
+	},
+	patients => {
+		cols => 'id, tenant_id, first_name, last_name, full_name, birth_date, email, '
+		  . 'profile, photo, tags, notes, referred_by, balance, created_at',
+		key => 'id',
+		val => 'notes',
+	},
+	appointments => {
+		cols => 'id, tenant_id, patient_id, staff_no, specialty_id, starts_at, '
+		  . 'duration, status',
+		key => 'id',
+		val => 'status',
+	},
+	appointment_notes => {
+		cols => 'id, appointment_id, body, written_at',
+		key => 'id',
+	},
+);
+our @table_order = qw(staff patients appointments appointment_notes);
+
+sub init
+{
+	($node) = @_;
+	return;
+}
+
+# A string as an SQL literal (standard_conforming_strings is on).
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+# The ledger: every write a test makes commits an entry in the same transaction.
+sub create_ledger
+{
+	$node->safe_psql(
+		'postgres', q{
+CREATE SCHEMA IF NOT EXISTS cm_test;
+CREATE TABLE cm_test.ledger (id bigserial PRIMARY KEY, tenant text NOT NULL,
+                             tbl text NOT NULL, key bigint NOT NULL, op text NOT NULL,
+                             val text);
+});
+	return;
+}
+
+# SELECT of one table's rows of a tenant in a place; $cols defaults to the explicit list.
+sub rows_in
+{
+	my ($tbl, $tenant, $place, $cols) = @_;
+	$cols //= $tables{$tbl}{cols};
+	if ($place ne 'shared')
+	{
+		return "SELECT $cols FROM " . quote_ident($place) . ".$tbl";
+	}
+	my $t = lit($tenant);
+	if ($tbl eq 'appointment_notes')
+	{
+		my $c = join(', ', map { $_ eq 'NULL' ? $_ : "n.$_" } split(/, /, $cols));
+		return "SELECT $c FROM public.appointment_notes n "
+		  . "JOIN public.appointments a ON a.id = n.appointment_id WHERE a.tenant_id = $t";
+	}
+	return "SELECT $cols FROM public.$tbl WHERE tenant_id = $t";
+}
+
+sub quote_ident
+{
+	my ($s) = @_;
+	return $s if $s =~ /^[a-z_][a-z0-9_]*$/;
+	$s =~ s/"/""/g;
+	return qq{"$s"};
+}
+
+# "staff 0/0, patients 0/0, ...": the tenant's rows in place $a missing from place $b
+# / rows of $b missing from $a, EXCEPT ALL over explicit columns.
+sub comparison_query
+{
+	my ($tenant, $a, $b) = @_;
+	my @parts;
+	for my $tbl (@table_order)
+	{
+		my $ra = rows_in($tbl, $tenant, $a);
+		my $rb = rows_in($tbl, $tenant, $b);
+		push @parts,
+		  "SELECT '$tbl' || ' ' || (SELECT count(*) FROM ($ra EXCEPT ALL $rb) d) || '/'"
+		  . " || (SELECT count(*) FROM ($rb EXCEPT ALL $ra) d)";
+	}
+	return 'SELECT string_agg(x, \', \') FROM (' . join(' UNION ALL ', @parts) . ') r(x)';
+}
+
+sub zero_comparison
+{
+	return join(', ', map { "$_ 0/0" } @table_order);
+}
+
+# The rows that differ between two places, for a failure message.
+sub diag_differences
+{
+	my ($tenant, $a, $b) = @_;
+	for my $tbl (@table_order)
+	{
+		my $ra = rows_in($tbl, $tenant, $a);
+		my $rb = rows_in($tbl, $tenant, $b);
+		my $out = $node->safe_psql(
+			'postgres', qq{
+SELECT '$a only: ' || d::text FROM ($ra EXCEPT ALL $rb) d
+UNION ALL
+SELECT '$b only: ' || d::text FROM ($rb EXCEPT ALL $ra) d
+LIMIT 20});
+		diag("$tbl:\n$out") if $out ne '';
+	}
+	return;
+}
+
+# validate_migration: the tables that do not match, "none" if all do.
+sub validate_mismatches
+{
+	my ($tenant) = @_;
+	return $node->safe_psql(
+		'postgres', q{
+SELECT coalesce(string_agg(table_name || ': ' || source_rows || ' / ' || target_rows
+                           || ' missing ' || coalesce(missing_keys::text, '-')
+                           || ' extra ' || coalesce(extra_keys::text, '-')
+                           || ' different ' || coalesce(different_keys::text, '-'),
+                           E'\n' ORDER BY table_name)
+                FILTER (WHERE match IS NOT TRUE), 'none')
+       || ' of ' || count(*)
+FROM clinic_migrate.validate_migration(} . lit($tenant) . ')');
+}
+
+# The ledger's verdict for a tenant in a place: for every (table, key) of the tenant,
+# its last entry says whether the key must be there ('ins', 'upd') or not ('del'),
+# and an 'upd' entry with a value says which.  Returns "tbl op entries wrong" lines.
+sub ledger_check
+{
+	my ($tenant, $place) = @_;
+	my @parts;
+	for my $tbl (@table_order)
+	{
+		my $key = $tables{$tbl}{key};
+		my $val = $tables{$tbl}{val} // 'NULL';
+		my $rows = rows_in($tbl, $tenant, $place, "$key, $val");
+		push @parts, qq{
+SELECT l.tbl, l.op, count(*) AS entries,
+       count(*) FILTER (WHERE (l.op = 'del') = (r.k IS NOT NULL)
+                           OR (l.op = 'upd' AND l.val IS NOT NULL AND r.v::text IS DISTINCT FROM l.val))
+         AS wrong
+FROM last l LEFT JOIN ($rows) r(k, v) ON r.k = l.key
+WHERE l.tbl = '$tbl'
+GROUP BY l.tbl, l.op};
+	}
+	return $node->safe_psql(
+		'postgres', q{
+WITH last AS (
+    SELECT DISTINCT ON (tbl, key) tbl, key, op, val
+    FROM cm_test.ledger WHERE tenant = } . lit($tenant) . q{
+    ORDER BY tbl, key, id DESC)
+SELECT string_agg(tbl || ' ' || op || ' ' || entries || ' ' || wrong, E'\n' ORDER BY tbl, op)
+FROM (} . join(' UNION ALL ', @parts) . ') c');
+}
+
+# Ledger lines "tbl op entries wrong" with no wrong entry.
+sub ledger_all_right
+{
+	my ($lines) = @_;
+	return 0 if $lines eq '';
+	for my $l (split /\n/, $lines)
+	{
+		my (undef, undef, undef, $wrong) = split / /, $l;
+		return 0 if $wrong != 0;
+	}
+	return 1;
+}
+
+# poll_query_until with a bound fit for these tests: what they wait for takes about
+# a second (sync_interval is 100 ms), so a failure should not take minutes.
+sub poll
+{
+	my ($query, $expected) = @_;
+	local $PostgreSQL::Test::Utils::timeout_default = 30;
+	return $node->poll_query_until('postgres', $query, $expected);
+}
+
+1;
