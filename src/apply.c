@@ -120,6 +120,8 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 	cm_applying = true;
 	PG_TRY();
 	{
+		int			nest = cm_replay_plan_settings();
+
 		/* 1. take the logged keys, parents first, and upsert their rows */
 		for (int i = 0; i < plan->ncopied; i++)
 		{
@@ -179,16 +181,19 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 			Oid			rtype = root->tenant_type;
 			Datum		rval = plan_tenant_datum(root, tenant);
 
+			/* driven by the keys: an index probe per key on each side, whatever the sizes */
 			initStringInfo(&sql);
-			appendStringInfo(&sql, "DELETE FROM %s t WHERE %s IN (SELECT * FROM %s) "
-							 "AND NOT EXISTS (SELECT 1",
-							 cm_qualified_relname(target), key_tuple(keys, "t"), keys_relname(pt));
+			appendStringInfo(&sql, "DELETE FROM %s t USING (SELECT DISTINCT * FROM %s) k "
+							 "WHERE %s = %s AND NOT EXISTS (SELECT 1",
+							 cm_qualified_relname(target), keys_relname(pt),
+							 key_tuple(keys, "t"), key_tuple(keys, "k"));
 			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
-			appendStringInfo(&sql, " AND %s = %s)", key_tuple(keys, "s"), key_tuple(keys, "t"));
+			appendStringInfo(&sql, " AND %s = %s)", key_tuple(keys, "s"), key_tuple(keys, "k"));
 			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
 				elog(ERROR, "clinic_migrate: replay of deletes into %s failed",
 					 cm_qualified_relname(target));
 		}
+		AtEOXact_GUC(true, nest);
 	}
 	PG_FINALLY();
 	{
@@ -223,6 +228,7 @@ apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 	{
 		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		(void) cm_replay_plan_settings();
 
 		/* 1. parents first: the rows of the logged keys, from the schema */
 		for (int i = 0; i < plan->ncopied; i++)
@@ -339,10 +345,11 @@ apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 			if (apply_keys_table(pt) == NULL)
 				continue;
 			initStringInfo(&sql);
-			appendStringInfo(&sql, "DELETE FROM %s t WHERE %s IN (SELECT * FROM %s) "
-							 "AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s = %s) AND ",
-							 cm_qualified_relname(pt->relid), key_tuple(keys, "t"), keys_relname(pt),
-							 cm_qualified_relname(source), key_tuple(keys, "s"), key_tuple(keys, "t"));
+			appendStringInfo(&sql, "DELETE FROM %s t USING (SELECT DISTINCT * FROM %s) k "
+							 "WHERE %s = %s AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s = %s) AND ",
+							 cm_qualified_relname(pt->relid), keys_relname(pt),
+							 key_tuple(keys, "t"), key_tuple(keys, "k"),
+							 cm_qualified_relname(source), key_tuple(keys, "s"), key_tuple(keys, "k"));
 			plan_append_belongs(&sql, plan, pt, "t", 1);
 			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
 				elog(ERROR, "clinic_migrate: reverse replay of deletes into %s failed",

@@ -67,6 +67,7 @@ typedef struct MovingTenant
 	char		tenant[CM_MAX_TENANT_LEN + 1];	/* hash key */
 	char		state;			/* CM_STATE_* */
 	char		schema[NAMEDATALEN];
+	Oid			schema_oid;		/* the tag of its write lock */
 	char		source_schema[NAMEDATALEN];
 } MovingTenant;
 
@@ -85,6 +86,7 @@ typedef struct CaptureTable
 	int			nkey;
 	AttrNumber	key_att[INDEX_MAX_KEYS];
 	AttrNumber	tenant_att;		/* InvalidAttrNumber for child tables */
+	FmgrInfo	tenant_out;		/* its output function, looked up once */
 	SPIPlanPtr	tenant_lookup;	/* child tables: tenant of a row by its parent */
 	int			nfk;
 	AttrNumber	fk_att[INDEX_MAX_KEYS];
@@ -148,7 +150,8 @@ moving_load(void)
 	AttrNumber	att_tenant,
 				att_state,
 				att_schema,
-				att_source;
+				att_source,
+				att_schema_oid;
 
 	register_callbacks();
 	/* valid from here: an invalidation during the scan makes us read again */
@@ -171,6 +174,7 @@ moving_load(void)
 	att_state = attnameAttNum(rel, "state", false);
 	att_schema = attnameAttNum(rel, "schema_name", false);
 	att_source = attnameAttNum(rel, "source_schema", false);
+	att_schema_oid = attnameAttNum(rel, "schema_oid", false);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snap, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -180,6 +184,7 @@ moving_load(void)
 		char	   *state = TextDatumGetCString(heap_getattr(tup, att_state, RelationGetDescr(rel), &isnull));
 		Name		schema = DatumGetName(heap_getattr(tup, att_schema, RelationGetDescr(rel), &isnull));
 		Name		source = DatumGetName(heap_getattr(tup, att_source, RelationGetDescr(rel), &isnull));
+		Oid			schema_oid = DatumGetObjectId(heap_getattr(tup, att_schema_oid, RelationGetDescr(rel), &isnull));
 		char		code = cm_state_code(state);
 		MovingTenant *m;
 
@@ -189,6 +194,7 @@ moving_load(void)
 		m->state = code;
 		strlcpy(m->schema, NameStr(*schema), NAMEDATALEN);
 		strlcpy(m->source_schema, NameStr(*source), NAMEDATALEN);
+		m->schema_oid = schema_oid;
 		if (code == CM_STATE_CAPTURE || code == CM_STATE_CUT_OVER || code == CM_STATE_FINALIZING)
 			moving_count++;
 	}
@@ -335,6 +341,15 @@ capture_table_get(Relation rel, Trigger *trigger)
 	ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
 	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
 		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
+	if (ct->tenant_att != InvalidAttrNumber)
+	{
+		Oid			typout;
+		bool		varlena;
+
+		getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), ct->tenant_att - 1)->atttypid,
+						  &typout, &varlena);
+		fmgr_info_cxt(typout, &ct->tenant_out, CacheMemoryContext);
+	}
 
 	/* the log's columns after the tenant are the key columns, by name */
 	logrel = table_open(ct->log_relid, AccessShareLock);
@@ -517,14 +532,7 @@ tuple_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple, bool deleted)
 	d = heap_getattr(tuple, ct->tenant_att, RelationGetDescr(rel), &isnull);
 	if (isnull)
 		return NULL;
-	{
-		Oid			typout;
-		bool		varlena;
-
-		getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), ct->tenant_att - 1)->atttypid,
-						  &typout, &varlena);
-		return OidOutputFunctionCall(typout, d);
-	}
+	return OutputFunctionCall(&ct->tenant_out, d);
 }
 
 static void
@@ -570,9 +578,17 @@ same_key(Relation rel, CaptureTable *ct, HeapTuple a, HeapTuple b)
  * is now, or NULL.
  */
 static MovingTenant *
-lock_tenant_for_write(const char *tenant)
+lock_tenant_for_write(MovingTenant *m)
 {
-	cm_tenant_write_lock(tenant, false);
+	char		tenant[CM_MAX_TENANT_LEN + 1];
+
+	/*
+	 * Held already in this transaction: the tenant cannot have been
+	 * switched since (the switch waits for us), the entry is current.
+	 */
+	if (!cm_tenant_write_lock(m->schema_oid, false))
+		return m;
+	strlcpy(tenant, m->tenant, sizeof(tenant));
 	AcceptInvalidationMessages();
 	return moving_find(tenant, strlen(tenant));
 }
@@ -605,7 +621,7 @@ shared_write_allowed(Relation rel, const char *tenant)
 	m = moving_find(tenant, strlen(tenant));
 	if (m == NULL || !shared_trigger_acts(m->state))
 		return false;
-	m = lock_tenant_for_write(tenant);
+	m = lock_tenant_for_write(m);
 	if (m == NULL || !shared_trigger_acts(m->state))
 		return false;
 	if (m->state != CM_STATE_CAPTURE)
@@ -707,7 +723,7 @@ cm_capture_reverse(PG_FUNCTION_ARGS)
 	m = moving_find(tenant, strlen(tenant));
 	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
 		return PointerGetDatum(NULL);
-	m = lock_tenant_for_write(tenant);
+	m = lock_tenant_for_write(m);
 	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
 		return PointerGetDatum(NULL);
 	if (m->state != CM_STATE_CUT_OVER)

@@ -421,13 +421,14 @@ cm_tenant_lock_kind_free(const char *tenant, int kind)
 	return r == LOCKACQUIRE_OK;
 }
 
-void
-cm_tenant_write_lock(const char *tenant, bool exclusive)
+bool
+cm_tenant_write_lock(Oid schema_oid, bool exclusive)
 {
 	LOCKTAG		tag;
 
-	tenant_locktag_kind(&tag, tenant, CM_LOCK_WRITE);
-	(void) LockAcquire(&tag, exclusive ? ExclusiveLock : ShareLock, false, false);
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, schema_oid);
+	return LockAcquire(&tag, exclusive ? ExclusiveLock : RowExclusiveLock, false, false) !=
+		LOCKACQUIRE_ALREADY_HELD;
 }
 
 /* the database-wide sync lock: advisory (db, 0, 0, CM_LOCK_SYNC) */
@@ -511,6 +512,25 @@ cm_stable_output_settings(void)
 		(void) set_config_option(settings[i][0], settings[i][1],
 								 superuser() ? PGC_SUSET : PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+int
+cm_replay_plan_settings(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	/*
+	 * The key tables have no statistics, and a hash or merge join over all
+	 * of a tenant's rows looks cheap to the planner for a few hundred keys:
+	 * it is O(tenant) every round, and JIT-compiled too.
+	 */
+	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	return nest;
 }
 

@@ -97,7 +97,6 @@ extern bool cm_tenant_lock_free(const char *tenant);
  */
 #define CM_LOCK_APPLY	(CM_LOCK_FIELD4 + 1)
 #define CM_LOCK_SYNC	(CM_LOCK_FIELD4 + 2)
-#define CM_LOCK_WRITE	(CM_LOCK_FIELD4 + 3)
 extern bool cm_lock_tenant_kind(const char *tenant, int kind, bool wait, bool session);
 extern void cm_unlock_tenant_kind(const char *tenant, int kind, bool session);
 extern bool cm_tenant_lock_kind_free(const char *tenant, int kind);
@@ -105,11 +104,16 @@ extern void cm_tenant_lock_key(const char *tenant, uint32 *hi, uint32 *lo);
 
 /*
  * The tenant's write lock (transaction-level): every write of a moving
- * tenant's rows takes it in SHARE mode through the capture triggers;
- * cutover and rollback take it EXCLUSIVE for their pause, which makes the
- * tenant's writers, and only them, wait.
+ * tenant's rows takes it in ROW EXCLUSIVE mode through the capture
+ * triggers; cutover and rollback take it EXCLUSIVE for their pause, which
+ * makes the tenant's writers, and only them, wait.  Its tag is a relation
+ * tag on the OID of the tenant's schema (no relation has it), so that the
+ * writers' mode goes through the lock manager's per-backend fast path, as
+ * a table's ROW EXCLUSIVE does, and cutover's EXCLUSIVE request moves them
+ * to the shared table and waits for them, as it would for a table.
+ * Returns true when this transaction did not hold it yet.
  */
-extern void cm_tenant_write_lock(const char *tenant, bool exclusive);
+extern bool cm_tenant_write_lock(Oid schema_oid, bool exclusive);
 
 /* the database's sync worker lock (session-level): one sync worker per database */
 extern bool cm_lock_sync_worker(bool session);
@@ -121,6 +125,14 @@ extern bool cm_sync_worker_running(void);
  */
 extern int	cm_stable_output_settings(void);
 extern void cm_restore_output_settings(int nestlevel);
+
+/*
+ * Planner settings for statements driven by a small set of keys (replay,
+ * the checks of the pause): nested loops with index probes, whatever the
+ * sizes of the tables; no JIT.  Returns a GUC nest level to pass to
+ * AtEOXact_GUC(true, ...) or cm_restore_output_settings.
+ */
+extern int	cm_replay_plan_settings(void);
 
 /* "schema"."table" for a relation OID, quoted */
 extern char *cm_qualified_relname(Oid relid);

@@ -277,8 +277,9 @@ set_lock_timeout(instr_time t0, int budget_ms)
  * else is raised.
  */
 static void
-pause_and_flip(const char *tenant, TenantPlan *plan, const char *expect_state,
-			   const char *new_state, bool reverse, const char *point, Attempt *a)
+pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan,
+			   const char *expect_state, const char *new_state, bool reverse,
+			   const char *point, Attempt *a)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	instr_time	t0;
@@ -291,16 +292,18 @@ pause_and_flip(const char *tenant, TenantPlan *plan, const char *expect_state,
 	PG_TRY();
 	{
 		TenantInfo	info;
+		Oid			schema_oid;
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		schema_oid = get_namespace_oid(plan_schema, false);
 
 		/*
 		 * Locks first, snapshot after: a writer that committed while we
 		 * waited for the lock must be seen by the drain.
 		 */
 		set_lock_timeout(t0, budget);
-		cm_tenant_write_lock(tenant, true);
+		cm_tenant_write_lock(schema_oid, true);
 		set_lock_timeout(t0, budget);
 		(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
 		a->lock_wait_ms = ms_since(t0);
@@ -426,7 +429,7 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 		snprintf(activity, sizeof(activity), "clinic_migrate: %s of %s, pause %d", direction,
 				 schema, attempt);
 		pgstat_report_activity(STATE_RUNNING, activity);
-		pause_and_flip(tenant, plan, expect_state, new_state, reverse, point, &a);
+		pause_and_flip(tenant, schema, plan, expect_state, new_state, reverse, point, &a);
 		begin_txn();
 		record_attempt(tenant, direction, attempt, &a, rows,
 					   a.done ? "done" : (attempt < cm_cutover_attempts ? "retried" : "failed"));

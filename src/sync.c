@@ -101,12 +101,11 @@ cm_sync_tenant_round(const char *tenant)
 	return applied;
 }
 
-/* tenants that need rounds: (tenant, pending changes), or NIL */
+/* the tenants that need rounds (copied or cut over), or NIL */
 typedef struct SyncTenant
 {
 	char	   *tenant;
 	char	   *schema;
-	int64		pending;
 } SyncTenant;
 
 static List *
@@ -116,12 +115,30 @@ tenants_to_sync(MemoryContext cxt, bool *any)
 	SPITupleTable *tt;
 	uint64		n;
 	MemoryContext old;
+	StringInfoData sql;
 
+	/*
+	 * One pass over the logs for every tenant: which copied or cut-over
+	 * tenants have changes waiting.  (A round of a tenant with none would
+	 * still read its plan from the catalogs.)
+	 */
 	*any = false;
-	cm_state_exec("SELECT t.tenant_id, t.schema_name::text, "
-				  "       coalesce(clinic_migrate.capture_lag(t.tenant_id), 0) "
-				  "FROM clinic_migrate.tenants t WHERE t.state IN ('copied', 'cut_over') "
-				  "ORDER BY t.tenant_id", 0, NULL, NULL, NULL, 0);
+	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
+				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "AND relkind = 'r' ORDER BY relname", 0, NULL, NULL, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT t.tenant_id, t.schema_name::text, "
+						   "t.tenant_id IN (");
+	for (uint64 i = 0; i < n; i++)
+		appendStringInfo(&sql, "%sSELECT _cm_tenant FROM clinic_migrate.%s", i ? " UNION " : "",
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
+	if (n == 0)
+		appendStringInfoString(&sql, "SELECT NULL::text");
+	appendStringInfoString(&sql, ") FROM clinic_migrate.tenants t "
+						   "WHERE t.state IN ('copied', 'cut_over') ORDER BY t.tenant_id");
+	cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
 	*any = n > 0;
@@ -129,15 +146,13 @@ tenants_to_sync(MemoryContext cxt, bool *any)
 	for (uint64 i = 0; i < n; i++)
 	{
 		bool		isnull;
-		int64		pending = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
 		SyncTenant *st;
 
-		if (pending == 0)
+		if (!DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull)) || isnull)
 			continue;
 		st = palloc(sizeof(SyncTenant));
 		st->tenant = pstrdup(SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
 		st->schema = pstrdup(SPI_getvalue(tt->vals[i], tt->tupdesc, 2));
-		st->pending = pending;
 		result = lappend(result, st);
 	}
 	MemoryContextSwitchTo(old);
@@ -235,8 +250,7 @@ cm_sync_worker_main(Datum main_arg)
 
 			if (cm_got_sigterm)
 				break;
-			snprintf(activity, sizeof(activity), "clinic_migrate: keeping %s in sync (" INT64_FORMAT " pending)",
-					 st->schema, st->pending);
+			snprintf(activity, sizeof(activity), "clinic_migrate: keeping %s in sync", st->schema);
 			pgstat_report_activity(STATE_RUNNING, activity);
 			PG_TRY();
 			{

@@ -634,6 +634,7 @@ int64
 validate_applied_keys(TenantPlan *plan, const char *schema, const char *tenant)
 {
 	int64		rows = 0;
+	int			nest = cm_replay_plan_settings();
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -676,6 +677,7 @@ validate_applied_keys(TenantPlan *plan, const char *schema, const char *tenant)
 					 errhint("Nothing was switched. See SELECT * FROM clinic_migrate.validate_differences('%s').",
 							 tenant)));
 	}
+	AtEOXact_GUC(true, nest);
 	return rows;
 }
 
