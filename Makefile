@@ -3,7 +3,7 @@ EXTENSION = clinic_migrate
 MODULE_big = clinic_migrate
 OBJS = src/clinic_migrate.o src/state.o src/plan.o src/clone.o src/copy.o \
        src/capture.o src/apply.o src/sync.o src/worker.o src/cutover.o \
-       src/validate.o src/rollback.o
+       src/validate.o src/rollback.o src/queue.o src/launcher.o
 DATA = sql/clinic_migrate--0.1.sql
 PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 

@@ -54,8 +54,8 @@ CREATE TABLE clinic_migrate.runs (
     run_id        bigserial PRIMARY KEY,
     tenant_id     text NOT NULL,
     schema_name   name,
-    action        text NOT NULL CHECK (action IN ('create_schema', 'migrate', 'cutover', 'rollback',
-                                                  'finalize')),
+    action        text NOT NULL CHECK (action IN ('create_schema', 'migrate', 'validate', 'cutover',
+                                                  'rollback', 'finalize')),
     status        text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
     started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     completed_at  timestamptz,
@@ -317,6 +317,280 @@ SELECT tt.tenant_id,
        tt.copy_time,
        tt.index_time
 FROM clinic_migrate.tenant_tables tt;
+
+-- The queue: jobs for the database's scheduler (clinic_migrate.databases, with
+-- clinic_migrate in shared_preload_libraries), worked by up to
+-- clinic_migrate.max_workers workers at a time.
+CREATE TABLE clinic_migrate.job_queue (
+    job_id            bigserial PRIMARY KEY,
+    tenant_id         text NOT NULL,
+    action            text NOT NULL
+                      CHECK (action IN ('migrate', 'validate', 'cutover', 'rollback', 'finalize')),
+    priority          integer NOT NULL DEFAULT 0,
+    not_before        timestamptz NOT NULL DEFAULT now(),
+    state             text NOT NULL DEFAULT 'queued'
+                      CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    attempts          integer NOT NULL DEFAULT 0,
+    max_attempts      integer NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    archive           boolean NOT NULL DEFAULT true,   -- finalize: archive, or delete
+    error             text,
+    sqlstate          text,
+    result            jsonb,                           -- what the action reported
+    run_as            oid NOT NULL,                    -- the role it runs as: who enqueued it
+    enqueued_by       name NOT NULL,
+    enqueued_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    worker_pid        integer
+);
+-- one job per tenant at a time
+CREATE UNIQUE INDEX job_queue_one_active_per_tenant ON clinic_migrate.job_queue (tenant_id)
+    WHERE state IN ('queued', 'running');
+CREATE INDEX job_queue_next ON clinic_migrate.job_queue (priority DESC, job_id)
+    WHERE state = 'queued';
+
+CREATE TABLE clinic_migrate.queue_control (
+    one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+    paused     boolean NOT NULL DEFAULT false,
+    paused_by  name,
+    paused_at  timestamptz
+);
+INSERT INTO clinic_migrate.queue_control DEFAULT VALUES;
+
+CREATE VIEW clinic_migrate.jobs AS
+SELECT j.job_id, j.tenant_id, j.action, j.state, j.attempts, j.max_attempts, j.priority,
+       j.not_before, j.error, j.sqlstate, j.result, j.enqueued_by, j.enqueued_at,
+       j.started_at, j.finished_at,
+       coalesce(j.finished_at, CASE WHEN j.started_at IS NOT NULL THEN now() END)
+         - j.started_at AS elapsed,
+       j.worker_pid, j.cancel_requested
+FROM clinic_migrate.job_queue j;
+
+CREATE FUNCTION clinic_migrate.enqueue(
+    tenants text[],
+    action text DEFAULT 'migrate',
+    priority integer DEFAULT 0,
+    not_before timestamptz DEFAULT now(),
+    archive boolean DEFAULT true)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'cm_enqueue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION clinic_migrate.enqueue(text[], text, integer, timestamptz, boolean) IS
+'queue one job per tenant; returns the job ids';
+
+CREATE FUNCTION clinic_migrate.enqueue_pending(how_many integer, action text DEFAULT 'migrate')
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'cm_enqueue_pending'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION clinic_migrate.enqueue_pending(integer, text) IS
+'queue the next tenants of the registry that have not been migrated, in registry order';
+
+CREATE FUNCTION clinic_migrate.cancel(job bigint)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_cancel'
+LANGUAGE C VOLATILE STRICT;
+
+CREATE FUNCTION clinic_migrate.wait(job bigint, timeout interval DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'cm_wait'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.pause_queue()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_pause_queue'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.resume_queue()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'cm_resume_queue'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION clinic_migrate.capture_lag_seconds(tenant text)
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'cm_capture_lag_seconds'
+LANGUAGE C STABLE STRICT;
+
+-- Tenants in the registry (clinic_migrate.registry_table of source_schema),
+-- NULL when there is none.
+CREATE FUNCTION clinic_migrate.registry_count()
+RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF current_setting('clinic_migrate.registry_table') = '' OR to_regclass(format('%I.%I',
+           current_setting('clinic_migrate.source_schema'),
+           current_setting('clinic_migrate.registry_table'))) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %I.%I', current_setting('clinic_migrate.source_schema'),
+                   current_setting('clinic_migrate.registry_table')) INTO n;
+    RETURN n;
+END $$;
+
+-- The tenants that capture or replay now, with their lag.
+CREATE VIEW clinic_migrate.capture AS
+SELECT t.tenant_id, t.state,
+       CASE WHEN t.state = 'cut_over' THEN 'reverse' ELSE 'forward' END AS direction,
+       clinic_migrate.capture_lag(t.tenant_id) AS pending_changes,
+       round(clinic_migrate.capture_lag_seconds(t.tenant_id)::numeric, 1) AS lag_seconds,
+       clinic_migrate.syncing(t.tenant_id) AS syncing
+FROM clinic_migrate.tenants t
+WHERE t.state IN ('copying', 'copied', 'failed', 'cut_over');
+
+-- One row: where the whole migration stands.
+CREATE VIEW clinic_migrate.dashboard AS
+WITH t AS (
+    SELECT count(*) AS known,
+           count(*) FILTER (WHERE state IN ('copied', 'cut_over', 'finalizing', 'finalized')) AS migrated,
+           count(*) FILTER (WHERE state IN ('cut_over', 'finalizing', 'finalized')) AS cut_over,
+           count(*) FILTER (WHERE state = 'finalized') AS finalized,
+           count(*) FILTER (WHERE state = 'copying') AS copying,
+           count(*) FILTER (WHERE state = 'failed') AS failed_copies,
+           coalesce(sum(rows_copied), 0) AS rows_copied
+    FROM clinic_migrate.tenants),
+j AS (
+    SELECT count(*) FILTER (WHERE state = 'queued') AS queued,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(DISTINCT tenant_id) FILTER (WHERE state = 'failed' AND NOT EXISTS (
+               SELECT 1 FROM clinic_migrate.job_queue k WHERE k.tenant_id = job_queue.tenant_id
+                 AND k.job_id > job_queue.job_id)) AS failed
+    FROM clinic_migrate.job_queue),
+r AS (
+    SELECT coalesce(sum(rows_copied), 0) AS rows_now,
+           coalesce(sum(rows_copied) / nullif(extract(epoch FROM max(clock_timestamp() - started_at)), 0), 0)
+             AS rows_per_second
+    FROM clinic_migrate.runs WHERE action = 'migrate' AND status = 'running'),
+todo AS (
+    SELECT coalesce(sum(greatest(tt.rows_total - tt.rows_copied, 0)), 0) AS rows_left
+    FROM clinic_migrate.tenant_tables tt JOIN clinic_migrate.tenants x USING (tenant_id)
+    WHERE x.state IN ('schema_created', 'copying', 'failed') AND NOT tt.copied),
+c AS (
+    SELECT count(*) FILTER (WHERE outcome = 'done') AS switches,
+           max(pause_ms) FILTER (WHERE outcome = 'done') AS max_pause_ms,
+           (array_agg(pause_ms ORDER BY cutover_id DESC) FILTER (WHERE outcome = 'done'))[1] AS last_pause_ms
+    FROM clinic_migrate.cutovers)
+SELECT coalesce(clinic_migrate.registry_count(), t.known) AS tenants_total,
+       t.migrated AS tenants_migrated,
+       t.cut_over AS tenants_cut_over,
+       t.finalized AS tenants_finalized,
+       t.copying + j.running AS in_progress,
+       greatest(t.failed_copies, j.failed) AS failed,
+       j.queued AS jobs_queued,
+       j.running AS jobs_running,
+       t.rows_copied,
+       round(r.rows_per_second::numeric, 0) AS rows_per_second,
+       CASE WHEN r.rows_per_second > 0
+            THEN make_interval(secs => todo.rows_left / r.rows_per_second) END AS eta,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('tenant', tenant_id, 'direction', direction,
+                                                     'changes', pending_changes, 'seconds', lag_seconds)
+                                  ORDER BY tenant_id), '[]')
+        FROM clinic_migrate.capture) AS capture_lag,
+       c.switches AS pauses,
+       c.max_pause_ms,
+       c.last_pause_ms
+FROM t, j, r, todo, c;
+
+-- What needs a person, with seed 000's rules: any failure (critical); a migration
+-- running longer than alert_migration_time; a tenant whose changes wait longer than
+-- alert_lag_seconds or number more than alert_lag_changes; jobs that no scheduler takes.
+CREATE FUNCTION clinic_migrate.alerts()
+RETURNS TABLE (severity text, alert text, tenant_id text, message text)
+LANGUAGE sql STABLE AS $$
+SELECT 'critical', 'MigrationFailure', j.tenant_id,
+       format('job %s (%s) failed after %s attempt(s): %s', j.job_id, j.action, j.attempts, j.error)
+FROM clinic_migrate.job_queue j
+WHERE j.state = 'failed'
+  AND NOT EXISTS (SELECT 1 FROM clinic_migrate.job_queue k
+                  WHERE k.tenant_id = j.tenant_id AND k.job_id > j.job_id)
+UNION ALL
+SELECT 'critical', 'MigrationFailure', t.tenant_id, format('the copy failed: %s', t.last_error)
+FROM clinic_migrate.tenants t WHERE t.state = 'failed'
+UNION ALL
+SELECT 'warning', 'SlowMigration', r.tenant_id,
+       format('%s running for %s', r.action, date_trunc('second', clock_timestamp() - r.started_at))
+FROM clinic_migrate.runs r
+WHERE r.status = 'running'
+  AND r.started_at < clock_timestamp() - current_setting('clinic_migrate.alert_migration_time')::interval
+UNION ALL
+SELECT 'warning', 'CaptureLag', c.tenant_id,
+       format('%s changes (%s) not replayed, the oldest %s s old', c.pending_changes, c.direction,
+              c.lag_seconds)
+FROM clinic_migrate.capture c
+WHERE c.pending_changes > current_setting('clinic_migrate.alert_lag_changes')::bigint
+   OR c.lag_seconds > extract(epoch FROM current_setting('clinic_migrate.alert_lag_seconds')::interval)
+UNION ALL
+SELECT 'warning', 'QueueStalled', NULL,
+       format('%s job(s) queued for over a minute and none is running', count(*))
+FROM clinic_migrate.job_queue j
+WHERE j.state = 'queued' AND j.not_before < clock_timestamp() - interval '1 minute'
+  AND NOT EXISTS (SELECT 1 FROM clinic_migrate.job_queue k WHERE k.state = 'running')
+  AND NOT (SELECT paused FROM clinic_migrate.queue_control)
+HAVING count(*) > 0
+$$;
+
+-- A label value as Prometheus' text format writes it (\, " and newline escaped).
+CREATE FUNCTION clinic_migrate.prometheus_label(v text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+RETURN replace(replace(replace(v, '\', '\\'), '"', '\"'), E'\n', '\n');
+
+-- The same in Prometheus' text format (for a textfile collector, or scraped
+-- through postgres_exporter with sql/postgres_exporter.yaml).
+CREATE FUNCTION clinic_migrate.metrics()
+RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+WITH tenants AS (
+    SELECT s.state, count(t.tenant_id) AS n
+    FROM unnest(ARRAY['schema_created', 'copying', 'copied', 'failed', 'cut_over', 'rolling_back',
+                      'finalizing', 'finalized']) s(state)
+    LEFT JOIN clinic_migrate.tenants t ON t.state = s.state
+    GROUP BY s.state),
+jobs AS (
+    SELECT s.state, count(j.job_id) AS n
+    FROM unnest(ARRAY['queued', 'running', 'done', 'failed', 'cancelled']) s(state)
+    LEFT JOIN clinic_migrate.job_queue j ON j.state = s.state
+    GROUP BY s.state),
+lines(n, line) AS (
+    SELECT 1, '# HELP clinic_migrate_tenants Tenants clinic_migrate knows, by state.'
+    UNION ALL SELECT 2, '# TYPE clinic_migrate_tenants gauge'
+    UNION ALL SELECT 3, format('clinic_migrate_tenants{state="%s"} %s', state, n) FROM tenants
+    UNION ALL SELECT 10, '# HELP clinic_migrate_jobs Jobs of the queue, by state.'
+    UNION ALL SELECT 11, '# TYPE clinic_migrate_jobs gauge'
+    UNION ALL SELECT 12, format('clinic_migrate_jobs{state="%s"} %s', state, n) FROM jobs
+    UNION ALL SELECT 20, '# HELP clinic_migrate_rows_copied Rows copied into tenant schemas.'
+    UNION ALL SELECT 21, '# TYPE clinic_migrate_rows_copied counter'
+    UNION ALL SELECT 22, format('clinic_migrate_rows_copied %s', coalesce(sum(rows_copied), 0))
+              FROM clinic_migrate.tenants
+    UNION ALL SELECT 30, '# HELP clinic_migrate_capture_lag_changes Changes captured and not replayed yet.'
+    UNION ALL SELECT 31, '# TYPE clinic_migrate_capture_lag_changes gauge'
+    UNION ALL SELECT 32, format('clinic_migrate_capture_lag_changes{tenant="%s",direction="%s"} %s',
+                                clinic_migrate.prometheus_label(tenant_id),
+                                direction, pending_changes)
+              FROM clinic_migrate.capture
+    UNION ALL SELECT 40, '# HELP clinic_migrate_capture_lag_seconds Age of the oldest change not replayed yet.'
+    UNION ALL SELECT 41, '# TYPE clinic_migrate_capture_lag_seconds gauge'
+    UNION ALL SELECT 42, format('clinic_migrate_capture_lag_seconds{tenant="%s",direction="%s"} %s',
+                                clinic_migrate.prometheus_label(tenant_id),
+                                direction, lag_seconds)
+              FROM clinic_migrate.capture
+    UNION ALL SELECT 50, '# HELP clinic_migrate_last_pause_ms The last pause of a tenant''s writes, by tenant and direction.'
+    UNION ALL SELECT 51, '# TYPE clinic_migrate_last_pause_ms gauge'
+    UNION ALL SELECT 52, format('clinic_migrate_last_pause_ms{tenant="%s",direction="%s"} %s',
+                                clinic_migrate.prometheus_label(tenant_id),
+                                direction, pause_ms)
+              FROM (SELECT DISTINCT ON (tenant_id, direction) tenant_id, direction, pause_ms
+                    FROM clinic_migrate.cutovers WHERE outcome = 'done'
+                    ORDER BY tenant_id, direction, cutover_id DESC) p
+    UNION ALL SELECT 60, '# HELP clinic_migrate_alerts Alerts by severity (clinic_migrate.alerts()).'
+    UNION ALL SELECT 61, '# TYPE clinic_migrate_alerts gauge'
+    UNION ALL SELECT 62, format('clinic_migrate_alerts{severity="%s"} %s', s.severity, count(a.alert))
+              FROM unnest(ARRAY['critical', 'warning']) s(severity)
+              LEFT JOIN clinic_migrate.alerts() a ON a.severity = s.severity
+              GROUP BY s.severity)
+SELECT line FROM lines ORDER BY n, line
+$$;
 
 -- Nothing is granted to PUBLIC: a DBA grants the migration role what it needs
 -- (see the README, "Privileges").

@@ -425,6 +425,40 @@ apply_forget(const char *tenant)
 					  1, &ttype, &tval, NULL, 0);
 }
 
+/*
+ * clinic_migrate.capture_lag_seconds(tenant): how long the oldest change of
+ * the tenant not yet applied has waited (0 when none).
+ */
+PG_FUNCTION_INFO_V1(cm_capture_lag_seconds);
+Datum
+cm_capture_lag_seconds(PG_FUNCTION_ARGS)
+{
+	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	SPITupleTable *tt;
+	uint64		n;
+	double		lag = 0;
+
+	SPI_connect();
+	tt = log_tables(&n);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d;
+
+		cm_state_exec(psprintf("SELECT extract(epoch FROM now() - min(_cm_at))::float8 FROM %s.%s "
+							   "WHERE _cm_tenant = $1", CM_SCHEMA,
+							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
+					  1, &ttype, &tval, NULL, 0);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			lag = Max(lag, DatumGetFloat8(d));
+	}
+	SPI_finish();
+	PG_RETURN_FLOAT8(lag);
+}
+
 /* clinic_migrate.capture_lag(tenant): changes captured, not yet applied */
 PG_FUNCTION_INFO_V1(cm_capture_lag);
 Datum

@@ -50,6 +50,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "capture.h"
 #include "clone.h"
@@ -83,6 +84,10 @@ typedef struct CaptureTable
 	Oid			relid;			/* hash key */
 	bool		valid;			/* false: rebuild before use */
 	Oid			log_relid;
+	int			log_natts;
+	int			log_tenant;		/* positions in the log's tuples (0-based) */
+	int			log_at;
+	int			log_key[INDEX_MAX_KEYS];
 	int			nkey;
 	AttrNumber	key_att[INDEX_MAX_KEYS];
 	AttrNumber	tenant_att;		/* InvalidAttrNumber for child tables */
@@ -351,13 +356,30 @@ capture_table_get(Relation rel, Trigger *trigger)
 		fmgr_info_cxt(typout, &ct->tenant_out, CacheMemoryContext);
 	}
 
-	/* the log's columns after the tenant are the key columns, by name */
+	/* the log's columns: _cm_tenant, _cm_at, then the key columns, by name */
 	logrel = table_open(ct->log_relid, AccessShareLock);
 	logdesc = RelationGetDescr(logrel);
 	ct->nkey = 0;
-	for (int i = 1; i < logdesc->natts && ct->nkey < INDEX_MAX_KEYS; i++)
-		ct->key_att[ct->nkey++] = attnameAttNum(rel, NameStr(TupleDescAttr(logdesc, i)->attname), false);
+	ct->log_natts = logdesc->natts;
+	ct->log_tenant = ct->log_at = -1;
+	for (int i = 0; i < logdesc->natts; i++)
+	{
+		const char *name = NameStr(TupleDescAttr(logdesc, i)->attname);
+
+		if (strcmp(name, "_cm_tenant") == 0)
+			ct->log_tenant = i;
+		else if (strcmp(name, "_cm_at") == 0)
+			ct->log_at = i;
+		else if (ct->nkey < INDEX_MAX_KEYS)
+		{
+			ct->log_key[ct->nkey] = i;
+			ct->key_att[ct->nkey++] = attnameAttNum(rel, name, false);
+		}
+	}
 	table_close(logrel, AccessShareLock);
+	if (ct->log_tenant < 0 || ct->log_at < 0 || ct->log_natts > INDEX_MAX_KEYS + 2)
+		elog(ERROR, "clinic_migrate: log table %u of %s is not one of ours",
+			 ct->log_relid, RelationGetRelationName(rel));
 	return ct;
 }
 
@@ -539,14 +561,18 @@ static void
 log_key(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *tenant)
 {
 	Relation	logrel = table_open(ct->log_relid, RowExclusiveLock);
-	Datum		values[INDEX_MAX_KEYS + 1];
-	bool		nulls[INDEX_MAX_KEYS + 1];
+	Datum		values[INDEX_MAX_KEYS + 2];
+	bool		nulls[INDEX_MAX_KEYS + 2];
 	HeapTuple	logtup;
 
-	values[0] = CStringGetTextDatum(tenant);
-	nulls[0] = false;
+	values[ct->log_tenant] = CStringGetTextDatum(tenant);
+	nulls[ct->log_tenant] = false;
+	/* when the change was made (its transaction's start): capture lag in seconds */
+	values[ct->log_at] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	nulls[ct->log_at] = false;
 	for (int k = 0; k < ct->nkey; k++)
-		values[k + 1] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel), &nulls[k + 1]);
+		values[ct->log_key[k]] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel),
+											  &nulls[ct->log_key[k]]);
 	logtup = heap_form_tuple(RelationGetDescr(logrel), values, nulls);
 	simple_heap_insert(logrel, logtup);
 	heap_freetuple(logtup);
@@ -844,7 +870,18 @@ create_trigger(Oid relid, const char *name, const char *def)
 void
 capture_install(TenantPlan *plan)
 {
-	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	Oid			nsp;
+	LOCKTAG		tag;
+
+	/*
+	 * One installer at a time in the database: two first migrations would
+	 * both find a log table or trigger missing and both create it.  Then
+	 * look again at the catalogs, which the other may have just changed.
+	 */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 1, CM_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	AcceptInvalidationMessages();
+	nsp = get_namespace_oid(CM_SCHEMA, false);
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -862,7 +899,8 @@ capture_install(TenantPlan *plan)
 		if (!OidIsValid(logrel))
 		{
 			/* the log: the tenant, then the key columns with their own types */
-			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::text AS _cm_tenant, ",
+			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::text AS _cm_tenant, "
+							 "NULL::timestamptz AS _cm_at, ",
 							 CM_SCHEMA, quote_identifier(logname));
 			cm_append_quoted_list(&sql, keys, "s");
 			appendStringInfo(&sql, " FROM %s s WITH NO DATA", qrel);

@@ -27,6 +27,7 @@
 #include "utils/varlena.h"
 
 #include "clinic_migrate.h"
+#include "launcher.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -48,6 +49,11 @@ char	   *cm_archive_schema = NULL;
 char	   *cm_registry_schema_column = NULL;
 char	   *cm_registry_status_column = NULL;
 char	   *cm_pause_points = NULL;
+int			cm_max_rows_per_second = 0;
+int			cm_max_replication_lag = 0;
+int			cm_alert_migration_time = 3600;
+int			cm_alert_lag_seconds = 60;
+int			cm_alert_lag_changes = 100000;
 
 void		_PG_init(void);
 
@@ -162,6 +168,28 @@ _PG_init(void)
 							   "A comma separated list; see cm_pause_point in the source.",
 							   &cm_pause_points, "",
 							   PGC_SUSET, GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.max_rows_per_second",
+							"Rows a copy may write per second (0: no limit).",
+							"A throttle for a busy server; the copy pauses between batches to keep under it.",
+							&cm_max_rows_per_second, 0, 0, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.max_replication_lag",
+							"Replay lag of a standby above which copies pause between batches and no job starts (0: never).",
+							NULL, &cm_max_replication_lag, 0, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.alert_migration_time",
+							"alerts(): a migration running longer than this is slow.",
+							NULL, &cm_alert_migration_time, 3600, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.alert_lag_seconds",
+							"alerts(): a tenant whose oldest change not replayed is older than this lags.",
+							NULL, &cm_alert_lag_seconds, 60, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.alert_lag_changes",
+							"alerts(): a tenant with more changes than this not replayed lags.",
+							NULL, &cm_alert_lag_changes, 100000, 1, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	cm_launcher_init();
 	MarkGUCPrefixReserved("clinic_migrate");
 
 	cm_worker_init();

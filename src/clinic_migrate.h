@@ -32,6 +32,11 @@ extern char *cm_archive_schema;
 extern char *cm_registry_schema_column;
 extern char *cm_registry_status_column;
 extern char *cm_pause_points;
+extern int	cm_max_rows_per_second;
+extern int	cm_max_replication_lag;
+extern int	cm_alert_migration_time;
+extern int	cm_alert_lag_seconds;
+extern int	cm_alert_lag_changes;
 
 /* the longest tenant id we accept (bytes); longer ids are rejected cleanly */
 #define CM_MAX_TENANT_LEN 1024

@@ -31,6 +31,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "storage/latch.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -38,6 +39,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
 #include "apply.h"
@@ -502,15 +504,84 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	return have_hi;
 }
 
-/* throttle between batches without ignoring a shutdown request */
 static void
-batch_pause(int ms)
+sleep_ms(long ms)
 {
 	if (ms <= 0)
 		return;
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+}
+
+/* the highest replay lag of the standbys (ms), read as the extension owner */
+static double
+standby_lag_ms(void)
+{
+	double		lag;
+	bool		isnull;
+	Datum		d;
+
+	begin_txn();
+	cm_state_exec("SELECT coalesce(max(extract(epoch FROM replay_lag) * 1000), 0)::float8 "
+				  "FROM pg_catalog.pg_stat_replication", 0, NULL, NULL, NULL, 0);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	lag = isnull ? 0 : DatumGetFloat8(d);
+	end_txn();
+	return lag;
+}
+
+/*
+ * Between two batches: the settings again if they were reloaded (SIGHUP),
+ * then the throttles: batch_delay; max_rows_per_second, over the rows this
+ * run copied since it began; max_replication_lag, polled every second
+ * while a standby lags more.  A shutdown request is never ignored.
+ */
+static void
+between_batches(CmWorkerShared *sh, const char *tenant, TimestampTz run_start)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	sleep_ms(cm_batch_delay);
+	if (cm_max_rows_per_second > 0)
+	{
+		int64		rows;
+		long		secs;
+		int			usecs;
+		double		due;
+
+		SpinLockAcquire(&sh->mutex);
+		rows = sh->rows_done;
+		SpinLockRelease(&sh->mutex);
+		TimestampDifference(run_start, GetCurrentTimestamp(), &secs, &usecs);
+		due = (double) rows / cm_max_rows_per_second - (secs + usecs / 1e6);
+		if (due > 0)
+		{
+			pgstat_report_activity(STATE_RUNNING, "clinic_migrate: throttled (max_rows_per_second)");
+			sleep_ms((long) (due * 1000));
+		}
+	}
+	while (cm_max_replication_lag > 0 && !cm_got_sigterm)
+	{
+		double		lag = standby_lag_ms();
+		char		activity[96];
+
+		if (lag <= cm_max_replication_lag)
+			break;
+		snprintf(activity, sizeof(activity),
+				 "clinic_migrate: waiting for the standbys to replay (lag %.0f ms)", lag);
+		pgstat_report_activity(STATE_RUNNING, activity);
+		sleep_ms(1000);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
 }
 
 /*
@@ -553,6 +624,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	int64		rows_before = 0;
 	bool		resumed = false;
 	bool		already_copied = false;
+	TimestampTz run_start;
 
 	/*
 	 * Capture first, in a transaction of its own: creating the triggers
@@ -679,6 +751,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	end_txn();
 	cm_pause_point("copy_start");
 
+	run_start = GetCurrentTimestamp();
 	SpinLockAcquire(&sh->mutex);
 	sh->state = CMW_RUNNING;
 	sh->resumed = resumed || (rows_before > 0 && !already_copied);
@@ -693,7 +766,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	{
 		CopyTable  *ct = &tables[i];
 		PlanTable  *root = plan_root(plan, ct->pt);
-		int64		root_batch = s.batch_size;
+		int64		root_batch = cm_batch_size;
 
 		if (!ct->copied)
 		{
@@ -708,7 +781,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 				begin_txn();
 				nroot = count_root_rows(root, plan_tenant_datum(root, tenant));
 				end_txn();
-				root_batch = Max(1, (int64) ((double) s.batch_size * nroot / ct->rows_total));
+				root_batch = Max(1, (int64) ((double) cm_batch_size * nroot / ct->rows_total));
 			}
 			for (;;)
 			{
@@ -725,7 +798,10 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 				more = copy_batch(sh, tenant, plan, ct, root_batch, *run_id, cxt);
 				if (!more)
 					break;
-				batch_pause(s.batch_delay);
+				between_batches(sh, tenant, run_start);
+				/* batch_size may have been reloaded: child tables scale it again */
+				if (root == ct->pt)
+					root_batch = cm_batch_size;
 			}
 		}
 		if (!ct->indexed)

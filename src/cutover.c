@@ -64,6 +64,7 @@
 #include "cutover.h"
 #include "plan.h"
 #include "rollback.h"
+#include "queue.h"
 #include "state.h"
 #include "sync.h"
 #include "validate.h"
@@ -1011,7 +1012,7 @@ cm_cutover(PG_FUNCTION_ARGS)
 	cm_require_no_transaction_block("cutover");
 	tenant = canonical_tenant(fcinfo);
 	cm_worker_request_init(req, CMA_CUTOVER, tenant);
-	cm_run_in_worker(req, result);
+	cm_run_action(req, result);
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result->schema));
 	values[1] = Int32GetDatum(result->attempts);
 	values[2] = DirectFunctionCall1(float8_numeric, Float8GetDatum(round(result->pause_ms * 1000.0) / 1000.0));
@@ -1047,7 +1048,7 @@ cm_finalize(PG_FUNCTION_ARGS)
 	tenant = canonical_tenant(fcinfo);
 	cm_worker_request_init(req, CMA_FINALIZE, tenant);
 	req->archive = PG_GETARG_BOOL(1);
-	cm_run_in_worker(req, result);
+	cm_run_action(req, result);
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result->schema));
 	values[1] = Int64GetDatum(result->rows_done);
 	values[2] = BoolGetDatum(result->did);

@@ -21,6 +21,7 @@
 #include "clone.h"
 #include "cutover.h"
 #include "rollback.h"
+#include "queue.h"
 #include "state.h"
 #include "worker.h"
 
@@ -178,7 +179,7 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 		SPI_finish();
 		cm_require_no_transaction_block("rollback_tenant of a cut-over tenant");
 		cm_worker_request_init(req, CMA_ROLLBACK, t);
-		cm_run_in_worker(req, result);
+		cm_run_action(req, result);
 		PG_RETURN_BOOL(result->did);
 	}
 

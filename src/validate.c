@@ -43,6 +43,8 @@
 #include "plan.h"
 #include "state.h"
 #include "validate.h"
+#include "worker.h"
+#include "pgstat.h"
 
 typedef struct KeyEntry
 {
@@ -838,4 +840,41 @@ cm_validate_differences(PG_FUNCTION_ARGS)
 	st.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	validate_tenant(tenant, -1, emit_keys, &st);
 	return (Datum) 0;
+}
+
+void
+cm_validate_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	Oid			t = TEXTOID;
+	Datum		v = CStringGetTextDatum(sh->tenant);
+	StringInfoData bad;
+	uint64		n;
+
+	cm_begin_txn();
+	*run_id = cm_run_start(sh->tenant, NULL, "validate", sh->started_by, MyProcPid);
+	cm_end_txn();
+	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: validating");
+	cm_begin_txn();				/* one snapshot for every table */
+	if (SPI_execute_with_args("SELECT table_name::text, match FROM clinic_migrate.validate_migration($1) "
+							  "ORDER BY 1", 1, &t, &v, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: validation failed");
+	n = SPI_processed;
+	initStringInfo(&bad);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull)))
+			appendStringInfo(&bad, "%s%s", bad.len ? ", " : "",
+							 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	}
+	sh->tables_total = (int) n;
+	if (bad.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("tenant \"%s\" does not validate: %s", sh->tenant, bad.data),
+				 errhint("SELECT * FROM clinic_migrate.validate_migration('%s') tells what differs.",
+						 sh->tenant)));
+	cm_run_finish(*run_id, "completed", 0, NULL, NULL);
+	cm_end_txn();
 }

@@ -28,4 +28,11 @@ extern void validate_before_pause(TenantPlan *plan, const char *schema, const ch
  */
 extern int64 validate_applied_keys(TenantPlan *plan, const char *schema, const char *tenant);
 
+/*
+ * The validate action (queue jobs): validate_migration of the tenant, which
+ * fails unless every table matches.  Runs in a worker.
+ */
+struct CmWorkerShared;
+extern void cm_validate_tenant(struct CmWorkerShared *sh, int64 *run_id);
+
 #endif

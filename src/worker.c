@@ -26,6 +26,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -46,8 +47,10 @@
 #include "copy.h"
 #include "cutover.h"
 #include "plan.h"
+#include "queue.h"
 #include "state.h"
 #include "sync.h"
+#include "validate.h"
 #include "worker.h"
 
 PGDLLEXPORT void cm_action_worker_main(Datum main_arg);
@@ -62,6 +65,8 @@ cm_action_name(CmAction action)
 	{
 		case CMA_MIGRATE:
 			return "migrate";
+		case CMA_VALIDATE:
+			return "validate";
 		case CMA_CUTOVER:
 			return "cutover";
 		case CMA_ROLLBACK:
@@ -145,6 +150,9 @@ run_action(CmWorkerShared *sh, int64 *run_id)
 		case CMA_MIGRATE:
 			cm_copy_tenant(sh, run_id);
 			break;
+		case CMA_VALIDATE:
+			cm_validate_tenant(sh, run_id);
+			break;
 		case CMA_CUTOVER:
 			cm_cutover_tenant(sh, run_id);
 			break;
@@ -168,6 +176,7 @@ cm_action_worker_main(Datum main_arg)
 	PGPROC	   *caller;
 
 	pqsignal(SIGTERM, cm_sigterm);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 
 	seg = dsm_attach(DatumGetUInt32(main_arg));
@@ -198,7 +207,12 @@ cm_action_worker_main(Datum main_arg)
 	 * need not wait for the WAL flush (see copy.c; the commits that matter
 	 * turn it back on).
 	 */
-	cm_apply_settings(&sh->settings);
+	/*
+	 * A session's worker runs with the session's settings; a queue job's
+	 * with the server's, which it re-reads on SIGHUP between batches.
+	 */
+	if (sh->job_id == 0)
+		cm_apply_settings(&sh->settings);
 	SetConfigOption("application_name", "clinic_migrate", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_SESSION);
@@ -231,6 +245,7 @@ cm_action_worker_main(Datum main_arg)
 	PG_TRY();
 	{
 		run_action(sh, &run_id);
+		cm_job_finish(sh, NULL);
 		SpinLockAcquire(&sh->mutex);
 		sh->state = CMW_DONE;
 		SpinLockRelease(&sh->mutex);
@@ -268,6 +283,7 @@ cm_action_worker_main(Datum main_arg)
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 		}
+		cm_job_finish(sh, edata);
 	}
 	PG_END_TRY();
 	cm_unlock_tenant(sh->tenant, true);
@@ -528,7 +544,7 @@ cm_migrate_tenant(PG_FUNCTION_ARGS)
 				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
 
 	cm_worker_request_init(req, CMA_MIGRATE, tenant);
-	cm_run_in_worker(req, result);
+	cm_run_action(req, result);
 
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(result->schema));
 	values[1] = Int32GetDatum(result->tables_total);

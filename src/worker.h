@@ -18,6 +18,7 @@
 typedef enum CmAction
 {
 	CMA_MIGRATE = 1,
+	CMA_VALIDATE,
 	CMA_CUTOVER,
 	CMA_ROLLBACK,
 	CMA_FINALIZE
