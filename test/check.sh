@@ -153,13 +153,16 @@ show_log() {
   fi
 }
 
-# pg_regress and prove run as separate make calls (PGXS runs them in one recipe, where
-# a pg_regress failure would skip the TAP tests), so both always run and both count.
+# pg_regress, the isolation specs and prove run as separate make calls (PGXS runs them
+# in one recipe, where a failure would skip the rest), so all always run and all count.
 rc=0
 if [ ${#regress_tests[@]} -gt 0 ]; then
   echo "== pg_regress and isolation: ${regress_tests[*]}"
   reg_rc=0
-  as_postgres_make installcheck TAP_TESTS= 2>&1 | tee "$logs/regress.out" || reg_rc=$?
+  # two make calls: in PGXS's single installcheck recipe a failing pg_regress
+  # would keep the isolation specs from running
+  as_postgres_make installcheck ISOLATION= TAP_TESTS= 2>&1 | tee "$logs/regress.out" || reg_rc=$?
+  as_postgres_make installcheck REGRESS= TAP_TESTS= 2>&1 | tee -a "$logs/regress.out" || reg_rc=$?
   reg_ok=$(grep -cE '^(test +| +)[^ ]+ +\.\.\. +(ok|failed \(ignored\))' "$logs/regress.out" || true)
   reg_failed=$(( ${#regress_tests[@]} - reg_ok ))
   [ $reg_failed -ge 0 ] || reg_failed=0
@@ -184,7 +187,7 @@ fi
 if [ ${#tap_files[@]} -gt 0 ]; then
   echo "== TAP: ${tap_files[*]}"
   tap_rc=0
-  as_postgres_make installcheck REGRESS= PROVE_FLAGS=--timer PROVE_TESTS="${tap_files[*]}" \
+  as_postgres_make installcheck REGRESS= ISOLATION= PROVE_FLAGS=--timer PROVE_TESTS="${tap_files[*]}" \
     2>&1 | tee "$logs/tap.out" || tap_rc=$?
   if [ $tap_rc -eq 0 ] && grep -q '^Result: PASS' "$logs/tap.out"; then
     tap_failed=0
