@@ -404,19 +404,23 @@ cm_wait(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(state));
 }
 
+/* true if it changed the queue's state */
 static Datum
 set_paused(bool paused)
 {
 	Oid			t = BOOLOID;
 	Datum		v = BoolGetDatum(paused);
+	bool		changed;
 
 	SPI_connect();
 	cm_state_exec("UPDATE clinic_migrate.queue_control SET paused = $1, "
-				  "paused_by = CASE WHEN $1 THEN current_user END, "
-				  "paused_at = CASE WHEN $1 THEN clock_timestamp() END", 1, &t, &v, NULL, 0);
+				  "paused_by = CASE WHEN $1 THEN session_user END, "
+				  "paused_at = CASE WHEN $1 THEN clock_timestamp() END WHERE paused <> $1",
+				  1, &t, &v, NULL, 0);
+	changed = SPI_processed > 0;
 	SPI_finish();
 	cm_scheduler_wake(MyDatabaseId);
-	PG_RETURN_BOOL(paused);
+	PG_RETURN_BOOL(changed);
 }
 
 /* clinic_migrate.pause_queue(): no job starts until resume_queue (running ones go on) */
