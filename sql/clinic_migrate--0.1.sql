@@ -537,7 +537,7 @@ LANGUAGE sql IMMUTABLE STRICT
 RETURN replace(replace(replace(v, '\', '\\'), '"', '\"'), E'\n', '\n');
 
 -- The same in Prometheus' text format (for a textfile collector, or scraped
--- through postgres_exporter with sql/postgres_exporter.yaml).
+-- through postgres_exporter with monitoring/postgres_exporter.yaml).
 CREATE FUNCTION clinic_migrate.metrics()
 RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
