@@ -229,6 +229,47 @@ cm_scheduler_wake(Oid dboid)
 		SetLatch(&proc->procLatch);
 }
 
+/*
+ * Wake the scheduler when the current transaction commits: a job queued, the
+ * queue resumed or a cancel asked for is only visible to it then (woken
+ * before, it would look, find nothing and sleep a scheduler_interval).
+ */
+static bool wake_at_commit = false;
+static bool wake_callback_registered = false;
+
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_at_commit)
+			{
+				wake_at_commit = false;
+				cm_scheduler_wake(MyDatabaseId);
+			}
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+cm_scheduler_wake_at_commit(void)
+{
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		wake_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
 /* post a request and wait (interrupts held) for the answer; false on timeout */
 static bool
 post_request(Oid dboid, CmRequest *r)
@@ -336,6 +377,35 @@ typedef struct RunningJob
 
 static RunningJob running[CM_MAX_RUNNING];
 static int	nrunning = 0;
+
+/*
+ * Sessions waiting for a job they asked for (migrate_tenant and the like
+ * while the scheduler runs): woken when its worker exits, its row committed,
+ * rather than at their next poll.  A ring: a forgotten entry only costs the
+ * waiter its poll interval.
+ */
+#define CM_WAITERS 64
+static struct
+{
+	int64		job_id;
+	int			pid;
+}			waiters[CM_WAITERS];
+static int	next_waiter = 0;
+
+static void
+wake_waiters(int64 job)
+{
+	for (int i = 0; i < CM_WAITERS; i++)
+		if (waiters[i].job_id == job && waiters[i].pid != 0)
+		{
+			PGPROC	   *proc = BackendPidGetProc(waiters[i].pid);
+
+			if (proc)
+				SetLatch(&proc->procLatch);
+			waiters[i].job_id = 0;
+			waiters[i].pid = 0;
+		}
+}
 static volatile sig_atomic_t got_sigterm = false;
 
 static void
@@ -430,6 +500,12 @@ answer_request(int i, CmRequest *rp)
 							  1, &t, &v, NULL, 0);
 			}
 			cm_end_txn();
+			if (r.kind == CMR_ENQUEUE)
+			{
+				waiters[next_waiter].job_id = job;
+				waiters[next_waiter].pid = r.requester_pid;
+				next_waiter = (next_waiter + 1) % CM_WAITERS;
+			}
 			answer(i, job, 0, NULL, NULL);
 		}
 		PG_CATCH();
@@ -472,6 +548,7 @@ reap(void)
 
 		if (GetBackgroundWorkerPid(running[i].handle, &pid) == BGWH_STOPPED)
 		{
+			wake_waiters(running[i].job_id);
 			dsm_detach(running[i].seg);
 			pfree(running[i].handle);
 			running[i] = running[--nrunning];

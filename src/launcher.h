@@ -25,6 +25,7 @@ extern int	cm_scheduler_pid(Oid dboid);
 
 /* set the scheduler's latch: something for it to do */
 extern void cm_scheduler_wake(Oid dboid);
+extern void cm_scheduler_wake_at_commit(void);
 
 /*
  * Ask the scheduler to record a job for req (as the current role) and

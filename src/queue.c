@@ -207,7 +207,7 @@ cm_enqueue(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
 	SPI_finish();
-	cm_scheduler_wake(MyDatabaseId);
+	cm_scheduler_wake_at_commit();
 	return (Datum) 0;
 }
 
@@ -295,7 +295,7 @@ cm_enqueue_pending(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
 	SPI_finish();
-	cm_scheduler_wake(MyDatabaseId);
+	cm_scheduler_wake_at_commit();
 	return (Datum) 0;
 }
 
@@ -325,7 +325,7 @@ cm_cancel(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	if (did)
-		cm_scheduler_wake(MyDatabaseId);
+		cm_scheduler_wake_at_commit();
 	PG_RETURN_BOOL(did);
 }
 
@@ -419,7 +419,7 @@ set_paused(bool paused)
 				  1, &t, &v, NULL, 0);
 	changed = SPI_processed > 0;
 	SPI_finish();
-	cm_scheduler_wake(MyDatabaseId);
+	cm_scheduler_wake_at_commit();
 	PG_RETURN_BOOL(changed);
 }
 
