@@ -426,6 +426,42 @@ apply_forget(const char *tenant)
 }
 
 /*
+ * The changes of a tenant captured and not yet applied, in every log table:
+ * how many, and how long the oldest has waited (seconds; 0 when none).
+ */
+static void
+log_backlog(const char *tenant, int64 *count, double *age)
+{
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	SPITupleTable *tt;
+	uint64		n;
+	StringInfoData sql;
+	bool		isnull;
+	Datum		d;
+
+	*count = 0;
+	*age = 0;
+	SPI_connect();
+	tt = log_tables(&n);
+	if (n > 0)
+	{
+		initStringInfo(&sql);
+		appendStringInfoString(&sql, "SELECT count(*), extract(epoch FROM now() - min(_cm_at))::float8 FROM (");
+		for (uint64 i = 0; i < n; i++)
+			appendStringInfo(&sql, "%sSELECT _cm_at FROM %s.%s WHERE _cm_tenant = $1",
+							 i ? " UNION ALL " : "", CM_SCHEMA, SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
+		appendStringInfoString(&sql, ") l");
+		cm_state_exec(sql.data, 1, &ttype, &tval, NULL, 0);
+		*count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+			*age = Max(DatumGetFloat8(d), 0);
+	}
+	SPI_finish();
+}
+
+/*
  * clinic_migrate.capture_lag_seconds(tenant): how long the oldest change of
  * the tenant not yet applied has waited (0 when none).
  */
@@ -433,30 +469,11 @@ PG_FUNCTION_INFO_V1(cm_capture_lag_seconds);
 Datum
 cm_capture_lag_seconds(PG_FUNCTION_ARGS)
 {
-	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Oid			ttype = TEXTOID;
-	Datum		tval = CStringGetTextDatum(tenant);
-	SPITupleTable *tt;
-	uint64		n;
-	double		lag = 0;
+	int64		count;
+	double		age;
 
-	SPI_connect();
-	tt = log_tables(&n);
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-		Datum		d;
-
-		cm_state_exec(psprintf("SELECT extract(epoch FROM now() - min(_cm_at))::float8 FROM %s.%s "
-							   "WHERE _cm_tenant = $1", CM_SCHEMA,
-							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
-					  1, &ttype, &tval, NULL, 0);
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
-			lag = Max(lag, DatumGetFloat8(d));
-	}
-	SPI_finish();
-	PG_RETURN_FLOAT8(lag);
+	log_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
+	PG_RETURN_FLOAT8(age);
 }
 
 /* clinic_migrate.capture_lag(tenant): changes captured, not yet applied */
@@ -464,24 +481,9 @@ PG_FUNCTION_INFO_V1(cm_capture_lag);
 Datum
 cm_capture_lag(PG_FUNCTION_ARGS)
 {
-	char	   *tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Oid			ttype = TEXTOID;
-	Datum		tval = CStringGetTextDatum(tenant);
-	SPITupleTable *tt;
-	uint64		n;
-	int64		lag = 0;
+	int64		count;
+	double		age;
 
-	SPI_connect();
-	tt = log_tables(&n);
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		cm_state_exec(psprintf("SELECT count(*) FROM %s.%s WHERE _cm_tenant = $1", CM_SCHEMA,
-							   SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
-					  1, &ttype, &tval, NULL, 0);
-		lag += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	SPI_finish();
-	PG_RETURN_INT64(lag);
+	log_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
+	PG_RETURN_INT64(count);
 }

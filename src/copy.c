@@ -374,17 +374,7 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		if (SPI_processed > 0)
 		{
 			have_hi = true;
-			for (int i = 0; i < nb; i++)
-			{
-				bool		isnull;
-				Oid			typout;
-				bool		varlena;
-
-				values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, i + 1, &isnull);
-				getTypeOutputInfo(types[1 + nb + i], &typout, &varlena);
-				hi_text[i] = OidOutputFunctionCall(typout, values[1 + nb + i]);
-			}
+			cm_bound_from_spi(nb, &types[1 + nb], &values[1 + nb], hi_text, CurrentMemoryContext);
 		}
 	}
 
@@ -608,6 +598,26 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 		end_txn();
 		if (applied < 1000)
 			break;
+	}
+}
+
+/*
+ * The first row of SPI_tuptable is a batch's upper bound (nb key columns of
+ * the given types): its values into values[], as text into out[] (allocated
+ * in cxt), for the checkpoint.
+ */
+void
+cm_bound_from_spi(int nb, const Oid *types, Datum *values, char **out, MemoryContext cxt)
+{
+	for (int i = 0; i < nb; i++)
+	{
+		bool		isnull;
+		Oid			typout;
+		bool		varlena;
+
+		values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &isnull);
+		getTypeOutputInfo(types[i], &typout, &varlena);
+		out[i] = MemoryContextStrdup(cxt, OidOutputFunctionCall(typout, values[i]));
 	}
 }
 

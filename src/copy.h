@@ -10,5 +10,7 @@
 
 /* copy the tenant of sh; errors propagate; *run_id is set once recorded */
 extern void cm_copy_tenant(CmWorkerShared *sh, int64 *run_id);
+extern void cm_bound_from_spi(int nb, const Oid *types, Datum *values, char **out,
+							  MemoryContext cxt);
 
 #endif

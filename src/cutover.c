@@ -61,6 +61,7 @@
 #include "capture.h"
 #include "clinic_migrate.h"
 #include "clone.h"
+#include "copy.h"
 #include "cutover.h"
 #include "plan.h"
 #include "rollback.h"
@@ -816,17 +817,7 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 			if (SPI_processed > 0)
 			{
 				have_hi = true;
-				for (int i = 0; i < nb; i++)
-				{
-					bool		isnull;
-					Oid			typout;
-					bool		varlena;
-
-					values[1 + nb + i] = SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, i + 1, &isnull);
-					getTypeOutputInfo(btypes[i], &typout, &varlena);
-					hi[i] = MemoryContextStrdup(keep, OidOutputFunctionCall(typout, values[1 + nb + i]));
-				}
+				cm_bound_from_spi(nb, btypes, &values[1 + nb], hi, keep);
 			}
 		}
 

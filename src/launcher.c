@@ -14,7 +14,8 @@
  *      kill -9, restart): no worker holds the tenant's migration lock any
  *      more; they resume from their checkpoints;
  *   4. stops the workers of jobs asked to cancel (SIGTERM: they stop at
- *      their next boundary);
+ *      their next boundary), and starts the database's sync worker when
+ *      copied or cut-over tenants have none (after a restart);
  *   5. unless the queue is paused or a standby lags more than
  *      clinic_migrate.max_replication_lag, claims queued jobs, highest
  *      priority first, and starts a worker for each, up to
@@ -633,6 +634,36 @@ look_after_running_jobs(void)
 	cm_end_txn();
 }
 
+/*
+ * 3b. the sync worker: after a restart (or a crash of it) no one would start
+ * it again until the next migrate_tenant or cutover; copied and cut-over
+ * tenants must stay in step meanwhile.
+ */
+static void
+look_after_sync(void)
+{
+	static TimestampTz last_complaint = 0;
+	bool		needed;
+
+	cm_begin_txn();
+	needed = !cm_sync_worker_running();
+	if (needed)
+	{
+		cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE state IN ('copied', 'cut_over') LIMIT 1",
+					  0, NULL, NULL, NULL, 0);
+		needed = SPI_processed > 0;
+	}
+	cm_end_txn();
+	if (needed && !cm_start_sync_worker() &&
+		TimestampDifferenceExceeds(last_complaint, GetCurrentTimestamp(), 60000))
+	{
+		ereport(LOG,
+				(errmsg("clinic_migrate: no background worker slot for the sync worker"),
+				 errhint("Raise max_worker_processes.")));
+		last_complaint = GetCurrentTimestamp();
+	}
+}
+
 /* the highest replay lag of the standbys, in ms (0 if none or unknown) */
 static double
 replication_lag_ms(void)
@@ -859,6 +890,7 @@ cm_scheduler_main(Datum main_arg)
 				pgstat_report_activity(STATE_RUNNING, "clinic_migrate: scheduling");
 				answer_requests();
 				look_after_running_jobs();
+				look_after_sync();
 				claim_jobs();
 				pgstat_report_activity(STATE_IDLE, NULL);
 			}

@@ -189,6 +189,17 @@ SELECT count(*) FROM clinic_migrate.job_queue j,
 WHERE NOT v.match}),
 	'0', 'every table of the 20 tenants validates');
 
+# The scheduler keeps a sync worker for the copied tenants: stopped, it comes back.
+my $sync_pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+ok($sync_pid ne '', 'a sync worker keeps the copied tenants in step');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($sync_pid)");
+ok( $node->poll_query_until(
+		'postgres', qq{
+SELECT count(*) = 1 FROM pg_stat_activity
+WHERE backend_type = 'clinic_migrate sync' AND pid <> $sync_pid}),
+	'the scheduler starts the sync worker again');
+
 # 5. migrate_tenant, while the scheduler runs, goes through the queue.
 is( $node->safe_psql(
 		'postgres', q{SELECT schema_name, rows_copied > 0 FROM clinic_migrate.migrate_tenant('t8')}),
