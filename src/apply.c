@@ -51,11 +51,17 @@ static void
 ensure_keys_table(PlanTable *pt)
 {
 	StringInfoData sql;
-	List	   *keys = plan_key_columns(pt);
+	List	   *keys;
+	Oid			tempns = LookupExplicitNamespace("pg_temp", true);
+	char	   *name = psprintf("cm_keys_%u", pt->relid);
 
+	/* made already in this session (no "already exists" NOTICE for the caller) */
+	if (OidIsValid(tempns) && OidIsValid(get_relname_relid(name, tempns)))
+		return;
+	keys = plan_key_columns(pt);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "CREATE TEMP TABLE IF NOT EXISTS %s ON COMMIT DELETE ROWS AS SELECT ",
-					 quote_identifier(psprintf("cm_keys_%u", pt->relid)));
+	appendStringInfo(&sql, "CREATE TEMP TABLE %s ON COMMIT DELETE ROWS AS SELECT ",
+					 quote_identifier(name));
 	cm_append_quoted_list(&sql, keys, "l");
 	appendStringInfo(&sql, " FROM %s l WITH NO DATA", log_relname(pt));
 	if (SPI_execute(sql.data, false, 0) < 0)
