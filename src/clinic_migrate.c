@@ -605,12 +605,31 @@ cm_append_quoted_list(StringInfo buf, List *names, const char *prefix)
  * request waiting behind a long transaction would queue every writer of
  * the table behind it; a short timeout keeps that wait brief.
  */
+/*
+ * Does an autovacuum worker hold a relation lock in this database?  It may
+ * be what a DDL lock waits for: the lock manager cancels an autovacuum that
+ * blocks a lock request, but only after deadlock_timeout of waiting.
+ */
+static bool
+autovacuum_holds_locks(void)
+{
+	bool		found = false;
+
+	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid) "
+					"WHERE a.backend_type = 'autovacuum worker' AND l.locktype = 'relation' "
+					"AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database "
+					"WHERE datname = pg_catalog.current_database()) LIMIT 1", true, 1) == SPI_OK_SELECT)
+		found = SPI_processed > 0;
+	return found;
+}
+
 void
 cm_ddl_with_retry(const char *sql)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile int delay_ms = 50;
+	volatile int timeout_ms = 200;
 
 	for (volatile int attempt = 1;; attempt++)
 	{
@@ -621,8 +640,10 @@ cm_ddl_with_retry(const char *sql)
 		PG_TRY();
 		{
 			int			nest = NewGUCNestLevel();
+			char		timeout[32];
 
-			(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
+			snprintf(timeout, sizeof(timeout), "%d", timeout_ms);
+			(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_SAVE, true, 0, false);
 			if (SPI_execute(sql, false, 0) < 0)
 				elog(ERROR, "clinic_migrate: SPI error in \"%s\"", sql);
@@ -655,6 +676,12 @@ cm_ddl_with_retry(const char *sql)
 			pg_usleep(delay_ms * 1000L);
 			CHECK_FOR_INTERRUPTS();
 			delay_ms = Min(delay_ms * 2, 2000);
+
+			/*
+			 * An autovacuum (of a table just loaded, say) gives way only to
+			 * a request that waits past deadlock_timeout: let the next one.
+			 */
+			timeout_ms = autovacuum_holds_locks() ? DeadlockTimeout + 200 : 200;
 		}
 		PG_END_TRY();
 		if (done)
