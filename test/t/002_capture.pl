@@ -19,28 +19,15 @@ use Test::More;
 use lib "$ENV{TESTDIR}/test/t";
 use ClinicTest;
 
-my $gen = "$ENV{TESTDIR}/test/gen/clinic.sql";
-die "the data generator $gen is missing" unless -f $gen;
-
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init(extra => [ '--encoding=UTF8', '--no-locale' ]);
-$node->append_conf(
-	'postgresql.conf', q{
+my $node = ClinicTest::start_clinic(
+	tenants => 4,
+	rows => 40000,
+	conf => q{
 shared_preload_libraries = 'clinic_migrate'
 max_worker_processes = 16
 restart_after_crash = on
 clinic_migrate.sync_interval = 100
 });
-$node->start;
-ClinicTest::init($node);
-
-$node->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
-$node->command_ok(
-	[
-		'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', 'tenants=4',
-		'-v', 'rows=40000', '-d', 'postgres', '-f', $gen
-	],
-	'clinic.sql generates the shared tables');
 
 # Staff that no appointment references, so that pgbench can move them between t1 and
 # t2: 5001..5030 start in t1, 5031..5040 in t2; 5001..5003 get an appointment each

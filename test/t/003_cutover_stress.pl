@@ -21,27 +21,14 @@ use Test::More;
 use lib "$ENV{TESTDIR}/test/t";
 use ClinicTest;
 
-my $gen = "$ENV{TESTDIR}/test/gen/clinic.sql";
-die "the data generator $gen is missing" unless -f $gen;
-
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init(extra => [ '--encoding=UTF8', '--no-locale' ]);
-$node->append_conf(
-	'postgresql.conf', q{
+my $node = ClinicTest::start_clinic(
+	tenants => 4,
+	rows => 40000,
+	conf => q{
 shared_preload_libraries = 'clinic_migrate'
 max_worker_processes = 16
 clinic_migrate.sync_interval = 100
 });
-$node->start;
-ClinicTest::init($node);
-
-$node->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
-$node->command_ok(
-	[
-		'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', 'tenants=4',
-		'-v', 'rows=40000', '-d', 'postgres', '-f', $gen
-	],
-	'clinic.sql generates the shared tables');
 ClinicTest::create_ledger();
 
 # Locum staff that no appointment references, so that they can move between tenants:

@@ -20,13 +20,10 @@ use Time::HiRes qw(usleep);
 use lib "$ENV{TESTDIR}/test/t";
 use ClinicTest;
 
-my $gen = "$ENV{TESTDIR}/test/gen/clinic.sql";
-die "the data generator $gen is missing" unless -f $gen;
-
-my $node = PostgreSQL::Test::Cluster->new('main');
-$node->init(extra => [ '--encoding=UTF8', '--no-locale' ]);
-$node->append_conf(
-	'postgresql.conf', q{
+my $node = ClinicTest::start_clinic(
+	tenants => 22,
+	rows => 66000,
+	conf => q{
 shared_preload_libraries = 'clinic_migrate, pg_cron'
 cron.database_name = 'postgres'
 cron.use_background_workers = on
@@ -39,16 +36,6 @@ clinic_migrate.batch_delay = 15
 max_worker_processes = 24
 restart_after_crash = on
 });
-$node->start;
-ClinicTest::init($node);
-
-$node->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
-$node->command_ok(
-	[
-		'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', 'tenants=22',
-		'-v', 'rows=66000', '-d', 'postgres', '-f', $gen
-	],
-	'clinic.sql generates the shared tables');
 like(
 	$node->safe_psql(
 		'postgres',

@@ -5,7 +5,8 @@
 #
 #   use lib "$ENV{TESTDIR}/test/t";
 #   use ClinicTest;
-#   ClinicTest::init($node);        # the PostgreSQL::Test::Cluster to query
+#   my $node = ClinicTest::start_clinic(conf => '...', tenants => 4, rows => 40000);
+#   ClinicTest::init($node);        # or: the PostgreSQL::Test::Cluster to query
 #   ClinicTest::create_ledger();    # cm_test.ledger, outside the migrated schema
 #
 # A "place" is 'shared' (the tenant's rows of the shared tables in public, notes
@@ -16,6 +17,7 @@ use strict;
 use warnings;
 
 use Test::More;
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our $node;
@@ -50,6 +52,29 @@ sub init
 {
 	($node) = @_;
 	return;
+}
+
+# A started node named 'main' with the extra postgresql.conf lines, clinic_migrate
+# created in database postgres, and test/gen/clinic.sql loaded with that many tenants
+# and rows (one test). Returns the node, also the one the other functions query.
+sub start_clinic
+{
+	my (%opt) = @_;
+	my $gen = "$ENV{TESTDIR}/test/gen/clinic.sql";
+	die "the data generator $gen is missing" unless -f $gen;
+	my $n = PostgreSQL::Test::Cluster->new('main');
+	$n->init(extra => [ '--encoding=UTF8', '--no-locale' ]);
+	$n->append_conf('postgresql.conf', $opt{conf});
+	$n->start;
+	init($n);
+	$n->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
+	$n->command_ok(
+		[
+			'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', "tenants=$opt{tenants}",
+			'-v', "rows=$opt{rows}", '-d', 'postgres', '-f', $gen
+		],
+		'clinic.sql generates the shared tables');
+	return $n;
 }
 
 # A string as an SQL literal (standard_conforming_strings is on).
