@@ -52,11 +52,10 @@ ensure_keys_table(PlanTable *pt)
 {
 	StringInfoData sql;
 	List	   *keys;
-	Oid			tempns = LookupExplicitNamespace("pg_temp", true);
 	char	   *name = psprintf("cm_keys_%u", pt->relid);
 
 	/* made already in this session (no "already exists" NOTICE for the caller) */
-	if (OidIsValid(tempns) && OidIsValid(get_relname_relid(name, tempns)))
+	if (apply_keys_table(pt) != NULL)
 		return;
 	keys = plan_key_columns(pt);
 	initStringInfo(&sql);
@@ -90,6 +89,31 @@ is_key_column(List *keys, const char *col)
 		if (strcmp((char *) lfirst(lc), col) == 0)
 			return true;
 	return false;
+}
+
+/*
+ * The action of an upsert by key: "UPDATE SET c = EXCLUDED.c, ..." for the
+ * columns outside the key; true if there is one, else "NOTHING" and false.
+ */
+static bool
+append_upsert_action(StringInfo sql, List *cols, List *keys)
+{
+	ListCell   *lc;
+	bool		any = false;
+
+	foreach(lc, cols)
+	{
+		char	   *col = lfirst(lc);
+
+		if (is_key_column(keys, col))
+			continue;
+		appendStringInfo(sql, "%s%s = EXCLUDED.%s", any ? ", " : "UPDATE SET ",
+						 quote_identifier(col), quote_identifier(col));
+		any = true;
+	}
+	if (!any)
+		appendStringInfoString(sql, "NOTHING");
+	return any;
 }
 
 /* move the tenant's logged keys of a table into its key table; returns how many */
@@ -138,8 +162,6 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 			StringInfoData sql;
 			bool		always;
 			List	   *cols = plan_copy_columns(pt->relid, &always);
-			ListCell   *lc;
-			bool		first = true;
 			Oid			rtype = root->tenant_type;
 			Datum		rval = plan_tenant_datum(root, tenant);
 
@@ -156,20 +178,7 @@ apply_round(const char *tenant, TenantPlan *plan, const char *schema)
 			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
 			appendStringInfo(&sql, " AND %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
 							 key_tuple(keys, "s"), keys_relname(pt), key_tuple(keys, NULL));
-			foreach(lc, cols)
-			{
-				char	   *col = lfirst(lc);
-
-				if (is_key_column(keys, col))
-					continue;
-				if (first)
-					appendStringInfoString(&sql, "UPDATE SET ");
-				appendStringInfo(&sql, "%s%s = EXCLUDED.%s", first ? "" : ", ",
-								 quote_identifier(col), quote_identifier(col));
-				first = false;
-			}
-			if (first)
-				appendStringInfoString(&sql, "NOTHING");
+			(void) append_upsert_action(&sql, cols, keys);
 			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "clinic_migrate: replay into %s failed", cm_qualified_relname(target));
 			/* rows created meanwhile took new keys: keep the sequences past them */
@@ -246,8 +255,7 @@ apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 			StringInfoData sql;
 			bool		always;
 			List	   *cols = plan_copy_columns(pt->relid, &always);
-			ListCell   *lc;
-			bool		first = true;
+			bool		updates;
 			Oid			rtype = root->tenant_type;
 			Datum		rval = plan_tenant_datum(root, tenant);
 			uint64		candidates;
@@ -305,21 +313,8 @@ apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 			appendStringInfo(&sql, " FROM %s s WHERE %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
 							 cm_qualified_relname(source), key_tuple(keys, "s"), keys_relname(pt),
 							 key_tuple(keys, NULL));
-			foreach(lc, cols)
-			{
-				char	   *col = lfirst(lc);
-
-				if (is_key_column(keys, col))
-					continue;
-				if (first)
-					appendStringInfoString(&sql, "UPDATE SET ");
-				appendStringInfo(&sql, "%s%s = EXCLUDED.%s", first ? "" : ", ",
-								 quote_identifier(col), quote_identifier(col));
-				first = false;
-			}
-			if (first)
-				appendStringInfoString(&sql, "NOTHING");
-			else
+			updates = append_upsert_action(&sql, cols, keys);
+			if (updates)
 			{
 				/* and never another tenant's row, whatever happened since the check */
 				appendStringInfoString(&sql, " WHERE ");
@@ -328,7 +323,7 @@ apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "clinic_migrate: reverse replay into %s failed",
 					 cm_qualified_relname(pt->relid));
-			if (!first && SPI_processed < candidates)
+			if (updates && SPI_processed < candidates)
 				ereport(ERROR,
 						(errcode(ERRCODE_UNIQUE_VIOLATION),
 						 errmsg("rows of %s.%s collide with another tenant's rows in %s",
@@ -383,28 +378,6 @@ apply_keys_table(PlanTable *pt)
 	return keys_relname(pt);
 }
 
-int64
-apply_lag(const char *tenant, TenantPlan *plan)
-{
-	Oid			ttype = TEXTOID;
-	Datum		tval = CStringGetTextDatum(tenant);
-	int64		lag = 0;
-
-	for (int i = 0; i < plan->ncopied; i++)
-	{
-		bool		isnull;
-
-		if (!OidIsValid(get_relname_relid(capture_log_name(plan->tables[i].relid),
-										  get_namespace_oid(CM_SCHEMA, false))))
-			continue;
-		cm_state_exec(psprintf("SELECT count(*) FROM %s WHERE _cm_tenant = $1",
-							   log_relname(&plan->tables[i])),
-					  1, &ttype, &tval, NULL, 0);
-		lag += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	return lag;
-}
-
 /* every log table there is, whatever the plan is now (quoted names) */
 static SPITupleTable *
 log_tables(uint64 *n)
@@ -435,8 +408,8 @@ apply_forget(const char *tenant)
  * The changes of a tenant captured and not yet applied, in every log table:
  * how many, and how long the oldest has waited (seconds; 0 when none).
  */
-static void
-log_backlog(const char *tenant, int64 *count, double *age)
+void
+apply_backlog(const char *tenant, int64 *count, double *age)
 {
 	Oid			ttype = TEXTOID;
 	Datum		tval = CStringGetTextDatum(tenant);
@@ -478,7 +451,7 @@ cm_capture_lag_seconds(PG_FUNCTION_ARGS)
 	int64		count;
 	double		age;
 
-	log_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
+	apply_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
 	PG_RETURN_FLOAT8(age);
 }
 
@@ -490,6 +463,6 @@ cm_capture_lag(PG_FUNCTION_ARGS)
 	int64		count;
 	double		age;
 
-	log_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
+	apply_backlog(text_to_cstring(PG_GETARG_TEXT_PP(0)), &count, &age);
 	PG_RETURN_INT64(count);
 }

@@ -30,8 +30,11 @@ extern int64 apply_reverse_round(const char *tenant, TenantPlan *plan, const cha
  */
 extern char *apply_keys_table(PlanTable *pt);
 
-/* changes of the tenant captured and not yet applied */
-extern int64 apply_lag(const char *tenant, TenantPlan *plan);
+/*
+ * Changes of the tenant captured and not yet applied, in every log table:
+ * how many, and the age of the oldest in seconds (0 when none).
+ */
+extern void apply_backlog(const char *tenant, int64 *count, double *age);
 
 /* forget the tenant's captured changes (rollback) */
 extern void apply_forget(const char *tenant);

@@ -701,7 +701,11 @@ cm_capture(PG_FUNCTION_ARGS)
 	if (newtup)
 		newtenant = tuple_tenant(rel, ct, newtup, false);
 	old_log = shared_write_allowed(rel, oldtenant);
-	new_log = shared_write_allowed(rel, newtenant);
+	/* the same tenant (most UPDATEs): the same answer, asked once */
+	if (oldtenant && newtenant && strcmp(oldtenant, newtenant) == 0)
+		new_log = old_log;
+	else
+		new_log = shared_write_allowed(rel, newtenant);
 
 	/*
 	 * Log the key the row had and the key it has now; an UPDATE that keeps

@@ -867,11 +867,12 @@ clone_owned_sequences(Oid relid)
 	SPITupleTable *tt;
 	List	   *result = NIL;
 
-	if (SPI_execute_with_args("SELECT d.objid, quote_ident(a.attname), s.seqincrement "
+	if (SPI_execute_with_args("SELECT d.objid, a.attname, s.seqincrement, a.attidentity::text "
 							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
 							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
 							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') ORDER BY a.attnum",
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') AND NOT a.attisdropped "
+							  "ORDER BY a.attnum",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: sequence lookup failed");
 	tt = SPI_tuptable;
@@ -879,10 +880,13 @@ clone_owned_sequences(Oid relid)
 	{
 		OwnedSequence *os = palloc(sizeof(OwnedSequence));
 		bool		isnull;
+		char	   *ident = SPI_getvalue(tt->vals[i], tt->tupdesc, 4);
 
 		os->seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-		os->column = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		os->name = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		os->column = pstrdup(quote_identifier(os->name));
 		os->increment = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		os->identity = ident ? ident[0] : '\0';
 		result = lappend(result, os);
 	}
 	return result;
@@ -938,46 +942,6 @@ attidentity(Oid relid, AttrNumber attnum)
 	return result;
 }
 
-/* a column whose values come from a sequence of the shared table */
-typedef struct KeySequence
-{
-	char	   *column;			/* unquoted */
-	Oid			seq;
-	char		identity;		/* attidentity of the shared column, or '\0' (serial) */
-} KeySequence;
-
-/* serial and identity columns of a shared table (sequences it owns) */
-static List *
-key_sequences(Oid shared)
-{
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(shared)};
-	SPITupleTable *tt;
-	List	   *result = NIL;
-
-	if (SPI_execute_with_args("SELECT a.attname, d.objid, a.attidentity::text "
-							  "FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
-							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
-							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') AND NOT a.attisdropped "
-							  "ORDER BY a.attnum",
-							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "clinic_migrate: sequence lookup failed");
-	tt = SPI_tuptable;
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		KeySequence *ks = palloc(sizeof(KeySequence));
-		bool		isnull;
-		char	   *ident = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
-
-		ks->column = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
-		ks->seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
-		ks->identity = ident ? ident[0] : '\0';
-		result = lappend(result, ks);
-	}
-	return result;
-}
-
 void
 clone_switch_sequences(TenantPlan *plan, const char *schema)
 {
@@ -989,10 +953,10 @@ clone_switch_sequences(TenantPlan *plan, const char *schema)
 		Oid			target = clone_target_relid(schema, pt->relname);
 		ListCell   *lc;
 
-		foreach(lc, key_sequences(pt->relid))
+		foreach(lc, clone_owned_sequences(pt->relid))
 		{
-			KeySequence *ks = lfirst(lc);
-			AttrNumber	att = get_attnum(target, ks->column);
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
 			StringInfoData sql;
 
 			if (att == InvalidAttrNumber)
@@ -1000,15 +964,15 @@ clone_switch_sequences(TenantPlan *plan, const char *schema)
 			initStringInfo(&sql);
 			appendStringInfo(&sql, "ALTER TABLE %s ", cm_qualified_relname(target));
 			if (attidentity(target, att) != '\0')
-				appendStringInfo(&sql, "ALTER COLUMN %s DROP IDENTITY, ", quote_identifier(ks->column));
+				appendStringInfo(&sql, "ALTER COLUMN %s DROP IDENTITY, ", quote_identifier(ks->name));
 			if (ks->identity != '\0')
 				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT clinic_migrate.identity_nextval(%s::pg_catalog.regclass, %s::pg_catalog.name)",
-								 quote_identifier(ks->column),
+								 quote_identifier(ks->name),
 								 quote_literal_cstr(cm_qualified_relname(pt->relid)),
-								 quote_literal_cstr(ks->column));
+								 quote_literal_cstr(ks->name));
 			else
 				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
-								 quote_identifier(ks->column),
+								 quote_identifier(ks->name),
 								 quote_literal_cstr(cm_qualified_relname(ks->seq)));
 			cm_ddl_with_retry(sql.data);
 		}
@@ -1025,15 +989,15 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 	{
 		PlanTable  *pt = &plan->tables[i];
 		Oid			target = clone_target_relid(schema, pt->relname);
-		List	   *kss = key_sequences(pt->relid);
+		List	   *kss = clone_owned_sequences(pt->relid);
 		ListCell   *lc;
 		bool		locked = false;
 
 		foreach(lc, kss)
 		{
-			KeySequence *ks = lfirst(lc);
-			AttrNumber	att = get_attnum(target, ks->column);
-			const char *qcol = quote_identifier(ks->column);
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
+			const char *qcol = quote_identifier(ks->name);
 			char	   *qtarget = cm_qualified_relname(target);
 			StringInfoData sql;
 
@@ -1174,8 +1138,10 @@ clone_column_sequences(Oid relid)
 			HeapTuple	stup = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
 
 			os->seq = seq;
+			os->name = pstrdup(col);
 			os->column = pstrdup(quote_identifier(col));
 			os->increment = 1;
+			os->identity = '\0';
 			if (HeapTupleIsValid(stup))
 			{
 				os->increment = ((Form_pg_sequence) GETSTRUCT(stup))->seqincrement;

@@ -73,7 +73,9 @@ typedef struct OwnedSequence
 {
 	Oid			seq;
 	char	   *column;			/* quoted */
+	char	   *name;			/* the column's name, unquoted */
 	int64		increment;
+	char		identity;		/* clone_owned_sequences: attidentity, or '\0' (serial) */
 } OwnedSequence;
 
 /* the sequences a table's columns own (List of OwnedSequence *) */

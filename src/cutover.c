@@ -191,12 +191,11 @@ check_stop(const char *tenant)
 static int64
 pending_changes(const char *tenant)
 {
-	Oid			t = TEXTOID;
-	Datum		v = CStringGetTextDatum(tenant);
-	bool		isnull;
+	int64		count;
+	double		age;
 
-	cm_state_exec("SELECT clinic_migrate.capture_lag($1)", 1, &t, &v, NULL, 0);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	apply_backlog(tenant, &count, &age);
+	return count;
 }
 
 /*

@@ -403,10 +403,15 @@ sequences_ok(Oid target)
 	return true;
 }
 
-/* compare one table; max_keys < 0 keeps every differing key */
-static void
-check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
-			const char *tenant, int max_keys, TableCheck *out)
+/*
+ * Both sides of a table, hashed: counts and checksums into out.  Where they
+ * differ, a second pass maps every key to its count and hash sum per side;
+ * the map is returned (NULL when the sides agree).  ordered: the second
+ * pass reads in key order, so that the entries carry their ordinals.
+ */
+static HTAB *
+hash_both_sides(TenantPlan *plan, PlanTable *pt, Oid target, const char *tenant, bool ordered,
+				TableCheck *out)
 {
 	PlanTable  *root = plan_root(plan, pt);
 	Datum		tenantv = plan_tenant_datum(root, tenant);
@@ -414,6 +419,7 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 				tgt;
 	RowHasher	rs,
 				rt;
+	HASHCTL		ctl;
 
 	memset(out, 0, sizeof(*out));
 	out->table = pt->relname;
@@ -432,36 +438,49 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 	out->tgt_rows = rt.count;
 	out->src_sum = rs.sum;
 	out->tgt_sum = rt.sum;
+	if (rs.count == rt.count && rs.sum == rt.sum)
+		return NULL;
 
-	if (rs.count != rt.count || rs.sum != rt.sum)
+	/*
+	 * Second pass: per key, how many rows each side has and the sum of their
+	 * hashes.  A duplicated row shows as a different key, a key on one side
+	 * only as missing or extra.
+	 */
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(KeyEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	hasher_init(&rs, pt->nkey);
+	hasher_init(&rt, pt->nkey);
+	rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	rt.side = 1;
+	if (ordered)
 	{
-		HASHCTL		ctl;
+		append_order_by_key(&src, pt);
+		append_order_by_key(&tgt, pt);
+	}
+	run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
+	run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
+	return rs.map;
+}
+
+/* compare one table; max_keys < 0 keeps every differing key */
+static void
+check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
+			const char *tenant, int max_keys, TableCheck *out)
+{
+	HTAB	   *map = hash_both_sides(plan, pt, target, tenant, true, out);
+
+	if (map != NULL)
+	{
 		HASH_SEQ_STATUS seq;
 		KeyEntry   *e;
 		List	   *missing = NIL,
 				   *extra = NIL,
 				   *different = NIL;
 
-		/*
-		 * Second pass, in key order: per key, how many rows each side has
-		 * and the sum of their hashes.  A duplicated row shows as a
-		 * different key, a key on one side only as missing or extra.
-		 */
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(KeyEntry);
-		ctl.hcxt = CurrentMemoryContext;
-		hasher_init(&rs, pt->nkey);
-		hasher_init(&rt, pt->nkey);
-		rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
-									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		rt.side = 1;
-		append_order_by_key(&src, pt);
-		append_order_by_key(&tgt, pt);
-		run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
-		run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
-
-		hash_seq_init(&seq, rs.map);
+		hash_seq_init(&seq, map);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
 			if (e->count[1] == 0)
@@ -491,47 +510,14 @@ check_table(TenantPlan *plan, PlanTable *pt, Oid target, const char *schema,
 static void
 check_table_keys(TenantPlan *plan, PlanTable *pt, Oid target, const char *tenant, TableCheck *out)
 {
-	PlanTable  *root = plan_root(plan, pt);
-	Datum		tenantv = plan_tenant_datum(root, tenant);
-	StringInfoData src,
-				tgt;
-	RowHasher	rs,
-				rt;
+	HTAB	   *map = hash_both_sides(plan, pt, target, tenant, false, out);
 
-	memset(out, 0, sizeof(*out));
-	out->table = pt->relname;
-	initStringInfo(&src);
-	append_select_list(&src, pt);
-	plan_append_tenant_rows(&src, plan, pt, 0, 0);
-	initStringInfo(&tgt);
-	append_select_list(&tgt, pt);
-	appendStringInfo(&tgt, " FROM %s s", cm_qualified_relname(target));
-	hasher_init(&rs, pt->nkey);
-	hasher_init(&rt, pt->nkey);
-	run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
-	run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
-	out->src_rows = rs.count;
-	out->tgt_rows = rt.count;
-	out->src_sum = rs.sum;
-	out->tgt_sum = rt.sum;
-	if (rs.count != rt.count || rs.sum != rt.sum)
+	if (map != NULL)
 	{
-		HASHCTL		ctl;
 		HASH_SEQ_STATUS seq;
 		KeyEntry   *e;
 
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(uint64);
-		ctl.entrysize = sizeof(KeyEntry);
-		ctl.hcxt = CurrentMemoryContext;
-		hasher_init(&rs, pt->nkey);
-		hasher_init(&rt, pt->nkey);
-		rs.map = rt.map = hash_create("clinic_migrate keys", 1024, &ctl,
-									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		rt.side = 1;
-		run_hashed(src.data, root->tenant_type, tenantv, true, &rs);
-		run_hashed(tgt.data, InvalidOid, (Datum) 0, false, &rt);
-		hash_seq_init(&seq, rs.map);
+		hash_seq_init(&seq, map);
 		while ((e = hash_seq_search(&seq)) != NULL)
 			if (e->count[0] != e->count[1] || e->sum[0] != e->sum[1])
 				out->keyhashes = lappend(out->keyhashes, e);
