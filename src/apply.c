@@ -1,31 +1,51 @@
 /*-------------------------------------------------------------------------
  * apply.c
- *	  Brings a tenant's copy up to date from the captured keys.
+ *	  Brings a tenant's copy up to date from the captured keys, and, after
+ *	  cutover, its shared rows from the changes made in its schema.
  *
  * Replay is idempotent and order-free: for each logged key it re-reads the
- * shared row now; if the row exists and belongs to the tenant it is
- * upserted into the copy, otherwise the key is deleted from the copy.  A
- * batch copy spread over many transactions has no single snapshot, and
- * transactions commit out of order; re-reading by key makes both harmless.
+ * row where the tenant lives now (the "source" of the round: the shared
+ * tables before cutover, the tenant's schema after); if the row exists and
+ * belongs to the tenant it is upserted into the other copy (the "target"),
+ * otherwise the key is deleted from it.  A batch copy spread over many
+ * transactions has no single snapshot, and transactions commit out of
+ * order; re-reading by key makes both harmless.
  *
  * One round is one transaction (repeatable read in the worker, so every
- * statement sees the same data).  In plan order, the logged keys of each
- * table move from its log into a temporary key table with DELETE ...
- * RETURNING: exactly the entries this round applies are deleted, and an
- * entry committed after the round's snapshot stays for the next round (the
- * trap of deleting "id <= N" when ids commit out of order).  The rows of
- * those keys are then upserted, parents first; afterwards, children first,
- * keys that no longer belong to the tenant are deleted from the copy.
+ * statement sees the same data):
+ *   1. parents first, the logged keys of each table move from its log into
+ *      a temporary key table with DELETE ... RETURNING: exactly the entries
+ *      this round applies are deleted, and an entry committed after the
+ *      round's snapshot stays for the next round (the trap of deleting
+ *      "id <= N" when ids commit out of order);
+ *   2. children first, the keys that are no longer the tenant's are
+ *      deleted from the target, as a replica (no foreign key action fires:
+ *      the rows that pointed at them are replayed too).  Deleting first
+ *      frees the unique values those rows held for the rows that took them;
+ *   3. parents first, the rows of the keys are upserted.  Rows that swapped
+ *      a unique value outside the key still collide: the table's upsert
+ *      is then done again as a replica, as a delete and an insert of the
+ *      logged keys.
+ *
+ * Who runs what: the logs and key tables are clinic_migrate's, read and
+ * written as the extension owner; every statement that reads or writes
+ * the application's tables runs as the target table's owner, inside a
+ * security-restricted operation, with search_path pinned (state.h), so
+ * that the owner's triggers, CHECKs and index expressions run with the
+ * owner's rights and no more.
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "apply.h"
 #include "capture.h"
@@ -33,6 +53,15 @@
 #include "clone.h"
 #include "plan.h"
 #include "state.h"
+
+/* one round's direction and tenant */
+typedef struct Replay
+{
+	const char *tenant;
+	TenantPlan *plan;
+	const char *schema;
+	bool		reverse;		/* after cutover: from the schema to the shared tables */
+} Replay;
 
 static char *
 log_relname(PlanTable *pt)
@@ -46,7 +75,11 @@ keys_relname(PlanTable *pt)
 	return psprintf("pg_temp.%s", quote_identifier(psprintf("cm_keys_%u", pt->relid)));
 }
 
-/* a temporary table for the keys a round applies, emptied at commit */
+/*
+ * A temporary table for the keys a round applies, emptied at commit: the
+ * extension owner's, readable by the roles the round's statements run as
+ * (no other session can see a temporary table).
+ */
 static void
 ensure_keys_table(PlanTable *pt)
 {
@@ -63,19 +96,34 @@ ensure_keys_table(PlanTable *pt)
 					 quote_identifier(name));
 	cm_append_quoted_list(&sql, keys, "l");
 	appendStringInfo(&sql, " FROM %s l WITH NO DATA", log_relname(pt));
-	if (SPI_execute(sql.data, false, 0) < 0)
-		elog(ERROR, "clinic_migrate: could not create %s", keys_relname(pt));
+	cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
+	cm_state_exec(psprintf("GRANT SELECT ON %s TO PUBLIC", keys_relname(pt)), 0, NULL, NULL, NULL, 0);
 }
 
-/* "(s.a, s.b)" */
+/* "a.k1 OPERATOR(pg_catalog.=) b.k1 AND ..." over the key columns */
+static void
+append_key_match(StringInfo sql, PlanTable *pt, const char *a, const char *b)
+{
+	for (int k = 0; k < pt->nkey; k++)
+	{
+		const char *col = quote_identifier(get_attname(pt->relid, pt->key_att[k], false));
+		Oid			type = get_atttype(pt->relid, pt->key_att[k]);
+
+		if (k)
+			appendStringInfoString(sql, " AND ");
+		cm_append_eq(sql, psprintf("%s.%s", a, col), type, psprintf("%s.%s", b, col), type);
+	}
+}
+
+/* "(k1, k2)" */
 static char *
-key_tuple(List *keys, const char *alias)
+key_tuple(List *keys)
 {
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '(');
-	cm_append_quoted_list(&buf, keys, alias);
+	cm_append_quoted_list(&buf, keys, NULL);
 	appendStringInfoChar(&buf, ')');
 	return buf.data;
 }
@@ -126,7 +174,7 @@ take_logged_keys(PlanTable *pt, const char *tenant)
 
 	ensure_keys_table(pt);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant = $1 RETURNING ",
+	appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant OPERATOR(pg_catalog.=) $1 RETURNING ",
 					 log_relname(pt));
 	cm_append_quoted_list(&sql, plan_key_columns(pt), NULL);
 	appendStringInfo(&sql, ") INSERT INTO %s SELECT DISTINCT * FROM d", keys_relname(pt));
@@ -134,237 +182,349 @@ take_logged_keys(PlanTable *pt, const char *tenant)
 	return SPI_processed;
 }
 
-int64
-apply_round(const char *tenant, TenantPlan *plan, const char *schema)
+static Oid
+source_rel(Replay *r, PlanTable *pt)
+{
+	return r->reverse ? clone_target_relid(r->schema, pt->relname) : pt->relid;
+}
+
+static Oid
+target_rel(Replay *r, PlanTable *pt)
+{
+	return r->reverse ? pt->relid : clone_target_relid(r->schema, pt->relname);
+}
+
+/* " FROM <source> s ... WHERE <the row is the tenant's>" ($1: the tenant) */
+static void
+append_source_rows(StringInfo sql, Replay *r, PlanTable *pt)
+{
+	if (r->reverse)
+		appendStringInfo(sql, " FROM ONLY %s s WHERE true", cm_qualified_relname(source_rel(r, pt)));
+	else
+		plan_append_tenant_rows(sql, r->plan, pt, 0, 0);
+}
+
+/* run one statement of a round ($1: the tenant) as the target table's owner; returns SPI_processed */
+static uint64
+run_as_target_owner(Replay *r, PlanTable *pt, const char *sql, int expect)
+{
+	PlanTable  *root = plan_root(r->plan, pt);
+	Oid			rtype = root->tenant_type;
+	Datum		rval = plan_tenant_datum(root, r->tenant);
+	CmRoleSave	save;
+	int			ret;
+
+	cm_table_owner_begin(target_rel(r, pt), &save);
+	ret = SPI_execute_with_args(sql, 1, &rtype, &rval, NULL, false, 0);
+	cm_role_end(&save);
+	if (ret != expect)
+		elog(ERROR, "clinic_migrate: replay into %s failed (SPI %d)",
+			 cm_qualified_relname(target_rel(r, pt)), ret);
+	return SPI_processed;
+}
+
+/*
+ * Reverse only: a key that another tenant's shared row already has (a key
+ * the application chose itself) must not take that row over: name it and
+ * stop.
+ */
+static void
+check_foreign_keys_taken(Replay *r, PlanTable *pt)
+{
+	StringInfoData sql;
+	PlanTable  *root = plan_root(r->plan, pt);
+	Oid			rtype = root->tenant_type;
+	Datum		rval = plan_tenant_datum(root, r->tenant);
+	CmRoleSave	save;
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT ");
+	cm_append_quoted_list(&sql, plan_key_columns(pt), "t");
+	appendStringInfo(&sql, " FROM ONLY %s t JOIN %s k ON (",
+					 cm_qualified_relname(pt->relid), keys_relname(pt));
+	append_key_match(&sql, pt, "t", "k");
+	appendStringInfoString(&sql, ") WHERE (");
+	plan_append_belongs(&sql, r->plan, pt, "t", 1);
+	appendStringInfoString(&sql, ") IS NOT TRUE LIMIT 1");
+	cm_table_owner_begin(pt->relid, &save);
+	ret = SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 1);
+	cm_role_end(&save);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: key check of %s failed", cm_qualified_relname(pt->relid));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("key %s of %s.%s belongs to another tenant in %s",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+						quote_identifier(r->schema), quote_identifier(pt->relname),
+						cm_qualified_relname(pt->relid)),
+				 errdetail("The row was written in the schema of tenant \"%s\" after its cutover; replaying it would overwrite another tenant's row.",
+						   r->tenant),
+				 errhint("Change the key of that row in schema \"%s\"; keys generated by its defaults never collide.",
+						 r->schema)));
+}
+
+/* step 2: the logged keys that are no longer the tenant's go from the target */
+static void
+delete_gone(Replay *r, PlanTable *pt)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "DELETE FROM ONLY %s t USING %s k WHERE ",
+					 cm_qualified_relname(target_rel(r, pt)), keys_relname(pt));
+	append_key_match(&sql, pt, "t", "k");
+	appendStringInfoString(&sql, " AND NOT EXISTS (SELECT 1");
+	append_source_rows(&sql, r, pt);
+	appendStringInfoString(&sql, " AND ");
+	append_key_match(&sql, pt, "s", "k");
+	appendStringInfoChar(&sql, ')');
+	if (r->reverse)
+	{
+		appendStringInfoString(&sql, " AND ");
+		plan_append_belongs(&sql, r->plan, pt, "t", 1);
+	}
+	(void) run_as_target_owner(r, pt, sql.data, SPI_OK_DELETE);
+}
+
+/* the INSERT ... SELECT of the logged keys' rows, with or without the upsert */
+static char *
+insert_sql(Replay *r, PlanTable *pt, bool upsert, bool *updates)
+{
+	StringInfoData sql;
+	bool		always;
+	List	   *cols = plan_copy_columns(pt->relid, &always);
+	List	   *keys = plan_key_columns(pt);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s AS t (", cm_qualified_relname(target_rel(r, pt)));
+	cm_append_quoted_list(&sql, cols, NULL);
+	appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+	cm_append_quoted_list(&sql, cols, "s");
+	append_source_rows(&sql, r, pt);
+	appendStringInfo(&sql, " AND EXISTS (SELECT 1 FROM %s k WHERE ", keys_relname(pt));
+	append_key_match(&sql, pt, "s", "k");
+	appendStringInfoChar(&sql, ')');
+	*updates = false;
+	if (upsert)
+	{
+		appendStringInfo(&sql, " ON CONFLICT %s DO ", key_tuple(keys));
+		*updates = append_upsert_action(&sql, cols, keys);
+		if (*updates && r->reverse)
+		{
+			/* and never another tenant's row, whatever happened since the check */
+			appendStringInfoString(&sql, " WHERE ");
+			plan_append_belongs(&sql, r->plan, pt, "t", 1);
+		}
+	}
+	return sql.data;
+}
+
+/* how many of the logged keys' rows the source has */
+static uint64
+count_candidates(Replay *r, PlanTable *pt)
+{
+	StringInfoData sql;
+	bool		isnull;
+	CmRoleSave	save;
+	PlanTable  *root = plan_root(r->plan, pt);
+	Oid			rtype = root->tenant_type;
+	Datum		rval = plan_tenant_datum(root, r->tenant);
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT pg_catalog.count(*)");
+	append_source_rows(&sql, r, pt);
+	appendStringInfo(&sql, " AND EXISTS (SELECT 1 FROM %s k WHERE ", keys_relname(pt));
+	append_key_match(&sql, pt, "s", "k");
+	appendStringInfoChar(&sql, ')');
+	cm_table_owner_begin(target_rel(r, pt), &save);
+	ret = SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0);
+	cm_role_end(&save);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: count of %s failed", cm_qualified_relname(source_rel(r, pt)));
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static int
+set_replica(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+/*
+ * Step 3 for one table: the upsert, in a subtransaction.  A unique value
+ * outside the key that two logged rows swapped makes it fail; then, as a
+ * replica, the logged keys' rows are deleted from the target and inserted
+ * again.  Returns the rows written.
+ */
+static uint64
+upsert_rows(Replay *r, PlanTable *pt, bool *updates)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *sql = insert_sql(r, pt, true, updates);
+	volatile uint64 written = 0;
+	volatile bool collided = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		written = run_as_target_owner(r, pt, sql, SPI_OK_INSERT);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		collided = true;
+	}
+	PG_END_TRY();
+
+	if (collided)
+	{
+		StringInfoData del;
+		int			nest = set_replica();
+		bool		ignored;
+
+		initStringInfo(&del);
+		appendStringInfo(&del, "DELETE FROM ONLY %s t USING %s k WHERE ",
+						 cm_qualified_relname(target_rel(r, pt)), keys_relname(pt));
+		append_key_match(&del, pt, "t", "k");
+		if (r->reverse)
+		{
+			appendStringInfoString(&del, " AND ");
+			plan_append_belongs(&del, r->plan, pt, "t", 1);
+		}
+		(void) run_as_target_owner(r, pt, del.data, SPI_OK_DELETE);
+		written = run_as_target_owner(r, pt, insert_sql(r, pt, false, &ignored), SPI_OK_INSERT);
+		AtEOXact_GUC(true, nest);
+	}
+	return written;
+}
+
+static int64
+replay_round(Replay *r)
 {
 	volatile int64 applied = 0;
 	bool		save_applying = cm_applying;
-	Oid			save_userid;
-	int			save_sec;
+	TenantPlan *plan = r->plan;
+	bool	   *has = palloc0(sizeof(bool) * Max(plan->ncopied, 1));
 
 	/*
-	 * As the extension owner: the round reads clinic_migrate's logs and its
-	 * own key tables, and writes the tenant's tables whoever owns them.
+	 * cm_applying tells the capture triggers (ENABLE ALWAYS) that these
+	 * writes are ours.
 	 */
-	cm_owner_begin(&save_userid, &save_sec);
 	cm_applying = true;
 	PG_TRY();
 	{
 		int			nest = cm_replay_plan_settings();
 
-		/* 1. take the logged keys, parents first, and upsert their rows */
+		/*
+		 * After cutover the whole round is a replica's, the way logical
+		 * replication applies changes: the shared tables' own triggers (and
+		 * the foreign-key checks, which the tenant's schema made already) do
+		 * not fire again for rows that were written, checked and triggered
+		 * in the tenant's schema.
+		 */
+		if (r->reverse)
+			(void) set_replica();
+
+		/* 1. parents first: take the logged keys */
 		for (int i = 0; i < plan->ncopied; i++)
 		{
 			PlanTable  *pt = &plan->tables[i];
-			PlanTable  *root = plan_root(plan, pt);
-			List	   *keys = plan_key_columns(pt);
-			Oid			target = clone_target_relid(schema, pt->relname);
-			StringInfoData sql;
-			bool		always;
-			List	   *cols = plan_copy_columns(pt->relid, &always);
-			Oid			rtype = root->tenant_type;
-			Datum		rval = plan_tenant_datum(root, tenant);
+			uint64		n = take_logged_keys(pt, r->tenant);
 
-			if (take_logged_keys(pt, tenant) == 0)
-				continue;
-			applied += SPI_processed;
-			pt->applied += SPI_processed;
-
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
-			cm_append_quoted_list(&sql, cols, NULL);
-			appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
-			cm_append_quoted_list(&sql, cols, "s");
-			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
-			appendStringInfo(&sql, " AND %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
-							 key_tuple(keys, "s"), keys_relname(pt), key_tuple(keys, NULL));
-			(void) append_upsert_action(&sql, cols, keys);
-			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "clinic_migrate: replay into %s failed", cm_qualified_relname(target));
-			/* rows created meanwhile took new keys: keep the sequences past them */
-			clone_set_sequences(target);
+			has[i] = n > 0;
+			applied += n;
+			pt->applied += n;
+			if (n > 0 && r->reverse)
+				check_foreign_keys_taken(r, pt);
 		}
 
-		/* 2. children first: keys that are no longer the tenant's go */
-		for (int i = plan->ncopied - 1; i >= 0; i--)
+		/* 2. children first, as a replica: keys that are no longer the tenant's go */
+		{
+			int			rnest = set_replica();
+
+			for (int i = plan->ncopied - 1; i >= 0; i--)
+				if (has[i])
+					delete_gone(r, &plan->tables[i]);
+			AtEOXact_GUC(true, rnest);
+		}
+
+		/* 3. parents first: the rows of the logged keys */
+		for (int i = 0; i < plan->ncopied; i++)
 		{
 			PlanTable  *pt = &plan->tables[i];
-			PlanTable  *root = plan_root(plan, pt);
-			List	   *keys = plan_key_columns(pt);
-			Oid			target = clone_target_relid(schema, pt->relname);
-			StringInfoData sql;
-			Oid			rtype = root->tenant_type;
-			Datum		rval = plan_tenant_datum(root, tenant);
+			uint64		candidates;
+			uint64		written;
+			bool		updates;
 
-			/* driven by the keys: an index probe per key on each side, whatever the sizes */
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "DELETE FROM %s t USING (SELECT DISTINCT * FROM %s) k "
-							 "WHERE %s = %s AND NOT EXISTS (SELECT 1",
-							 cm_qualified_relname(target), keys_relname(pt),
-							 key_tuple(keys, "t"), key_tuple(keys, "k"));
-			plan_append_tenant_rows(&sql, plan, pt, 0, 0);
-			appendStringInfo(&sql, " AND %s = %s)", key_tuple(keys, "s"), key_tuple(keys, "k"));
-			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
-				elog(ERROR, "clinic_migrate: replay of deletes into %s failed",
-					 cm_qualified_relname(target));
+			if (!has[i])
+				continue;
+			candidates = r->reverse ? count_candidates(r, pt) : 0;
+			if (r->reverse && candidates == 0)
+				continue;
+			written = upsert_rows(r, pt, &updates);
+			if (r->reverse && updates && written < candidates)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("rows of %s.%s collide with another tenant's rows in %s",
+								quote_identifier(r->schema), quote_identifier(pt->relname),
+								cm_qualified_relname(pt->relid)),
+						 errhint("See clinic_migrate.validate_differences('%s').", r->tenant)));
+			if (!r->reverse)
+			{
+				CmRoleSave	save;
+
+				/* rows created meanwhile took new keys: keep the sequences past them */
+				cm_table_owner_begin(target_rel(r, pt), &save);
+				clone_set_sequences(target_rel(r, pt));
+				cm_role_end(&save);
+			}
 		}
 		AtEOXact_GUC(true, nest);
 	}
 	PG_FINALLY();
 	{
 		cm_applying = save_applying;
-		cm_owner_end(save_userid, save_sec);
 	}
 	PG_END_TRY();
 	return applied;
 }
 
 int64
+apply_round(const char *tenant, TenantPlan *plan, const char *schema)
+{
+	Replay		r = {tenant, plan, schema, false};
+
+	return replay_round(&r);
+}
+
+int64
 apply_reverse_round(const char *tenant, TenantPlan *plan, const char *schema)
 {
-	volatile int64 applied = 0;
-	bool		save_applying = cm_applying;
-	Oid			save_userid;
-	int			save_sec;
-	int			nest;
+	Replay		r = {tenant, plan, schema, true};
 
-	/*
-	 * As the extension owner, and as a replica, the way logical replication
-	 * applies changes: the shared tables' own triggers (and the foreign-key
-	 * checks, which the tenant's schema made already) do not fire again for
-	 * rows that were written, checked and triggered in the tenant's schema.
-	 * The capture triggers are ENABLE ALWAYS; cm_applying tells them that
-	 * these writes are ours.
-	 */
-	cm_owner_begin(&save_userid, &save_sec);
-	cm_applying = true;
-	nest = NewGUCNestLevel();
-	PG_TRY();
-	{
-		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		(void) cm_replay_plan_settings();
-
-		/* 1. parents first: the rows of the logged keys, from the schema */
-		for (int i = 0; i < plan->ncopied; i++)
-		{
-			PlanTable  *pt = &plan->tables[i];
-			PlanTable  *root = plan_root(plan, pt);
-			List	   *keys = plan_key_columns(pt);
-			Oid			source = clone_target_relid(schema, pt->relname);
-			StringInfoData sql;
-			bool		always;
-			List	   *cols = plan_copy_columns(pt->relid, &always);
-			bool		updates;
-			Oid			rtype = root->tenant_type;
-			Datum		rval = plan_tenant_datum(root, tenant);
-			uint64		candidates;
-
-			if (take_logged_keys(pt, tenant) == 0)
-				continue;
-			applied += SPI_processed;
-			pt->applied += SPI_processed;
-
-			/*
-			 * A key that another tenant's shared row already has (a key the
-			 * application chose itself, or a unique column outside the key)
-			 * must not take that row over: name it and stop.
-			 */
-			initStringInfo(&sql);
-			appendStringInfoString(&sql, "SELECT ");
-			cm_append_quoted_list(&sql, keys, "t");
-			appendStringInfo(&sql, " FROM %s t WHERE %s IN (SELECT * FROM %s) AND (",
-							 cm_qualified_relname(pt->relid), key_tuple(keys, "t"), keys_relname(pt));
-			plan_append_belongs(&sql, plan, pt, "t", 1);
-			appendStringInfoString(&sql, ") IS NOT TRUE LIMIT 1");
-			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "clinic_migrate: key check of %s failed", cm_qualified_relname(pt->relid));
-			if (SPI_processed > 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("key %s of %s.%s belongs to another tenant in %s",
-								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
-								quote_identifier(schema), quote_identifier(pt->relname),
-								cm_qualified_relname(pt->relid)),
-						 errdetail("The row was written in the schema of tenant \"%s\" after its cutover; replaying it would overwrite another tenant's row.",
-								   tenant),
-						 errhint("Change the key of that row in schema \"%s\"; keys generated by its defaults never collide.",
-								 schema)));
-
-			resetStringInfo(&sql);
-			appendStringInfo(&sql, "SELECT count(*) FROM %s s WHERE %s IN (SELECT * FROM %s)",
-							 cm_qualified_relname(source), key_tuple(keys, "s"), keys_relname(pt));
-			if (SPI_execute(sql.data, false, 0) != SPI_OK_SELECT)
-				elog(ERROR, "clinic_migrate: count of %s failed", cm_qualified_relname(source));
-			{
-				bool		isnull;
-
-				candidates = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														 SPI_tuptable->tupdesc, 1, &isnull));
-			}
-			if (candidates == 0)
-				continue;
-
-			resetStringInfo(&sql);
-			appendStringInfo(&sql, "INSERT INTO %s AS t (", cm_qualified_relname(pt->relid));
-			cm_append_quoted_list(&sql, cols, NULL);
-			appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
-			cm_append_quoted_list(&sql, cols, "s");
-			appendStringInfo(&sql, " FROM %s s WHERE %s IN (SELECT * FROM %s) ON CONFLICT %s DO ",
-							 cm_qualified_relname(source), key_tuple(keys, "s"), keys_relname(pt),
-							 key_tuple(keys, NULL));
-			updates = append_upsert_action(&sql, cols, keys);
-			if (updates)
-			{
-				/* and never another tenant's row, whatever happened since the check */
-				appendStringInfoString(&sql, " WHERE ");
-				plan_append_belongs(&sql, plan, pt, "t", 1);
-			}
-			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "clinic_migrate: reverse replay into %s failed",
-					 cm_qualified_relname(pt->relid));
-			if (updates && SPI_processed < candidates)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("rows of %s.%s collide with another tenant's rows in %s",
-								quote_identifier(schema), quote_identifier(pt->relname),
-								cm_qualified_relname(pt->relid)),
-						 errhint("See clinic_migrate.validate_differences('%s').", tenant)));
-		}
-
-		/* 2. children first: keys gone from the schema go from the shared table */
-		for (int i = plan->ncopied - 1; i >= 0; i--)
-		{
-			PlanTable  *pt = &plan->tables[i];
-			PlanTable  *root = plan_root(plan, pt);
-			List	   *keys = plan_key_columns(pt);
-			Oid			source = clone_target_relid(schema, pt->relname);
-			StringInfoData sql;
-			Oid			rtype = root->tenant_type;
-			Datum		rval = plan_tenant_datum(root, tenant);
-
-			if (apply_keys_table(pt) == NULL)
-				continue;
-			initStringInfo(&sql);
-			appendStringInfo(&sql, "DELETE FROM %s t USING (SELECT DISTINCT * FROM %s) k "
-							 "WHERE %s = %s AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s = %s) AND ",
-							 cm_qualified_relname(pt->relid), keys_relname(pt),
-							 key_tuple(keys, "t"), key_tuple(keys, "k"),
-							 cm_qualified_relname(source), key_tuple(keys, "s"), key_tuple(keys, "k"));
-			plan_append_belongs(&sql, plan, pt, "t", 1);
-			if (SPI_execute_with_args(sql.data, 1, &rtype, &rval, NULL, false, 0) != SPI_OK_DELETE)
-				elog(ERROR, "clinic_migrate: reverse replay of deletes into %s failed",
-					 cm_qualified_relname(pt->relid));
-		}
-		AtEOXact_GUC(true, nest);
-	}
-	PG_FINALLY();
-	{
-		cm_applying = save_applying;
-		cm_owner_end(save_userid, save_sec);
-	}
-	PG_END_TRY();
-	return applied;
+	return replay_round(&r);
 }
 
 char *

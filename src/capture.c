@@ -78,11 +78,23 @@ static long moving_count = 0;	/* tenants whose shared child rows need a lookup *
 static Oid	tenants_relid = InvalidOid;
 static bool callbacks_registered = false;
 
+/* a child table whose rows find their tenant through a row of this table */
+typedef struct CaptureDescendant
+{
+	Oid			child;			/* the child table */
+	Oid			log_relid;		/* its log */
+	char	   *sql;			/* its keys of the rows under one row of ours */
+	int			nparams;
+	AttrNumber	param_att[INDEX_MAX_KEYS];	/* our columns they reference */
+	Oid			param_type[INDEX_MAX_KEYS];
+} CaptureDescendant;
+
 /* per shared table: where its log is and how to read its key */
 typedef struct CaptureTable
 {
 	Oid			relid;			/* hash key */
 	bool		valid;			/* false: rebuild before use */
+	MemoryContext cxt;			/* what the entry allocated; reset on rebuild */
 	Oid			log_relid;
 	int			log_natts;
 	int			log_tenant;		/* positions in the log's tuples (0-based) */
@@ -91,11 +103,14 @@ typedef struct CaptureTable
 	int			nkey;
 	AttrNumber	key_att[INDEX_MAX_KEYS];
 	AttrNumber	tenant_att;		/* InvalidAttrNumber for child tables */
+	bool		tenant_bpchar;	/* char(n): compare without the padding, as ::text does */
 	FmgrInfo	tenant_out;		/* its output function, looked up once */
 	SPIPlanPtr	tenant_lookup;	/* child tables: tenant of a row by its parent */
 	int			nfk;
 	AttrNumber	fk_att[INDEX_MAX_KEYS];
 	Oid			fk_type[INDEX_MAX_KEYS];
+	bool		descendants_built;
+	List	   *descendants;	/* of CaptureDescendant, in cxt */
 } CaptureTable;
 
 static HTAB *capture_tables = NULL;
@@ -319,6 +334,7 @@ capture_table_get(Relation rel, Trigger *trigger)
 	CaptureTable *ct;
 	Relation	logrel;
 	TupleDesc	logdesc;
+	TupleDesc	desc = RelationGetDescr(rel);
 
 	register_callbacks();
 	if (capture_tables == NULL)
@@ -337,12 +353,15 @@ capture_table_get(Relation rel, Trigger *trigger)
 		return ct;
 	if (found && ct->tenant_lookup)
 		SPI_freeplan(ct->tenant_lookup);
+	if (found && ct->cxt)
+		MemoryContextDelete(ct->cxt);
 
 	memset(((char *) ct) + sizeof(Oid), 0, sizeof(CaptureTable) - sizeof(Oid));
-	ct->valid = true;
 	if (trigger->tgnargs < 1)
 		elog(ERROR, "clinic_migrate: capture trigger on %s has no log table argument",
 			 RelationGetRelationName(rel));
+	ct->cxt = AllocSetContextCreate(CacheMemoryContext, "clinic_migrate capture table",
+									ALLOCSET_SMALL_SIZES);
 	ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
 	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
 		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
@@ -350,13 +369,19 @@ capture_table_get(Relation rel, Trigger *trigger)
 	{
 		Oid			typout;
 		bool		varlena;
+		Oid			typid = TupleDescAttr(desc, ct->tenant_att - 1)->atttypid;
 
-		getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), ct->tenant_att - 1)->atttypid,
-						  &typout, &varlena);
+		getTypeOutputInfo(typid, &typout, &varlena);
 		fmgr_info_cxt(typout, &ct->tenant_out, CacheMemoryContext);
+		ct->tenant_bpchar = getBaseType(typid) == BPCHAROID;
 	}
 
-	/* the log's columns: _cm_tenant, _cm_at, then the key columns, by name */
+	/*
+	 * The log's columns: _cm_tenant, _cm_at, then the key columns, by name,
+	 * each of the same type and collation as the table's column now.  A
+	 * key column whose type changed since the log was made would have its
+	 * values written as another type: refuse the write instead.
+	 */
 	logrel = table_open(ct->log_relid, AccessShareLock);
 	logdesc = RelationGetDescr(logrel);
 	ct->nkey = 0;
@@ -364,83 +389,160 @@ capture_table_get(Relation rel, Trigger *trigger)
 	ct->log_tenant = ct->log_at = -1;
 	for (int i = 0; i < logdesc->natts; i++)
 	{
-		const char *name = NameStr(TupleDescAttr(logdesc, i)->attname);
+		Form_pg_attribute la = TupleDescAttr(logdesc, i);
+		const char *name = NameStr(la->attname);
+		AttrNumber	att;
+		Form_pg_attribute ra;
 
+		if (la->attisdropped)
+			continue;
 		if (strcmp(name, "_cm_tenant") == 0)
-			ct->log_tenant = i;
-		else if (strcmp(name, "_cm_at") == 0)
-			ct->log_at = i;
-		else if (ct->nkey < INDEX_MAX_KEYS)
 		{
-			ct->log_key[ct->nkey] = i;
-			ct->key_att[ct->nkey++] = attnameAttNum(rel, name, false);
+			ct->log_tenant = i;
+			continue;
 		}
+		if (strcmp(name, "_cm_at") == 0)
+		{
+			ct->log_at = i;
+			continue;
+		}
+		att = attnameAttNum(rel, name, true);
+		ra = att > 0 ? TupleDescAttr(desc, att - 1) : NULL;
+		if (ra == NULL || ra->atttypid != la->atttypid || ra->atttypmod != la->atttypmod ||
+			ra->attcollation != la->attcollation || ct->nkey >= INDEX_MAX_KEYS)
+		{
+			char	   *qrel = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+														  RelationGetRelationName(rel));
+
+			table_close(logrel, AccessShareLock);
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("key column %s of %s changed while clinic_migrate captures its changes",
+							quote_identifier(name), qrel),
+					 ra == NULL ?
+					 errdetail("The column is gone; the capture log of %s still has it.", qrel) :
+					 errdetail("It is %s now; its capture log holds %s.",
+							   format_type_with_typemod(ra->atttypid, ra->atttypmod),
+							   format_type_with_typemod(la->atttypid, la->atttypmod)),
+					 errhint("Change the key column back, or roll back every tenant whose migration is under way "
+							 "(clinic_migrate.status) before changing it.")));
+		}
+		ct->log_key[ct->nkey] = i;
+		ct->key_att[ct->nkey++] = att;
 	}
 	table_close(logrel, AccessShareLock);
-	if (ct->log_tenant < 0 || ct->log_at < 0 || ct->log_natts > INDEX_MAX_KEYS + 2)
+	if (ct->log_tenant < 0 || ct->log_at < 0 || ct->nkey == 0)
 		elog(ERROR, "clinic_migrate: log table %u of %s is not one of ours",
 			 ct->log_relid, RelationGetRelationName(rel));
+	ct->valid = true;
 	return ct;
+}
+
+/* the plan of the schema a shared table is in, as the settings now say */
+static TenantPlan *
+plan_of(Relation rel)
+{
+	CmSettings	s;
+
+	cm_current_settings(&s);
+	strlcpy(s.source_schema, get_namespace_name(RelationGetNamespace(rel)), NAMEDATALEN);
+	return plan_build(&s, CurrentMemoryContext);
+}
+
+/*
+ * " FROM ONLY <table> a0 JOIN <parent> a1 ON (a0.x = a1.y) ..." for the
+ * first nhops foreign key steps of a child table, with qualified operators.
+ */
+static void
+append_hop_joins(StringInfo sql, PlanTable *pt, int nhops)
+{
+	Oid			child = pt->relid;
+
+	appendStringInfo(sql, " FROM ONLY %s a0", cm_qualified_relname(pt->relid));
+	for (int h = 0; h < nhops; h++)
+	{
+		PlanHop    *hop = &pt->hops[h];
+
+		appendStringInfo(sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+		for (int k = 0; k < hop->nkeys; k++)
+		{
+			char	   *l = psprintf("a%d.%s", h, quote_identifier(get_attname(child, hop->child_att[k], false)));
+			char	   *r = psprintf("a%d.%s", h + 1,
+									 quote_identifier(get_attname(hop->parent, hop->parent_att[k], false)));
+
+			if (k)
+				appendStringInfoString(sql, " AND ");
+			cm_append_eq(sql, r, get_atttype(hop->parent, hop->parent_att[k]),
+						 l, get_atttype(child, hop->child_att[k]));
+		}
+		appendStringInfoChar(sql, ')');
+		child = hop->parent;
+	}
 }
 
 /*
  * The tenant of a child row: the root's tenant column, found through the
- * row's foreign key chain with a saved plan, run as the extension owner.
- * NULL when the row has no parent (a NULL key, or a parent deleted in this
- * transaction).
+ * row's foreign key chain with a saved plan.  It runs as the child table's
+ * owner in a security-restricted operation (the writer needs no rights on
+ * the parents, and the owner's own code runs with no more than the owner's
+ * rights), with search_path pinned, and reads with a fresh snapshot, as
+ * the foreign key check does: a REPEATABLE READ writer's own snapshot may
+ * not see a parent that committed after it started.  NULL when the row has
+ * no parent (a NULL key, or a parent deleted in this transaction).
  */
 static char *
 child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 {
 	Datum		values[INDEX_MAX_KEYS];
 	char		nulls[INDEX_MAX_KEYS];
-	Oid			save_userid;
-	int			save_sec;
+	CmRoleSave	save;
 	char	   *result = NULL;
 
 	SPI_connect();
-	/* as the extension owner: the writer needs no rights on the parents */
-	cm_owner_begin(&save_userid, &save_sec);
 	if (ct->tenant_lookup == NULL)
 	{
-		CmSettings	s;
 		TenantPlan *plan;
 		PlanTable  *pt;
 		PlanTable  *root;
 		StringInfoData sql;
-		Oid			child;
 
-		cm_current_settings(&s);
-		strlcpy(s.source_schema, get_namespace_name(RelationGetNamespace(rel)), NAMEDATALEN);
-		plan = plan_build(&s, CurrentMemoryContext);
+		/* the plan reads the catalogs and clinic_migrate's own tables */
+		cm_owner_begin(&save);
+		plan = plan_of(rel);
 		pt = plan_find(plan, RelationGetRelid(rel));
 		if (pt == NULL || pt->nhops == 0)
 		{
-			SetUserIdAndSecContext(save_userid, save_sec);
+			cm_role_end(&save);
 			SPI_finish();
 			return NULL;
 		}
 		root = plan_root(plan, pt);
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT a%d.%s::text FROM ", pt->nhops,
+		appendStringInfo(&sql, "SELECT a%d.%s::pg_catalog.text", pt->nhops,
 						 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
-		child = pt->relid;
-		for (int h = 0; h < pt->nhops; h++)
+		/* the row's own foreign key columns are parameters: no a0, start at its parent */
+		appendStringInfo(&sql, " FROM ONLY %s a1", cm_qualified_relname(pt->hops[0].parent));
 		{
-			PlanHop    *hop = &pt->hops[h];
+			Oid			child = pt->hops[0].parent;
 
-			if (h == 0)
-				appendStringInfo(&sql, "%s a1", cm_qualified_relname(hop->parent));
-			else
+			for (int h = 1; h < pt->nhops; h++)
 			{
-				appendStringInfo(&sql, " JOIN %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+				PlanHop    *hop = &pt->hops[h];
+
+				appendStringInfo(&sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
 				for (int k = 0; k < hop->nkeys; k++)
-					appendStringInfo(&sql, "%sa%d.%s = a%d.%s", k ? " AND " : "",
-									 h, quote_identifier(get_attname(child, hop->child_att[k], false)),
-									 h + 1, quote_identifier(get_attname(hop->parent, hop->parent_att[k], false)));
+				{
+					if (k)
+						appendStringInfoString(&sql, " AND ");
+					cm_append_eq(&sql,
+								 psprintf("a%d.%s", h + 1, quote_identifier(get_attname(hop->parent, hop->parent_att[k], false))),
+								 get_atttype(hop->parent, hop->parent_att[k]),
+								 psprintf("a%d.%s", h, quote_identifier(get_attname(child, hop->child_att[k], false))),
+								 get_atttype(child, hop->child_att[k]));
+				}
 				appendStringInfoChar(&sql, ')');
+				child = hop->parent;
 			}
-			child = hop->parent;
 		}
 		appendStringInfoString(&sql, " WHERE ");
 		ct->nfk = pt->hops[0].nkeys;
@@ -448,14 +550,19 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		{
 			ct->fk_att[k] = pt->hops[0].child_att[k];
 			ct->fk_type[k] = get_atttype(pt->relid, ct->fk_att[k]);
-			appendStringInfo(&sql, "%sa1.%s = $%d", k ? " AND " : "",
-							 quote_identifier(get_attname(pt->hops[0].parent, pt->hops[0].parent_att[k], false)),
-							 k + 1);
+			if (k)
+				appendStringInfoString(&sql, " AND ");
+			cm_append_eq(&sql,
+						 psprintf("a1.%s", quote_identifier(get_attname(pt->hops[0].parent, pt->hops[0].parent_att[k], false))),
+						 get_atttype(pt->hops[0].parent, pt->hops[0].parent_att[k]),
+						 psprintf("$%d", k + 1), ct->fk_type[k]);
 		}
 		ct->tenant_lookup = SPI_prepare(sql.data, ct->nfk, ct->fk_type);
 		if (ct->tenant_lookup == NULL)
-			elog(ERROR, "clinic_migrate: could not prepare \"%s\"", sql.data);
+			elog(ERROR, "clinic_migrate: could not prepare the tenant lookup of %s",
+				 RelationGetRelationName(rel));
 		SPI_keepplan(ct->tenant_lookup);
+		cm_role_end(&save);
 	}
 	for (int k = 0; k < ct->nfk; k++)
 	{
@@ -465,12 +572,14 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		nulls[k] = isnull ? 'n' : ' ';
 		if (isnull)
 		{
-			SetUserIdAndSecContext(save_userid, save_sec);
 			SPI_finish();
 			return NULL;
 		}
 	}
-	if (SPI_execute_plan(ct->tenant_lookup, values, nulls, true, 1) == SPI_OK_SELECT &&
+	/* the lookup itself reads the application's tables: as the table's owner */
+	cm_table_owner_begin(RelationGetRelid(rel), &save);
+	if (SPI_execute_snapshot(ct->tenant_lookup, values, nulls, GetLatestSnapshot(),
+							 InvalidSnapshot, false, false, 1) == SPI_OK_SELECT &&
 		SPI_processed > 0)
 	{
 		char	   *t = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -478,14 +587,15 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		if (t)
 			result = MemoryContextStrdup(TopTransactionContext, t);
 	}
-	SetUserIdAndSecContext(save_userid, save_sec);
+	cm_role_end(&save);
 	SPI_finish();
 	return result;
 }
 
 /*
  * A deleted child row whose parent is already gone (ON DELETE CASCADE):
- * it belongs to whichever moving tenant's copy has its key.
+ * it belongs to whichever moving tenant's copy has its key.  Each copy is
+ * read as its owner, in a security-restricted operation.
  */
 static char *
 child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
@@ -493,14 +603,10 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 	HASH_SEQ_STATUS seq;
 	MovingTenant *m;
 	char	   *result = NULL;
-	Oid			save_userid;
-	int			save_sec;
 
 	if (moving_count == 0)
 		return NULL;
 	SPI_connect();
-	/* as the extension owner: the writer needs no rights on the parents */
-	cm_owner_begin(&save_userid, &save_sec);
 	hash_seq_init(&seq, moving);
 	while ((m = hash_seq_search(&seq)) != NULL)
 	{
@@ -508,33 +614,56 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		Oid			target = OidIsValid(nsp) ? get_relname_relid(RelationGetRelationName(rel), nsp) : InvalidOid;
 		StringInfoData sql;
 		Datum		values[INDEX_MAX_KEYS];
+		char		nulls[INDEX_MAX_KEYS];
 		Oid			types[INDEX_MAX_KEYS];
+		CmRoleSave	save;
+		int			ret;
 
 		if (!OidIsValid(target) || result || !shared_trigger_acts(m->state))
 			continue;
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT 1 FROM %s WHERE ", cm_qualified_relname(target));
+		appendStringInfo(&sql, "SELECT 1 FROM ONLY %s t WHERE ", cm_qualified_relname(target));
 		for (int k = 0; k < ct->nkey; k++)
 		{
 			bool		isnull;
+			Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), ct->key_att[k] - 1);
 
 			values[k] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel), &isnull);
-			types[k] = TupleDescAttr(RelationGetDescr(rel), ct->key_att[k] - 1)->atttypid;
-			appendStringInfo(&sql, "%s%s = $%d", k ? " AND " : "",
-							 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel), ct->key_att[k] - 1)->attname)),
-							 k + 1);
+			nulls[k] = isnull ? 'n' : ' ';
+			types[k] = att->atttypid;
+			if (k)
+				appendStringInfoString(&sql, " AND ");
+			cm_append_eq(&sql, psprintf("t.%s", quote_identifier(NameStr(att->attname))), types[k],
+						 psprintf("$%d", k + 1), types[k]);
 		}
-		if (SPI_execute_with_args(sql.data, ct->nkey, types, values, NULL, true, 1) == SPI_OK_SELECT &&
-			SPI_processed > 0)
+		cm_table_owner_begin(target, &save);
+		ret = SPI_execute_with_args(sql.data, ct->nkey, types, values, nulls, true, 1);
+		cm_role_end(&save);
+		if (ret == SPI_OK_SELECT && SPI_processed > 0)
 		{
 			hash_seq_term(&seq);
 			result = MemoryContextStrdup(TopTransactionContext, m->tenant);
 			break;
 		}
 	}
-	SetUserIdAndSecContext(save_userid, save_sec);
 	SPI_finish();
 	return result;
+}
+
+/* the text of a tenant value, as the WHEN clause's ::text has it */
+static char *
+tenant_text(CaptureTable *ct, Datum d)
+{
+	char	   *t = OutputFunctionCall(&ct->tenant_out, d);
+
+	if (ct->tenant_bpchar)
+	{
+		int			len = strlen(t);
+
+		while (len > 0 && t[len - 1] == ' ')
+			t[--len] = '\0';
+	}
+	return t;
 }
 
 static char *
@@ -554,29 +683,208 @@ tuple_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple, bool deleted)
 	d = heap_getattr(tuple, ct->tenant_att, RelationGetDescr(rel), &isnull);
 	if (isnull)
 		return NULL;
-	return OutputFunctionCall(&ct->tenant_out, d);
+	return tenant_text(ct, d);
+}
+
+/* one entry of a log: the tenant, the time, the key values in the log's order */
+static void
+log_insert(Relation logrel, int tenant_pos, int at_pos, const char *tenant,
+		   int nkey, const int *key_pos, const Datum *keys, const bool *keynulls)
+{
+	Datum		values[INDEX_MAX_KEYS + 2];
+	bool		nulls[INDEX_MAX_KEYS + 2];
+	TupleDesc	desc = RelationGetDescr(logrel);
+	HeapTuple	logtup;
+
+	for (int i = 0; i < desc->natts && i < INDEX_MAX_KEYS + 2; i++)
+	{
+		values[i] = (Datum) 0;
+		nulls[i] = true;
+	}
+	values[tenant_pos] = CStringGetTextDatum(tenant);
+	nulls[tenant_pos] = false;
+	/* when the change was made (its transaction's start): capture lag in seconds */
+	values[at_pos] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	nulls[at_pos] = false;
+	for (int k = 0; k < nkey; k++)
+	{
+		values[key_pos[k]] = keys[k];
+		nulls[key_pos[k]] = keynulls[k];
+	}
+	logtup = heap_form_tuple(desc, values, nulls);
+	simple_heap_insert(logrel, logtup);
+	heap_freetuple(logtup);
 }
 
 static void
 log_key(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *tenant)
 {
 	Relation	logrel = table_open(ct->log_relid, RowExclusiveLock);
-	Datum		values[INDEX_MAX_KEYS + 2];
-	bool		nulls[INDEX_MAX_KEYS + 2];
-	HeapTuple	logtup;
+	Datum		keys[INDEX_MAX_KEYS];
+	bool		keynulls[INDEX_MAX_KEYS];
 
-	values[ct->log_tenant] = CStringGetTextDatum(tenant);
-	nulls[ct->log_tenant] = false;
-	/* when the change was made (its transaction's start): capture lag in seconds */
-	values[ct->log_at] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	nulls[ct->log_at] = false;
+	if (RelationGetDescr(logrel)->natts > INDEX_MAX_KEYS + 2)
+		elog(ERROR, "clinic_migrate: log table %s is not one of ours", RelationGetRelationName(logrel));
 	for (int k = 0; k < ct->nkey; k++)
-		values[ct->log_key[k]] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel),
-											  &nulls[ct->log_key[k]]);
-	logtup = heap_form_tuple(RelationGetDescr(logrel), values, nulls);
-	simple_heap_insert(logrel, logtup);
-	heap_freetuple(logtup);
+		keys[k] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel), &keynulls[k]);
+	log_insert(logrel, ct->log_tenant, ct->log_at, tenant, ct->nkey, ct->log_key, keys, keynulls);
 	table_close(logrel, RowExclusiveLock);
+}
+
+/*
+ * The child tables whose rows find their tenant through a row of this
+ * table (their foreign key path passes through it), with the query that
+ * lists the keys of those rows under one row of ours: built the first time
+ * a row of this table changes tenant.
+ */
+static void
+build_descendants(Relation rel, CaptureTable *ct)
+{
+	TenantPlan *plan;
+	Oid			relid = RelationGetRelid(rel);
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	MemoryContext old;
+	CmRoleSave	save;
+
+	if (ct->descendants_built)
+		return;
+	/* the plan reads the catalogs and clinic_migrate's own tables */
+	cm_owner_begin(&save);
+	plan = plan_of(rel);
+	cm_role_end(&save);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		if (pt->kind != PLAN_CHILD)
+			continue;
+		for (int h = 0; h < pt->nhops; h++)
+		{
+			PlanHop    *hop = &pt->hops[h];
+			Oid			below = h == 0 ? pt->relid : pt->hops[h - 1].parent;
+			StringInfoData sql;
+			CaptureDescendant *d;
+			Oid			logrel;
+
+			if (hop->parent != relid)
+				continue;
+			logrel = get_relname_relid(capture_log_name(pt->relid), nsp);
+			if (!OidIsValid(logrel))
+				break;
+			old = MemoryContextSwitchTo(ct->cxt);
+			d = palloc0(sizeof(CaptureDescendant));
+			d->child = pt->relid;
+			d->log_relid = logrel;
+			initStringInfo(&sql);
+			appendStringInfoString(&sql, "SELECT ");
+			cm_append_quoted_list(&sql, plan_key_columns(pt), "a0");
+			append_hop_joins(&sql, pt, h);
+			appendStringInfoString(&sql, " WHERE ");
+			d->nparams = hop->nkeys;
+			for (int k = 0; k < hop->nkeys; k++)
+			{
+				d->param_att[k] = hop->parent_att[k];
+				d->param_type[k] = get_atttype(relid, hop->parent_att[k]);
+				if (k)
+					appendStringInfoString(&sql, " AND ");
+				cm_append_eq(&sql, psprintf("$%d", k + 1), d->param_type[k],
+							 psprintf("a%d.%s", h, quote_identifier(get_attname(below, hop->child_att[k], false))),
+							 get_atttype(below, hop->child_att[k]));
+			}
+			d->sql = sql.data;
+			ct->descendants = lappend(ct->descendants, d);
+			MemoryContextSwitchTo(old);
+			break;
+		}
+	}
+	ct->descendants_built = true;
+}
+
+/*
+ * A row that changed tenant takes the child rows under it along (they find
+ * their tenant through it), and no trigger fires for them: log their keys
+ * for the tenant too, so that replay, and the checks of the cutover pause,
+ * see them.
+ */
+static void
+log_descendants(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *tenant)
+{
+	ListCell   *lc;
+
+	SPI_connect();
+	build_descendants(rel, ct);
+	foreach(lc, ct->descendants)
+	{
+		CaptureDescendant *d = lfirst(lc);
+		Datum		params[INDEX_MAX_KEYS];
+		char		pnulls[INDEX_MAX_KEYS];
+		bool		isnull = false;
+		CmRoleSave	save;
+		int			ret;
+		Relation	logrel;
+		TupleDesc	logdesc;
+		int			tenant_pos = -1,
+					at_pos = -1,
+					nkey = 0;
+		int			key_pos[INDEX_MAX_KEYS];
+
+		for (int k = 0; k < d->nparams; k++)
+		{
+			params[k] = heap_getattr(tuple, d->param_att[k], RelationGetDescr(rel), &isnull);
+			pnulls[k] = isnull ? 'n' : ' ';
+			if (isnull)
+				break;
+		}
+		if (isnull)
+			continue;
+		cm_table_owner_begin(d->child, &save);
+		ret = SPI_execute_with_args(d->sql, d->nparams, d->param_type, params, pnulls, false, 0);
+		cm_role_end(&save);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: could not list the rows under a row of %s",
+				 RelationGetRelationName(rel));
+		if (SPI_processed == 0)
+			continue;
+
+		logrel = table_open(d->log_relid, RowExclusiveLock);
+		logdesc = RelationGetDescr(logrel);
+		for (int i = 0; i < logdesc->natts; i++)
+		{
+			Form_pg_attribute la = TupleDescAttr(logdesc, i);
+
+			if (la->attisdropped)
+				continue;
+			if (strcmp(NameStr(la->attname), "_cm_tenant") == 0)
+				tenant_pos = i;
+			else if (strcmp(NameStr(la->attname), "_cm_at") == 0)
+				at_pos = i;
+			else if (nkey < SPI_tuptable->tupdesc->natts &&
+					 TupleDescAttr(SPI_tuptable->tupdesc, nkey)->atttypid == la->atttypid)
+				key_pos[nkey++] = i;
+			else
+				nkey = -1;
+			if (nkey < 0)
+				break;
+		}
+		if (tenant_pos < 0 || at_pos < 0 || nkey != SPI_tuptable->tupdesc->natts)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the key of %s changed while clinic_migrate captures its changes",
+							cm_qualified_relname(d->child)),
+					 errhint("Change the key column back, or roll back every tenant whose migration is under way "
+							 "(clinic_migrate.status) before changing it.")));
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			Datum		keys[INDEX_MAX_KEYS];
+			bool		keynulls[INDEX_MAX_KEYS];
+
+			for (int k = 0; k < nkey; k++)
+				keys[k] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, k + 1, &keynulls[k]);
+			log_insert(logrel, tenant_pos, at_pos, tenant, nkey, key_pos, keys, keynulls);
+		}
+		table_close(logrel, RowExclusiveLock);
+	}
+	SPI_finish();
 }
 
 static bool
@@ -717,6 +1025,16 @@ cm_capture(PG_FUNCTION_ARGS)
 	if (new_log &&
 		!(old_log && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
 		log_key(rel, ct, newtup, newtenant);
+
+	/* a row that changed tenant takes the child rows under it along */
+	if (oldtup && newtup && (old_log || new_log) &&
+		(oldtenant == NULL || newtenant == NULL || strcmp(oldtenant, newtenant) != 0))
+	{
+		if (old_log)
+			log_descendants(rel, ct, newtup, oldtenant);
+		if (new_log)
+			log_descendants(rel, ct, newtup, newtenant);
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -887,6 +1205,26 @@ capture_install(TenantPlan *plan)
 	AcceptInvalidationMessages();
 	nsp = get_namespace_oid(CM_SCHEMA, false);
 
+	/*
+	 * The tables that still miss a trigger, locked all at once before the
+	 * first CREATE TRIGGER: never one held while waiting for the next, in
+	 * whatever order the application takes them.
+	 */
+	{
+		List	   *lock = NIL;
+		const char *all[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+		"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
+
+		for (int i = 0; i < plan->ncopied; i++)
+			for (int k = 0; k < 4; k++)
+				if (!OidIsValid(get_trigger_oid(plan->tables[i].relid, all[k], true)))
+				{
+					lock = lappend_oid(lock, plan->tables[i].relid);
+					break;
+				}
+		cm_lock_relations(lock, "SHARE ROW EXCLUSIVE");
+	}
+
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
@@ -903,8 +1241,8 @@ capture_install(TenantPlan *plan)
 		if (!OidIsValid(logrel))
 		{
 			/* the log: the tenant, then the key columns with their own types */
-			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::text AS _cm_tenant, "
-							 "NULL::timestamptz AS _cm_at, ",
+			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::pg_catalog.text AS _cm_tenant, "
+							 "NULL::pg_catalog.timestamptz AS _cm_at, ",
 							 CM_SCHEMA, quote_identifier(logname));
 			cm_append_quoted_list(&sql, keys, "s");
 			appendStringInfo(&sql, " FROM %s s WITH NO DATA", qrel);
@@ -920,12 +1258,12 @@ capture_install(TenantPlan *plan)
 			if (pt->kind == PLAN_CHILD)
 				when = "clinic_migrate.capturing_any()";
 			else if (op == 0)
-				when = psprintf("clinic_migrate.capturing(NEW.%s::text)", tcol);
+				when = psprintf("clinic_migrate.capturing(NEW.%s::pg_catalog.text)", tcol);
 			else if (op == 1)
-				when = psprintf("clinic_migrate.capturing(OLD.%s::text) OR clinic_migrate.capturing(NEW.%s::text)",
+				when = psprintf("clinic_migrate.capturing(OLD.%s::pg_catalog.text) OR clinic_migrate.capturing(NEW.%s::pg_catalog.text)",
 								tcol, tcol);
 			else
-				when = psprintf("clinic_migrate.capturing(OLD.%s::text)", tcol);
+				when = psprintf("clinic_migrate.capturing(OLD.%s::pg_catalog.text)", tcol);
 			create_trigger(pt->relid, names[op],
 						   psprintf("AFTER %s ON %s FOR EACH ROW WHEN (%s) "
 									"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
@@ -944,6 +1282,19 @@ void
 capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant)
 {
 	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	List	   *lock = NIL;
+
+	/* all the tenant's tables at once, before the first trigger */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (OidIsValid(target) &&
+			(!OidIsValid(get_trigger_oid(target, "clinic_migrate_capture_reverse", true)) ||
+			 !OidIsValid(get_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
+			lock = lappend_oid(lock, target);
+	}
+	cm_lock_relations(lock, "SHARE ROW EXCLUSIVE");
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -956,6 +1307,22 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 		if (!OidIsValid(target) || !OidIsValid(logrel))
 			elog(ERROR, "clinic_migrate: table %s.%s or its log is missing", schema, pt->relname);
 		qrel = cm_qualified_relname(target);
+
+		/*
+		 * Reverse replay writes the shared table as its owner, reading this
+		 * table: when the tenant's table has another owner (a migration role
+		 * that could not give it to the shared table's owner), that owner
+		 * must be able to read it.
+		 */
+		{
+			Oid			shared_owner = cm_rel_owner(pt->relid);
+
+			if (cm_rel_owner(target) != shared_owner &&
+				SPI_execute(psprintf("GRANT SELECT ON %s TO %s", qrel,
+									 quote_identifier(GetUserNameFromId(shared_owner, false))),
+							false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "clinic_migrate: could not grant SELECT on %s", qrel);
+		}
 		create_trigger(target, "clinic_migrate_capture_reverse",
 					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
 								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",
@@ -972,6 +1339,19 @@ void
 capture_drop_reverse(TenantPlan *plan, const char *schema)
 {
 	const char *names[2] = {"clinic_migrate_capture_reverse", "clinic_migrate_guard_truncate"};
+	List	   *lock = NIL;
+
+	/* DROP TRIGGER locks its table exclusively: all of them at once, first */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (OidIsValid(target) &&
+			(OidIsValid(get_trigger_oid(target, names[0], true)) ||
+			 OidIsValid(get_trigger_oid(target, names[1], true))))
+			lock = lappend_oid(lock, target);
+	}
+	cm_lock_relations(lock, "ACCESS EXCLUSIVE");
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{

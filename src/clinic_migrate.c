@@ -25,6 +25,8 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/varlena.h"
+#include "utils/typcache.h"
+#include "common/pg_prng.h"
 
 #include "clinic_migrate.h"
 #include "launcher.h"
@@ -673,7 +675,8 @@ cm_ddl_with_retry(const char *sql)
 			}
 			pgstat_report_activity(STATE_RUNNING,
 								   "clinic_migrate: waiting for a lock (retrying with back-off)");
-			pg_usleep(delay_ms * 1000L);
+			/* back off, with jitter: writers that collided with us need not collide again */
+			pg_usleep((delay_ms + (long) pg_prng_uint64_range(&pg_global_prng_state, 0, delay_ms)) * 1000L);
 			CHECK_FOR_INTERRUPTS();
 			delay_ms = Min(delay_ms * 2, 2000);
 
@@ -687,6 +690,36 @@ cm_ddl_with_retry(const char *sql)
 		if (done)
 			return;
 	}
+}
+
+void
+cm_append_eq(StringInfo buf, const char *left, Oid ltype, const char *right, Oid rtype)
+{
+	TypeCacheEntry *tc = lookup_type_cache(ltype, TYPECACHE_EQ_OPR);
+
+	if (!OidIsValid(tc->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("type %s has no default equality operator", format_type_be(ltype)),
+				 errhint("clinic_migrate compares keys with the type's default btree operator class.")));
+	generate_operator_clause(buf, left, ltype, tc->eq_opr, right, rtype);
+}
+
+void
+cm_lock_relations(List *relids, const char *mode)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+
+	if (relids == NIL)
+		return;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "LOCK TABLE ONLY ");
+	foreach(lc, relids)
+		appendStringInfo(&sql, "%s%s", lc == list_head(relids) ? "" : ", ",
+						 cm_qualified_relname(lfirst_oid(lc)));
+	appendStringInfo(&sql, " IN %s MODE", mode);
+	cm_ddl_with_retry(sql.data);
 }
 
 ParamListInfo

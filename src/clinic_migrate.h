@@ -155,4 +155,21 @@ extern struct ParamListInfoData *cm_param_list(int n, Oid *types, Datum *values)
 /* a comma separated list of quoted identifiers */
 extern void cm_append_quoted_list(StringInfo buf, List *names, const char *prefix);
 
+/*
+ * "left OPERATOR(nsp.=) right": the default equality operator of ltype,
+ * schema-qualified, with casts where rtype differs, so that the comparison
+ * means the same whatever the search_path.
+ */
+/*
+ * Lock every relation of the list in one LOCK TABLE statement (mode as SQL
+ * spells it, e.g. "SHARE ROW EXCLUSIVE"), retried with back-off like
+ * cm_ddl_with_retry: a failed attempt releases all of them, so no lock is
+ * held while waiting for another across attempts.  The DDL that follows
+ * then never waits.
+ */
+extern void cm_lock_relations(List *relids, const char *mode);
+
+extern void cm_append_eq(StringInfo buf, const char *left, Oid ltype,
+						 const char *right, Oid rtype);
+
 #endif

@@ -287,7 +287,7 @@ clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
 
 	ret = SPI_execute_with_args(
 								"SELECT a.attname, c.relname, format_type(s.seqtypid, NULL), "
-								"  s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, s.seqcycle "
+								"  s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, s.seqcycle, s.seqrelid "
 								"FROM pg_depend d "
 								"JOIN pg_sequence s ON s.seqrelid = d.objid "
 								"JOIN pg_class c ON c.oid = s.seqrelid "
@@ -326,6 +326,35 @@ clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
 		appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT nextval(%s::pg_catalog.regclass)",
 						 qtarget, quote_identifier(col), quote_literal_cstr(seq));
 		exec_ddl(sql.data);
+		/* whoever may take values of the shared sequence may take the tenant's own (after finalize) */
+		{
+			bool		isnull;
+			Oid			stypes[1] = {OIDOID};
+			Datum		svalues[1] = {SPI_getbinval(tup, tt->tupdesc, 10, &isnull)};
+			SPITupleTable *gt;
+			uint64		ng;
+
+			if (SPI_execute_with_args("SELECT a.privilege_type, "
+									  "  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, "
+									  "  a.is_grantable "
+									  "FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a "
+									  "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
+									  "WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+									  1, stypes, svalues, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: sequence grant lookup failed");
+			gt = SPI_tuptable;
+			ng = SPI_processed;
+			for (uint64 g = 0; g < ng; g++)
+			{
+				resetStringInfo(&sql);
+				/* privilege_type is one of a fixed set of keywords */
+				appendStringInfo(&sql, "GRANT %s ON SEQUENCE %s TO %s%s",
+								 SPI_getvalue(gt->vals[g], gt->tupdesc, 1), seq,
+								 SPI_getvalue(gt->vals[g], gt->tupdesc, 2),
+								 strcmp(SPI_getvalue(gt->vals[g], gt->tupdesc, 3), "t") == 0 ? " WITH GRANT OPTION" : "");
+				exec_ddl(sql.data);
+			}
+		}
 	}
 }
 
@@ -984,6 +1013,32 @@ void
 clone_restore_sequences(TenantPlan *plan, const char *schema)
 {
 	int			nest = pin_search_path();
+	List	   *lock = NIL;
+
+	/*
+	 * No key may be taken between reading the highest and switching: every
+	 * table that switches is locked first, all at once (the caller reads in
+	 * READ COMMITTED, so after this lock).
+	 */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		ListCell   *lc;
+
+		foreach(lc, clone_owned_sequences(pt->relid))
+		{
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
+
+			if (att != InvalidAttrNumber && attidentity(target, att) == '\0')
+			{
+				lock = lappend_oid(lock, target);
+				break;
+			}
+		}
+	}
+	cm_lock_relations(lock, "ACCESS EXCLUSIVE");
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -991,7 +1046,6 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 		Oid			target = clone_target_relid(schema, pt->relname);
 		List	   *kss = clone_owned_sequences(pt->relid);
 		ListCell   *lc;
-		bool		locked = false;
 
 		foreach(lc, kss)
 		{
@@ -1003,13 +1057,6 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 
 			if (att == InvalidAttrNumber || attidentity(target, att) != '\0')
 				continue;
-			/*
-			 * No key may be taken between reading the highest and switching;
-			 * the caller reads in READ COMMITTED, so after this lock.
-			 */
-			if (!locked)
-				cm_ddl_with_retry(psprintf("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", qtarget));
-			locked = true;
 			initStringInfo(&sql);
 			if (ks->identity != '\0')
 			{
@@ -1061,7 +1108,7 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 				exec_ddl(sql.data);
 			}
 		}
-		if (locked)
+		if (list_member_oid(lock, target))
 			clone_set_sequences(target);
 	}
 	cm_restore_output_settings(nest);

@@ -94,6 +94,7 @@ typedef struct CmRequest
 	Oid			dboid;
 	int			requester_pid;
 	Oid			run_as;
+	Oid			session_role;
 	CmAction	action;
 	bool		archive;
 	int64		job_id;			/* cancel: the job; enqueue: the answer */
@@ -337,6 +338,7 @@ cm_scheduler_request(Oid dboid, CmWorkerShared *req)
 
 	r->kind = CMR_ENQUEUE;
 	r->run_as = GetUserId();
+	r->session_role = GetSessionUserId();
 	r->action = req->action;
 	r->archive = req->archive;
 	strlcpy(r->tenant, req->tenant, sizeof(r->tenant));
@@ -488,7 +490,8 @@ answer_request(int i, CmRequest *rp)
 
 			cm_begin_txn();
 			if (r.kind == CMR_ENQUEUE)
-				job = cm_job_insert(r.tenant, r.action, 100, GetCurrentTimestamp(), r.archive, r.run_as);
+				job = cm_job_insert(r.tenant, r.action, 100, GetCurrentTimestamp(), r.archive, r.run_as,
+											 r.session_role);
 			else
 			{
 				Oid			t = INT8OID;
@@ -679,8 +682,8 @@ replication_lag_ms(void)
 
 /* start the worker of a claimed job; false if no worker slot was free */
 static bool
-start_job(int64 job, const char *tenant, CmAction action, Oid run_as, bool archive,
-		  const char *run_as_name)
+start_job(int64 job, const char *tenant, CmAction action, Oid run_as, Oid session_role,
+		  bool archive, const char *run_as_name)
 {
 	dsm_segment *seg;
 	CmWorkerShared *sh;
@@ -697,7 +700,8 @@ start_job(int64 job, const char *tenant, CmAction action, Oid run_as, bool archi
 	sh->action = action;
 	sh->dboid = MyDatabaseId;
 	sh->caller_pid = MyProcPid;
-	sh->sessionoid = BOOTSTRAP_SUPERUSERID;
+	/* the session that queued it, never more (see cm_job_insert) */
+	sh->sessionoid = session_role;
 	sh->useroid = run_as;
 	cm_current_settings(&sh->settings);
 	strlcpy(sh->tenant, tenant, sizeof(sh->tenant));
@@ -751,6 +755,8 @@ claim_jobs(void)
 		char	   *tenant;
 		CmAction	action;
 		Oid			run_as;
+		Oid			session_role;
+		bool		can_login;
 		bool		archive;
 		char	   *run_as_name;
 		bool		isnull;
@@ -770,14 +776,17 @@ claim_jobs(void)
 		}
 
 		/* committed before the worker starts: no other pass claims it again */
-		cm_state_exec("UPDATE clinic_migrate.job_queue SET state = 'running', attempts = attempts + 1, "
-					  "started_at = clock_timestamp(), finished_at = NULL, worker_pid = NULL "
-					  "WHERE job_id = (SELECT job_id FROM clinic_migrate.job_queue "
-					  "  WHERE state = 'queued' AND not_before <= clock_timestamp() "
-					  "    AND NOT clinic_migrate.migration_active(tenant_id) "
-					  "  ORDER BY priority DESC, job_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-					  "RETURNING job_id, tenant_id, action, run_as, archive, "
-					  "  (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = run_as)",
+		cm_state_exec(psprintf("UPDATE clinic_migrate.job_queue SET state = 'running', attempts = attempts + 1, "
+							   "started_at = clock_timestamp(), finished_at = NULL, worker_pid = NULL "
+							   "WHERE job_id = (SELECT job_id FROM clinic_migrate.job_queue "
+							   "  WHERE state = 'queued' AND not_before <= clock_timestamp() "
+							   "    AND NOT clinic_migrate.migration_active(tenant_id) "
+							   "  ORDER BY priority DESC, job_id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+							   "RETURNING job_id, tenant_id, action, run_as, archive, "
+							   "  (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = run_as), %s, "
+							   "  (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE oid = %s)",
+							   cm_job_queue_has_session_role() ? "coalesce(session_role, run_as)" : "run_as",
+							   cm_job_queue_has_session_role() ? "coalesce(session_role, run_as)" : "run_as"),
 					  0, NULL, NULL, NULL, 0);
 		if (SPI_processed == 0)
 		{
@@ -792,21 +801,28 @@ claim_jobs(void)
 		archive = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
 		run_as_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		run_as_name = MemoryContextStrdup(TopMemoryContext, run_as_name ? run_as_name : "?");
+		session_role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+		can_login = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull)) && !isnull;
 		cm_end_txn();
 
-		if (action == 0 || run_as_name[0] == '?')
+		if (action == 0 || run_as_name[0] == '?' || !can_login)
 		{
 			Oid			t = INT8OID;
 			Datum		v = Int64GetDatum(job);
 
 			cm_begin_txn();
-			cm_state_exec("UPDATE clinic_migrate.job_queue SET state = 'failed', finished_at = clock_timestamp(), "
-						  "error = 'the role that queued it no longer exists' WHERE job_id = $1",
+			cm_state_exec(action == 0 || run_as_name[0] == '?' ?
+						  "UPDATE clinic_migrate.job_queue SET state = 'failed', finished_at = clock_timestamp(), "
+						  "error = 'the role that queued it no longer exists' WHERE job_id = $1" :
+						  "UPDATE clinic_migrate.job_queue SET state = 'failed', finished_at = clock_timestamp(), "
+						  "sqlstate = '28000', "
+						  "error = 'the role whose session queued it cannot log in: a job''s worker connects as that role' "
+						  "WHERE job_id = $1",
 						  1, &t, &v, NULL, 0);
 			cm_end_txn();
 			continue;
 		}
-		if (!start_job(job, tenant, action, run_as, archive, run_as_name))
+		if (!start_job(job, tenant, action, run_as, session_role, archive, run_as_name))
 		{
 			Oid			t = INT8OID;
 			Datum		v = Int64GetDatum(job);
@@ -849,6 +865,8 @@ cm_scheduler_main(Datum main_arg)
 	pqsignal(SIGTERM, scheduler_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	/* a superuser session: no database or role setting may move a name */
+	SetConfigOption("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "clinic_migrate scheduler", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION);

@@ -39,7 +39,11 @@ extern void cm_scheduler_cancel(Oid dboid, int64 job);
 
 /* queue.c: a job row (SPI connected); the queue's pause flag */
 extern int64 cm_job_insert(const char *tenant, CmAction action, int priority,
-						   TimestampTz not_before, bool archive, Oid run_as);
+						   TimestampTz not_before, bool archive, Oid run_as,
+						   Oid session_role);
+
+/* does job_queue have session_role (version 0.2 on)? */
+extern bool cm_job_queue_has_session_role(void);
 extern bool cm_queue_paused(void);
 
 #endif

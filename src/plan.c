@@ -640,14 +640,21 @@ plan_append_tenant_rows(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 			snprintf(calias, sizeof(calias), "a%d", h);
 		appendStringInfo(buf, " JOIN %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
 		for (int k = 0; k < hop->nkeys; k++)
-			appendStringInfo(buf, "%s%s.%s = a%d.%s", k ? " AND " : "",
-							 calias, quote_identifier(attname(child, hop->child_att[k])),
-							 h + 1, quote_identifier(attname(hop->parent, hop->parent_att[k])));
+		{
+			if (k)
+				appendStringInfoString(buf, " AND ");
+			cm_append_eq(buf,
+						 psprintf("a%d.%s", h + 1, quote_identifier(attname(hop->parent, hop->parent_att[k]))),
+						 get_atttype(hop->parent, hop->parent_att[k]),
+						 psprintf("%s.%s", calias, quote_identifier(attname(child, hop->child_att[k]))),
+						 get_atttype(child, hop->child_att[k]));
+		}
 		appendStringInfoChar(buf, ')');
 		child = hop->parent;
 	}
-	appendStringInfo(buf, " WHERE %s.%s = $1", ralias,
-					 quote_identifier(attname(root->relid, root->tenant_att)));
+	appendStringInfoString(buf, " WHERE ");
+	cm_append_eq(buf, psprintf("%s.%s", ralias, quote_identifier(attname(root->relid, root->tenant_att))),
+				 root->tenant_type, "$1", root->tenant_type);
 	if (lo_param > 0 && root->nbatch > 0)
 		append_row_bound(buf, root, ralias, ">", lo_param);
 	if (hi_param > 0 && root->nbatch > 0)
@@ -663,8 +670,8 @@ plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 
 	if (pt->nhops == 0)
 	{
-		appendStringInfo(buf, "%s.%s = $%d", alias,
-						 quote_identifier(attname(root->relid, root->tenant_att)), param);
+		cm_append_eq(buf, psprintf("%s.%s", alias, quote_identifier(attname(root->relid, root->tenant_att))),
+					 root->tenant_type, psprintf("$%d", param), root->tenant_type);
 		return;
 	}
 	appendStringInfoString(buf, "EXISTS (SELECT 1 FROM ");
@@ -681,13 +688,19 @@ plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 		else
 			snprintf(calias, sizeof(calias), "a%d", h);
 		for (int k = 0; k < hop->nkeys; k++)
-			appendStringInfo(buf, "%s.%s = a%d.%s AND ", calias,
-							 quote_identifier(attname(child, hop->child_att[k])),
-							 h + 1, quote_identifier(attname(hop->parent, hop->parent_att[k])));
+		{
+			cm_append_eq(buf,
+						 psprintf("a%d.%s", h + 1, quote_identifier(attname(hop->parent, hop->parent_att[k]))),
+						 get_atttype(hop->parent, hop->parent_att[k]),
+						 psprintf("%s.%s", calias, quote_identifier(attname(child, hop->child_att[k]))),
+						 get_atttype(child, hop->child_att[k]));
+			appendStringInfoString(buf, " AND ");
+		}
 		child = hop->parent;
 	}
-	appendStringInfo(buf, "a%d.%s = $%d)", pt->nhops,
-					 quote_identifier(attname(root->relid, root->tenant_att)), param);
+	cm_append_eq(buf, psprintf("a%d.%s", pt->nhops, quote_identifier(attname(root->relid, root->tenant_att))),
+				 root->tenant_type, psprintf("$%d", param), root->tenant_type);
+	appendStringInfoChar(buf, ')');
 }
 
 List *

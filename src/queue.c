@@ -30,6 +30,7 @@
 #include "storage/latch.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "catalog/namespace.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
@@ -86,15 +87,31 @@ active_job(const char *tenant, char **what)
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+bool
+cm_job_queue_has_session_role(void)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("job_queue", nsp) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "session_role") != InvalidAttrNumber;
+}
+
+/*
+ * A job runs as run_as (the current role of whoever queued it) in a worker
+ * connected as session_role (their session user), as a session's own
+ * worker does: RESET ROLE in a job's code leads back to no more than the
+ * session that queued it had.
+ */
 int64
 cm_job_insert(const char *tenant, CmAction action, int priority, TimestampTz not_before,
-			  bool archive, Oid run_as)
+			  bool archive, Oid run_as, Oid session_role)
 {
-	Oid			types[6] = {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, BOOLOID, OIDOID};
-	Datum		values[6];
+	Oid			types[7] = {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, BOOLOID, OIDOID, OIDOID};
+	Datum		values[7];
 	char	   *what;
 	int64		busy = active_job(tenant, &what);
 	bool		isnull;
+	bool		with_session = cm_job_queue_has_session_role();
 
 	if (busy > 0)
 		ereport(ERROR,
@@ -109,10 +126,19 @@ cm_job_insert(const char *tenant, CmAction action, int priority, TimestampTz not
 	values[3] = TimestampTzGetDatum(not_before);
 	values[4] = BoolGetDatum(archive);
 	values[5] = ObjectIdGetDatum(run_as);
-	cm_state_exec("INSERT INTO clinic_migrate.job_queue (tenant_id, action, priority, not_before, "
-				  "archive, run_as, enqueued_by) VALUES ($1, $2, $3, $4, $5, $6, "
-				  "(SELECT rolname FROM pg_catalog.pg_roles WHERE oid = $6)) RETURNING job_id",
-				  6, types, values, NULL, 0);
+	values[6] = ObjectIdGetDatum(session_role);
+	if (with_session)
+		cm_state_exec("INSERT INTO clinic_migrate.job_queue (tenant_id, action, priority, not_before, "
+					  "archive, run_as, session_role, enqueued_by) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+					  "(SELECT rolname FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) $6)) "
+					  "RETURNING job_id",
+					  7, types, values, NULL, 0);
+	else
+		cm_state_exec("INSERT INTO clinic_migrate.job_queue (tenant_id, action, priority, not_before, "
+					  "archive, run_as, enqueued_by) VALUES ($1, $2, $3, $4, $5, $6, "
+					  "(SELECT rolname FROM pg_catalog.pg_roles WHERE oid OPERATOR(pg_catalog.=) $6)) "
+					  "RETURNING job_id",
+					  6, types, values, NULL, 0);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -203,7 +229,8 @@ cm_enqueue(PG_FUNCTION_ARGS)
 						 errmsg("tenant \"%s\" is in the array twice", tenant),
 						 errhint("A tenant has at most one job queued or running.")));
 		seen = lappend(seen, tenant);
-		id = Int64GetDatum(cm_job_insert(tenant, action, priority, not_before, archive, GetUserId()));
+		id = Int64GetDatum(cm_job_insert(tenant, action, priority, not_before, archive, GetUserId(),
+										 GetSessionUserId()));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
 	SPI_finish();
@@ -291,7 +318,8 @@ cm_enqueue_pending(PG_FUNCTION_ARGS)
 		bool		isnull = false;
 
 		id = Int64GetDatum(cm_job_insert(SPI_getvalue(tt->vals[i], tt->tupdesc, 1), action, 0,
-										 GetCurrentTimestamp(), true, GetUserId()));
+										 GetCurrentTimestamp(), true, GetUserId(),
+										 GetSessionUserId()));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &id, &isnull);
 	}
 	SPI_finish();
@@ -336,15 +364,14 @@ job_state_now(int64 job)
 	Oid			t = INT8OID;
 	Datum		v = Int64GetDatum(job);
 	char	   *state = NULL;
-	Oid			save_userid;
-	int			save_sec;
+	CmRoleSave	save;
 
 	PushActiveSnapshot(GetLatestSnapshot());
-	cm_owner_begin(&save_userid, &save_sec);
+	cm_owner_begin(&save);
 	if (SPI_execute_with_args("SELECT state FROM clinic_migrate.job_queue WHERE job_id = $1",
 							  1, &t, &v, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: job lookup failed");
-	cm_owner_end(save_userid, save_sec);
+	cm_role_end(&save);
 	if (SPI_processed > 0)
 		state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	PopActiveSnapshot();
@@ -549,11 +576,10 @@ job_result(int64 job, CmWorkerShared *result, int *sqlerrcode, char **error,
 	Oid			t = INT8OID;
 	Datum		v = Int64GetDatum(job);
 	char	   *state = NULL;
-	Oid			save_userid;
-	int			save_sec;
+	CmRoleSave	save;
 
 	PushActiveSnapshot(GetLatestSnapshot());
-	cm_owner_begin(&save_userid, &save_sec);
+	cm_owner_begin(&save);
 	if (SPI_execute_with_args("SELECT state, result->>'schema', (result->>'tables')::int, "
 							  "(result->>'rows')::bigint, (result->>'resumed')::boolean, "
 							  "(result->>'attempts')::int, (result->>'pause_ms')::float8, "
@@ -563,7 +589,7 @@ job_result(int64 job, CmWorkerShared *result, int *sqlerrcode, char **error,
 							  "FROM clinic_migrate.job_queue WHERE job_id = $1",
 							  1, &t, &v, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: job lookup failed");
-	cm_owner_end(save_userid, save_sec);
+	cm_role_end(&save);
 	if (SPI_processed > 0)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -602,18 +628,17 @@ queue_progress_notice(const char *tenant)
 {
 	Oid			t = TEXTOID;
 	Datum		v = CStringGetTextDatum(tenant);
-	Oid			save_userid;
-	int			save_sec;
+	CmRoleSave	save;
 
 	PushActiveSnapshot(GetLatestSnapshot());
-	cm_owner_begin(&save_userid, &save_sec);
+	cm_owner_begin(&save);
 	if (SPI_execute_with_args("SELECT format('tenant %s: %s of %s rows copied (%s of %s tables done), now %s.%s', "
 							  "quote_literal(tenant_id), rows_copied, rows_total, tables_copied, tables, "
 							  "schema_name, current_table) FROM clinic_migrate.status "
 							  "WHERE tenant_id = $1 AND state = 'copying'",
 							  1, &t, &v, NULL, true, 1) == SPI_OK_SELECT && SPI_processed > 0)
 		ereport(NOTICE, (errmsg("%s", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
-	cm_owner_end(save_userid, save_sec);
+	cm_role_end(&save);
 	PopActiveSnapshot();
 }
 

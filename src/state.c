@@ -21,13 +21,16 @@
 #include "access/genam.h"
 #include "access/xact.h"
 #include "utils/snapmgr.h"
+#include "utils/guc.h"
+#include "utils/syscache.h"
+#include "catalog/pg_class.h"
 
 #include "clinic_migrate.h"
 #include "state.h"
 
 /* owner of the clinic_migrate extension in this database */
-static Oid
-extension_owner(void)
+Oid
+cm_extension_owner(void)
 {
 	static Oid	cached_owner = InvalidOid;
 	static Oid	cached_ext = InvalidOid;
@@ -59,36 +62,72 @@ extension_owner(void)
 	return owner;
 }
 
-void
-cm_owner_begin(Oid *save_userid, int *save_sec)
+int
+cm_pin_search_path(void)
 {
-	GetUserIdAndSecContext(save_userid, save_sec);
-	SetUserIdAndSecContext(extension_owner(), *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nest;
 }
 
 void
-cm_owner_end(Oid save_userid, int save_sec)
+cm_owner_begin(CmRoleSave *save)
 {
-	SetUserIdAndSecContext(save_userid, save_sec);
+	GetUserIdAndSecContext(&save->userid, &save->sec);
+	SetUserIdAndSecContext(cm_extension_owner(), save->sec | SECURITY_LOCAL_USERID_CHANGE);
+	save->nest = cm_pin_search_path();
+}
+
+Oid
+cm_rel_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("a table clinic_migrate works on (OID %u) was dropped", relid),
+				 errhint("Check clinic_migrate.status; roll the tenant back if its tables are gone.")));
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+void
+cm_table_owner_begin(Oid relid, CmRoleSave *save)
+{
+	Oid			owner = cm_rel_owner(relid);
+
+	GetUserIdAndSecContext(&save->userid, &save->sec);
+	SetUserIdAndSecContext(owner, save->sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save->nest = cm_pin_search_path();
+}
+
+void
+cm_role_end(CmRoleSave *save)
+{
+	AtEOXact_GUC(true, save->nest);
+	SetUserIdAndSecContext(save->userid, save->sec);
 }
 
 int
 cm_state_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			  const char *nulls, long count)
 {
-	Oid			save_userid;
-	int			save_sec;
+	CmRoleSave	save;
 	int			ret;
 
 	/*
-	 * Switch to the owner for this statement only; an error unwinds the
-	 * switch with the (sub)transaction.
+	 * Switch to the owner, with the search_path pinned, for this statement
+	 * only; an error unwinds the switch with the (sub)transaction.
 	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(extension_owner(),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	cm_owner_begin(&save);
 	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, count);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	cm_role_end(&save);
 	if (ret < 0)
 		elog(ERROR, "clinic_migrate: SPI error %d in \"%s\"", ret, sql);
 	return ret;

@@ -16,9 +16,38 @@
 extern int	cm_state_exec(const char *sql, int nargs, Oid *argtypes,
 						  Datum *values, const char *nulls, long count);
 
-/* act as the extension owner until cm_owner_end (nests; errors unwind it) */
-extern void cm_owner_begin(Oid *save_userid, int *save_sec);
-extern void cm_owner_end(Oid save_userid, int save_sec);
+/*
+ * Acting with other rights than the caller's.  Every statement clinic_migrate
+ * runs with more rights than its caller runs with search_path pinned to
+ * "pg_catalog, pg_temp" (the caller's temp types and functions, and its own
+ * schemas, resolve nothing), and names everything else qualified.
+ *
+ * cm_owner_begin: the extension owner, for clinic_migrate's own tables.
+ * cm_table_owner_begin: the owner of a user table, inside a
+ *   security-restricted operation (as VACUUM and REFRESH MATERIALIZED VIEW
+ *   run): for statements that read or write the application's tables, so
+ *   that their triggers, CHECKs, index expressions and operators run with
+ *   no more rights than the role that wrote them.
+ * cm_role_end: back to the saved role and search_path.  Nests; an error
+ * unwinds all of it with the (sub)transaction.
+ */
+typedef struct CmRoleSave
+{
+	Oid			userid;
+	int			sec;
+	int			nest;
+} CmRoleSave;
+
+#define CM_SAFE_SEARCH_PATH "pg_catalog, pg_temp"
+
+extern void cm_owner_begin(CmRoleSave *save);
+extern void cm_table_owner_begin(Oid relid, CmRoleSave *save);
+extern void cm_role_end(CmRoleSave *save);
+extern Oid	cm_extension_owner(void);
+extern Oid	cm_rel_owner(Oid relid);
+
+/* pin search_path for the current GUC nest level; returns the level to pass to AtEOXact_GUC */
+extern int	cm_pin_search_path(void);
 
 /* convenience wrappers for single text/int8 arguments */
 extern int	cm_state_exec_tenant(const char *sql, const char *tenant);

@@ -182,8 +182,14 @@ cm_sync_worker_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, sync_sigterm);
 	BackgroundWorkerUnblockSignals();
-	/* as the bootstrap superuser; rounds act as the extension's owner */
+	/*
+	 * As the bootstrap superuser: a round's bookkeeping acts as the
+	 * extension's owner, its statements on the application's tables as their
+	 * owners in security-restricted operations (apply.c).  No setting of the
+	 * database or role may make a name resolve elsewhere than it must.
+	 */
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	SetConfigOption("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("application_name", "clinic_migrate sync", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION);

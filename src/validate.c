@@ -549,13 +549,12 @@ logged_key_hashes(PlanTable *pt, const char *tenant)
 	appendStringInfo(&sql, " FROM %s l WHERE l._cm_tenant = $1",
 					 quote_qualified_identifier(CM_SCHEMA, logname));
 	{
-		Oid			save_userid;
-		int			save_sec;
+		CmRoleSave	save;
 
 		/* the logs are clinic_migrate's own */
-		cm_owner_begin(&save_userid, &save_sec);
+		cm_owner_begin(&save);
 		run_hashed(sql.data, TEXTOID, CStringGetTextDatum(tenant), true, &r);
-		cm_owner_end(save_userid, save_sec);
+		cm_role_end(&save);
 	}
 	return r.map;
 }

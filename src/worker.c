@@ -214,6 +214,8 @@ cm_action_worker_main(Datum main_arg)
 	if (sh->job_id == 0)
 		cm_apply_settings(&sh->settings);
 	SetConfigOption("application_name", "clinic_migrate", PGC_USERSET, PGC_S_SESSION);
+	/* every name the worker's SQL uses is qualified; nothing may resolve elsewhere */
+	SetConfigOption("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION);
