@@ -9,6 +9,12 @@
 # (EXCEPT ALL both ways, explicit columns) of t1's shared rows and its schema shows no
 # difference, and the ledger shows every committed write in the place each tenant
 # lives, and no row written by a failed transaction anywhere.
+# Two shapes of write that replay once got wrong are in every transaction: a patient
+# deleted and inserted again with the same e-mail (a unique value outside the key,
+# reused at once), and, while t1 and t2 both live in the shared tables, a patient of
+# one of them moved to the other with its appointments, whose notes (a child table
+# without a tenant column) follow them without being written.
+# pgbench runs as an application role with only the grants the README gives one.
 # Data: test/gen/clinic.sql with 4 tenants and about 40,000 rows.
 
 use strict;
@@ -60,11 +66,69 @@ BEGIN
 END $$;
 });
 
+# What pgbench picks at random lies below these ids; the transfer pool lies above.
 my ($maxp, $maxa, $maxn) = split /\|/,
   $node->safe_psql(
 	'postgres', q{
 SELECT (SELECT max(id) FROM public.patients), (SELECT max(id) FROM public.appointments),
        (SELECT max(id) FROM public.appointment_notes)});
+
+# The transfer pool: patients of t1 and t2 above every id pgbench picks otherwise, each
+# with two appointments and two notes on each. A transfer moves one to the other tenant
+# (patient and appointments change tenant_id; the notes follow through their
+# appointment), only while both tenants live in the shared tables.
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE cm_test.pool (n int PRIMARY KEY, patient_id bigint NOT NULL);
+WITH p AS (
+    INSERT INTO public.patients (tenant_id, first_name, last_name, email)
+    SELECT 't' || (1 + g % 2), 'Pool', 'Patient ' || g, 'pool' || g || '@example.org'
+    FROM generate_series(1, 20) g RETURNING id)
+INSERT INTO cm_test.pool SELECT row_number() OVER (ORDER BY id), id FROM p;
+INSERT INTO public.appointments (tenant_id, patient_id, staff_no, starts_at)
+SELECT p.tenant_id, p.id, 1, '2025-03-01 09:00+00'::timestamptz + a * interval '1 day'
+FROM public.patients p JOIN cm_test.pool ON pool.patient_id = p.id CROSS JOIN generate_series(1, 2) a;
+INSERT INTO public.appointment_notes (appointment_id, body)
+SELECT a.id, 'pool note ' || x FROM public.appointments a JOIN cm_test.pool ON a.patient_id = pool.patient_id
+CROSS JOIN generate_series(1, 2) x;
+CREATE FUNCTION cm_test.transfer(k int) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    pid bigint;
+    src text;
+    dst text;
+BEGIN
+    IF clinic_migrate.tenant_schema('t1') <> 'public' OR clinic_migrate.tenant_schema('t2') <> 'public' THEN
+        RETURN;
+    END IF;
+    SELECT p.id, p.tenant_id INTO pid, src FROM public.patients p JOIN cm_test.pool ON pool.patient_id = p.id
+    WHERE pool.n = k FOR UPDATE OF p;
+    dst := CASE src WHEN 't1' THEN 't2' ELSE 't1' END;
+    -- no note may be added under these appointments before the move commits
+    PERFORM 1 FROM public.appointments WHERE patient_id = pid FOR UPDATE;
+    UPDATE public.patients SET tenant_id = dst WHERE id = pid;
+    UPDATE public.appointments SET tenant_id = dst WHERE patient_id = pid;
+    INSERT INTO cm_test.ledger (tenant, tbl, key, op)
+    SELECT t, 'patients', pid, o FROM (VALUES (src, 'del'), (dst, 'ins')) v(t, o)
+    UNION ALL
+    SELECT t, 'appointments', a.id, o FROM public.appointments a, (VALUES (src, 'del'), (dst, 'ins')) v(t, o)
+    WHERE a.patient_id = pid
+    UNION ALL
+    SELECT t, 'appointment_notes', n.id, o
+    FROM public.appointment_notes n JOIN public.appointments a ON a.id = n.appointment_id,
+         (VALUES (src, 'del'), (dst, 'ins')) v(t, o)
+    WHERE a.patient_id = pid;
+END $$;
+
+-- The application's role: the README's grants for one, nothing on clinic_migrate.
+CREATE ROLE app LOGIN;
+GRANT USAGE ON SCHEMA public, cm_test TO app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;
+GRANT SELECT, INSERT ON cm_test.ledger TO app;
+GRANT SELECT ON cm_test.pool TO app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA cm_test TO app;
+});
+
 
 # One transaction: everything unqualified, found through set_tenant's search_path.
 my $script = "$PostgreSQL::Test::Utils::tmp_check/003_load.sql";
@@ -76,11 +140,12 @@ PostgreSQL::Test::Utils::append_to_file(
 \set n random(1, :maxn)
 \set s random(5001, 5030)
 \set st random(1, 3)
+\set k random(1, 20)
 BEGIN;
 SELECT clinic_migrate.set_tenant('t' || :t, true);
 WITH u AS (UPDATE patients SET balance = coalesce(balance, 0) + 1,
                                notes = 'client ' || :client_id || ' xact ' || txid_current()
-           WHERE id = (SELECT id FROM patients WHERE tenant_id = 't' || :t AND id >= :p ORDER BY id LIMIT 1)
+           WHERE id = (SELECT id FROM patients WHERE tenant_id = 't' || :t AND id >= :p AND id <= :maxp ORDER BY id LIMIT 1)
            RETURNING tenant_id, id, notes)
 INSERT INTO cm_test.ledger (tenant, tbl, key, op, val) SELECT tenant_id, 'patients', id, 'upd', notes FROM u;
 WITH i AS (INSERT INTO patients (tenant_id, first_name, last_name, tags)
@@ -88,19 +153,28 @@ WITH i AS (INSERT INTO patients (tenant_id, first_name, last_name, tags)
 INSERT INTO cm_test.ledger (tenant, tbl, key, op) SELECT tenant_id, 'patients', id, 'ins' FROM i;
 WITH d AS (DELETE FROM appointment_notes
            WHERE id = (SELECT n.id FROM appointment_notes n JOIN appointments a ON a.id = n.appointment_id
-                       WHERE a.tenant_id = 't' || :t AND n.id >= :n ORDER BY n.id LIMIT 1)
+                       WHERE a.tenant_id = 't' || :t AND n.id >= :n AND n.id <= :maxn AND a.id <= :maxa
+                       ORDER BY n.id LIMIT 1)
            RETURNING id)
 INSERT INTO cm_test.ledger (tenant, tbl, key, op) SELECT 't' || :t, 'appointment_notes', id, 'del' FROM d;
 WITH i AS (INSERT INTO appointment_notes (appointment_id, body)
            SELECT id, 'pgbench note ' || :client_id FROM appointments
-           WHERE tenant_id = 't' || :t AND id >= :a ORDER BY id LIMIT 1
+           WHERE tenant_id = 't' || :t AND id >= :a AND id <= :maxa ORDER BY id LIMIT 1
            RETURNING id)
 INSERT INTO cm_test.ledger (tenant, tbl, key, op) SELECT 't' || :t, 'appointment_notes', id, 'ins' FROM i;
 WITH u AS (UPDATE appointments SET status = (ARRAY['booked', 'done', 'cancelled'])[:st]
-           WHERE id = (SELECT id FROM appointments WHERE tenant_id = 't' || :t AND id >= :a ORDER BY id LIMIT 1)
+           WHERE id = (SELECT id FROM appointments WHERE tenant_id = 't' || :t AND id >= :a AND id <= :maxa ORDER BY id LIMIT 1)
            RETURNING tenant_id, id, status)
 INSERT INTO cm_test.ledger (tenant, tbl, key, op, val) SELECT tenant_id, 'appointments', id, 'upd', status FROM u;
+WITH d AS (DELETE FROM patients WHERE tenant_id = 't' || :t AND email = 'again' || :client_id || '@example.org'
+           RETURNING tenant_id, id)
+INSERT INTO cm_test.ledger (tenant, tbl, key, op) SELECT tenant_id, 'patients', id, 'del' FROM d;
+WITH i AS (INSERT INTO patients (tenant_id, first_name, last_name, email, tags)
+           VALUES ('t' || :t, 'Again', 'Client ' || :client_id, 'again' || :client_id || '@example.org', '{pgbench}')
+           RETURNING tenant_id, id)
+INSERT INTO cm_test.ledger (tenant, tbl, key, op) SELECT tenant_id, 'patients', id, 'ins' FROM i;
 SELECT cm_test.move_staff(:s);
+SELECT cm_test.transfer(:k);
 END;
 });
 
@@ -112,7 +186,7 @@ sub start_load
 	$b{h} = IPC::Run::start(
 		[
 			'/usr/lib/postgresql/15/bin/pgbench', '-n', '-c', '3', '-j', '3', '-T', $secs,
-			'--max-tries=0', '-h', $node->host, '-p', $node->port,
+			'--max-tries=0', '-h', $node->host, '-p', $node->port, '-U', 'app',
 			'-D', "maxp=$maxp", '-D', "maxa=$maxa", '-D', "maxn=$maxn",
 			'-f', $script, 'postgres'
 		],
@@ -262,6 +336,19 @@ ok( $node->safe_psql('postgres',
 		q{SELECT count(*) > 0 FROM clinic_migrate_archive.patients WHERE tenant_id = 't1'}),
 	'finalize: the archive has t1\'s shared rows');
 check_quiet('finalize', 0);
+
+# The two shapes of write the load was made for did happen to t1, in both directions
+# (the pool's 80 notes come right after the data set's, its 20 patients too).
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT (SELECT count(*) > 0 FROM cm_test.ledger WHERE tenant = 't1' AND tbl = 'appointment_notes'
+          AND key BETWEEN $maxn + 1 AND $maxn + 80 AND op = 'del'),
+       (SELECT count(*) > 0 FROM cm_test.ledger WHERE tenant = 't1' AND tbl = 'appointment_notes'
+          AND key BETWEEN $maxn + 1 AND $maxn + 80 AND op = 'ins'),
+       (SELECT count(*) > 0 FROM cm_test.ledger WHERE tenant = 't1' AND tbl = 'patients'
+          AND key > $maxp + 20 AND op = 'del')}),
+	't|t|t',
+	'notes moved with their appointments out of t1 and into it; t1 reused e-mails of deleted patients');
 
 # The pauses, as recorded.
 note(
