@@ -10,6 +10,7 @@ GRANT USAGE ON SCHEMA clinic_migrate TO PUBLIC;
 -- A job's worker connects as the session user of whoever queued it (run_as is
 -- that session's current role): RESET ROLE inside a job leads back to no more
 -- than that session had.  NULL for jobs queued before 0.2: they connect as run_as.
-ALTER TABLE clinic_migrate.job_queue ADD COLUMN session_role oid;
+-- A name, not an OID: role OIDs do not survive a dump restored elsewhere.
+ALTER TABLE clinic_migrate.job_queue ADD COLUMN session_role name;
 COMMENT ON COLUMN clinic_migrate.job_queue.session_role IS
     'the session user of whoever queued the job: its worker connects as this role';

@@ -680,6 +680,10 @@ replication_lag_ms(void)
 	return isnull ? 0 : DatumGetFloat8(d);
 }
 
+/* the OID of the role a job's worker connects as; NULL if that role is gone */
+#define SESSION_ROLE_OID "CASE WHEN session_role IS NULL THEN run_as " \
+	"ELSE (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_role) END"
+
 /* start the worker of a claimed job; false if no worker slot was free */
 static bool
 start_job(int64 job, const char *tenant, CmAction action, Oid run_as, Oid session_role,
@@ -785,8 +789,8 @@ claim_jobs(void)
 							   "RETURNING job_id, tenant_id, action, run_as, archive, "
 							   "  (SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = run_as), %s, "
 							   "  (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE oid = %s)",
-							   cm_job_queue_has_session_role() ? "coalesce(session_role, run_as)" : "run_as",
-							   cm_job_queue_has_session_role() ? "coalesce(session_role, run_as)" : "run_as"),
+							   cm_job_queue_has_session_role() ? SESSION_ROLE_OID : "run_as",
+							   cm_job_queue_has_session_role() ? SESSION_ROLE_OID : "run_as"),
 					  0, NULL, NULL, NULL, 0);
 		if (SPI_processed == 0)
 		{
@@ -802,6 +806,8 @@ claim_jobs(void)
 		run_as_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		run_as_name = MemoryContextStrdup(TopMemoryContext, run_as_name ? run_as_name : "?");
 		session_role = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+		if (isnull)
+			run_as_name[0] = '?';	/* the session role is gone */
 		can_login = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull)) && !isnull;
 		cm_end_txn();
 

@@ -106,7 +106,7 @@ int64
 cm_job_insert(const char *tenant, CmAction action, int priority, TimestampTz not_before,
 			  bool archive, Oid run_as, Oid session_role)
 {
-	Oid			types[7] = {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, BOOLOID, OIDOID, OIDOID};
+	Oid			types[7] = {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, BOOLOID, OIDOID, NAMEOID};
 	Datum		values[7];
 	char	   *what;
 	int64		busy = active_job(tenant, &what);
@@ -126,7 +126,7 @@ cm_job_insert(const char *tenant, CmAction action, int priority, TimestampTz not
 	values[3] = TimestampTzGetDatum(not_before);
 	values[4] = BoolGetDatum(archive);
 	values[5] = ObjectIdGetDatum(run_as);
-	values[6] = ObjectIdGetDatum(session_role);
+	values[6] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(session_role, false)));
 	if (with_session)
 		cm_state_exec("INSERT INTO clinic_migrate.job_queue (tenant_id, action, priority, not_before, "
 					  "archive, run_as, session_role, enqueued_by) VALUES ($1, $2, $3, $4, $5, $6, $7, "
