@@ -42,6 +42,9 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+#include "utils/syscache.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -451,7 +454,20 @@ replay_round(Replay *r)
 		for (int i = 0; i < plan->ncopied; i++)
 		{
 			PlanTable  *pt = &plan->tables[i];
-			uint64		n = take_logged_keys(pt, r->tenant);
+			uint64		n;
+
+			/*
+			 * A table the plan has now but the move did not start with (made
+			 * since): it has no log and no copy; its rows are the
+			 * validation's to report.
+			 */
+			if (!OidIsValid(get_relname_relid(capture_log_name(pt->relid), get_namespace_oid(CM_SCHEMA, false))) ||
+				!OidIsValid(clone_target_relid(r->schema, pt->relname)))
+			{
+				has[i] = false;
+				continue;
+			}
+			n = take_logged_keys(pt, r->tenant);
 
 			has[i] = n > 0;
 			applied += n;
@@ -532,9 +548,36 @@ apply_keys_table(PlanTable *pt)
 {
 	Oid			relid;
 
-	relid = RelnameGetRelid(psprintf("cm_keys_%u", pt->relid));
-	if (!OidIsValid(relid) || !isTempNamespace(get_rel_namespace(relid)))
+	HeapTuple	tup;
+	bool		ours;
+
+	/* in this session's temporary schema only, whatever the search_path */
+	if (!OidIsValid(LookupExplicitNamespace("pg_temp", true)))
 		return NULL;
+	relid = get_relname_relid(psprintf("cm_keys_%u", pt->relid), LookupExplicitNamespace("pg_temp", true));
+	if (!OidIsValid(relid))
+		return NULL;
+
+	/*
+	 * The extension owner writes it: it must be the plain table we made,
+	 * never one a caller of sync_now prepared with triggers or rules of its
+	 * own.
+	 */
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		return NULL;
+	{
+		Form_pg_class c = (Form_pg_class) GETSTRUCT(tup);
+
+		ours = c->relkind == RELKIND_RELATION && c->relowner == cm_extension_owner() &&
+			!c->relhastriggers && !c->relhasrules && !c->relrowsecurity;
+	}
+	ReleaseSysCache(tup);
+	if (!ours)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("temporary table %s was not made by clinic_migrate", keys_relname(pt)),
+				 errhint("Drop it, or call clinic_migrate functions from another session.")));
 	return keys_relname(pt);
 }
 

@@ -838,7 +838,16 @@ log_descendants(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *ten
 		if (isnull)
 			continue;
 		cm_table_owner_begin(d->child, &save);
-		ret = SPI_execute_with_args(d->sql, d->nparams, d->param_type, params, pnulls, false, 0);
+		{
+			/* a fresh snapshot: a REPEATABLE READ writer's own may miss child rows added since */
+			SPIPlanPtr	qp = SPI_prepare(d->sql, d->nparams, d->param_type);
+
+			if (qp == NULL)
+				elog(ERROR, "clinic_migrate: could not prepare the lookup of the rows under a row of %s",
+					 RelationGetRelationName(rel));
+			ret = SPI_execute_snapshot(qp, params, pnulls, GetLatestSnapshot(), InvalidSnapshot,
+									   false, false, 0);
+		}
 		cm_role_end(&save);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: could not list the rows under a row of %s",
@@ -1005,7 +1014,8 @@ cm_capture(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 
 	if (oldtup)
-		oldtenant = tuple_tenant(rel, ct, oldtup, newtup == NULL);
+		/* deleted, or its parent may be (ON DELETE SET NULL): the copies are asked too */
+		oldtenant = tuple_tenant(rel, ct, oldtup, true);
 	if (newtup)
 		newtenant = tuple_tenant(rel, ct, newtup, false);
 	old_log = shared_write_allowed(rel, oldtenant);
@@ -1222,7 +1232,7 @@ capture_install(TenantPlan *plan)
 					lock = lappend_oid(lock, plan->tables[i].relid);
 					break;
 				}
-		cm_lock_relations(lock, "SHARE ROW EXCLUSIVE");
+		cm_lock_relations(lock, ShareRowExclusiveLock, false);
 	}
 
 	for (int i = 0; i < plan->ncopied; i++)
@@ -1294,7 +1304,7 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 			 !OidIsValid(get_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
 			lock = lappend_oid(lock, target);
 	}
-	cm_lock_relations(lock, "SHARE ROW EXCLUSIVE");
+	cm_lock_relations(lock, ShareRowExclusiveLock, true);
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -1351,7 +1361,7 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 			 OidIsValid(get_trigger_oid(target, names[1], true))))
 			lock = lappend_oid(lock, target);
 	}
-	cm_lock_relations(lock, "ACCESS EXCLUSIVE");
+	cm_lock_relations(lock, AccessExclusiveLock, true);
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{

@@ -26,6 +26,12 @@
 #include "utils/lsyscache.h"
 #include "utils/varlena.h"
 #include "utils/typcache.h"
+#include <signal.h>
+#include "storage/lwlock.h"
+#include "storage/sinvaladt.h"
+#include "utils/backend_status.h"
+#include "utils/timestamp.h"
+#include "storage/lmgr.h"
 #include "common/pg_prng.h"
 
 #include "clinic_migrate.h"
@@ -47,6 +53,8 @@ int			cm_cutover_max_pause = 200;
 int			cm_cutover_attempts = 10;
 int			cm_cutover_wait = 300;
 int			cm_archive_batch_size = 10000;
+int			cm_lock_timeout = 50;
+int			cm_lock_retry_time = 60;
 char	   *cm_archive_schema = NULL;
 char	   *cm_registry_schema_column = NULL;
 char	   *cm_registry_status_column = NULL;
@@ -153,6 +161,16 @@ _PG_init(void)
 							"Rows moved per committed batch when finalize_tenant archives or deletes shared rows.",
 							NULL, &cm_archive_batch_size, 10000, 1, 10000000,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.lock_timeout",
+							"Longest wait of one attempt to lock the application's tables for a step's DDL.",
+							"Writers of those tables queue behind the request meanwhile: keep it short. "
+							"A failed attempt releases every lock it took and is retried with back-off.",
+							&cm_lock_timeout, 50, 1, 60000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.lock_retry_time",
+							"How long a step keeps retrying to lock the application's tables before it fails with 55P03.",
+							NULL, &cm_lock_retry_time, 60, 0, 86400,
+							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("clinic_migrate.archive_schema",
 							   "Schema of the archive tables that finalize_tenant moves shared rows into.",
 							   NULL, &cm_archive_schema, "clinic_migrate_archive",
@@ -215,6 +233,8 @@ cm_current_settings(CmSettings *s)
 	s->cutover_attempts = cm_cutover_attempts;
 	s->cutover_wait = cm_cutover_wait;
 	s->archive_batch_size = cm_archive_batch_size;
+	s->lock_timeout = cm_lock_timeout;
+	s->lock_retry_time = cm_lock_retry_time;
 	strlcpy(s->archive_schema, cm_archive_schema ? cm_archive_schema : "", NAMEDATALEN);
 	strlcpy(s->registry_schema_column, cm_registry_schema_column ? cm_registry_schema_column : "",
 			NAMEDATALEN);
@@ -242,6 +262,8 @@ cm_apply_settings(const CmSettings *s)
 	SET_INT("cutover_attempts", s->cutover_attempts);
 	SET_INT("cutover_wait", s->cutover_wait);
 	SET_INT("archive_batch_size", s->archive_batch_size);
+	SET_INT("lock_timeout", s->lock_timeout);
+	SET_INT("lock_retry_time", s->lock_retry_time);
 	SET_STR("archive_schema", s->archive_schema);
 	SET_STR("registry_schema_column", s->registry_schema_column);
 	SET_STR("registry_status_column", s->registry_status_column);
@@ -607,89 +629,227 @@ cm_append_quoted_list(StringInfo buf, List *names, const char *prefix)
  * request waiting behind a long transaction would queue every writer of
  * the table behind it; a short timeout keeps that wait brief.
  */
+pg_attribute_unused()
+static const char *
+lock_mode_sql(LOCKMODE mode)
+{
+	switch (mode)
+	{
+		case AccessShareLock:
+			return "ACCESS SHARE";
+		case RowShareLock:
+			return "ROW SHARE";
+		case RowExclusiveLock:
+			return "ROW EXCLUSIVE";
+		case ShareUpdateExclusiveLock:
+			return "SHARE UPDATE EXCLUSIVE";
+		case ShareLock:
+			return "SHARE";
+		case ShareRowExclusiveLock:
+			return "SHARE ROW EXCLUSIVE";
+		case ExclusiveLock:
+			return "EXCLUSIVE";
+		default:
+			return "ACCESS EXCLUSIVE";
+	}
+}
+
 /*
- * Does an autovacuum worker hold a relation lock in this database?  It may
- * be what a DDL lock waits for: the lock manager cancels an autovacuum that
- * blocks a lock request, but only after deadlock_timeout of waiting.
+ * Autovacuum workers holding a lock on one of the relations that conflicts
+ * with mode.  One that is not preventing wraparound is cancelled, as the
+ * lock manager itself would do after deadlock_timeout (SIGINT; it gives its
+ * locks up at once), and the server log says so; one that is preventing
+ * wraparound must not be: true is returned, and the caller waits outside
+ * the lock queue.
  */
 static bool
-autovacuum_holds_locks(void)
+clear_autovacuum(List *relids, LOCKMODE mode)
 {
-	bool		found = false;
+	ListCell   *lc;
+	bool		wraparound = false;
 
-	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid) "
-					"WHERE a.backend_type = 'autovacuum worker' AND l.locktype = 'relation' "
-					"AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database "
-					"WHERE datname = pg_catalog.current_database()) LIMIT 1", true, 1) == SPI_OK_SELECT)
-		found = SPI_processed > 0;
-	return found;
+	foreach(lc, relids)
+	{
+		LOCKTAG		tag;
+		VirtualTransactionId *vxids;
+
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, lfirst_oid(lc));
+		vxids = GetLockConflicts(&tag, mode, NULL);
+		for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+		{
+			PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+			uint8		flags;
+			int			pid;
+
+			if (proc == NULL)
+				continue;
+			LWLockAcquire(ProcArrayLock, LW_SHARED);
+			flags = ProcGlobal->statusFlags[proc->pgxactoff];
+			pid = proc->pid;
+			LWLockRelease(ProcArrayLock);
+			if (!(flags & PROC_IS_AUTOVACUUM) || pid == 0)
+				continue;
+			if (flags & PROC_VACUUM_FOR_WRAPAROUND)
+			{
+				wraparound = true;
+				continue;
+			}
+			ereport(LOG,
+					(errmsg("clinic_migrate: canceling autovacuum (pid %d) to lock %s", pid,
+							cm_qualified_relname(lfirst_oid(lc))),
+					 errdetail("A step of a migration needs the table; autovacuum will come back to it.")));
+			if (kill(pid, SIGINT) < 0)
+				ereport(LOG,
+						(errmsg("clinic_migrate: could not send a signal to process %d: %m", pid)));
+		}
+	}
+	return wraparound;
+}
+
+/* the sessions holding locks on the relations, and what they are doing, for an error */
+static char *
+lock_holders(List *relids)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	int			n = 0;
+
+	initStringInfo(&buf);
+	foreach(lc, relids)
+	{
+		LOCKTAG		tag;
+		VirtualTransactionId *vxids;
+
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, lfirst_oid(lc));
+		vxids = GetLockConflicts(&tag, AccessExclusiveLock, NULL);
+		for (; VirtualTransactionIdIsValid(*vxids) && n < 10; vxids++)
+		{
+			PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+
+			if (proc == NULL)
+				continue;
+			appendStringInfo(&buf, "%spid %d on %s (%.80s)", n ? "; " : "", proc->pid,
+							 cm_qualified_relname(lfirst_oid(lc)),
+							 pgstat_get_backend_current_activity(proc->pid, true));
+			n++;
+		}
+	}
+	return n ? buf.data : NULL;
+}
+
+/*
+ * The retry loop behind cm_ddl_with_retry and cm_lock_relations: the
+ * statement runs in a subtransaction with lock_timeout at
+ * clinic_migrate.lock_timeout; a lock timeout rolls the subtransaction
+ * back (every lock it took goes with it), backs off with jitter and tries
+ * again, for clinic_migrate.lock_retry_time in all, then fails with 55P03
+ * naming who holds the tables.  With the relations known, a blocking
+ * autovacuum is cancelled first (or, preventing wraparound, waited for
+ * outside the lock queue).
+ */
+static void
+run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile int delay_ms = 10;
+	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   (int64) cm_lock_retry_time * 1000);
+
+	for (;;)
+	{
+		volatile bool done = false;
+		ErrorData  *volatile failed = NULL;
+
+		if (relids != NIL && clear_autovacuum(relids, mode))
+		{
+			/* an anti-wraparound vacuum: never queue behind it, wait it out */
+			pgstat_report_activity(STATE_RUNNING,
+								   "clinic_migrate: waiting for an autovacuum preventing wraparound");
+		}
+		else
+		{
+			BeginInternalSubTransaction(NULL);
+			MemoryContextSwitchTo(cxt);
+			PG_TRY();
+			{
+				int			nest = NewGUCNestLevel();
+				char		timeout[32];
+
+				snprintf(timeout, sizeof(timeout), "%d", timeout_ms);
+				(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_SAVE, true, 0, false);
+				if (sql == NULL)
+				{
+					ListCell   *lc;
+
+					/*
+					 * From C, not LOCK TABLE: that would ask the caller for
+					 * UPDATE or DELETE rights it need not have (the step
+					 * checked what it needs, such as TRIGGER).
+					 */
+					foreach(lc, relids)
+						LockRelationOid(lfirst_oid(lc), mode);
+				}
+				else if (SPI_execute(sql, false, 0) < 0)
+					elog(ERROR, "clinic_migrate: SPI error in \"%s\"", sql);
+				AtEOXact_GUC(true, nest);
+				ReleaseCurrentSubTransaction();
+				MemoryContextSwitchTo(cxt);
+				CurrentResourceOwner = owner;
+				/* no return here: PG_END_TRY must restore the exception stack */
+				done = true;
+			}
+			PG_CATCH();
+			{
+				MemoryContextSwitchTo(cxt);
+				failed = CopyErrorData();
+				FlushErrorState();
+				RollbackAndReleaseCurrentSubTransaction();
+				MemoryContextSwitchTo(cxt);
+				CurrentResourceOwner = owner;
+			}
+			PG_END_TRY();
+			if (done)
+				return;
+			if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+				ReThrowError(failed);
+		}
+		if (GetCurrentTimestamp() >= give_up)
+		{
+			char	   *holders = relids != NIL ? lock_holders(relids) : NULL;
+
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not lock the tables this step needs within clinic_migrate.lock_retry_time (%d s)",
+							cm_lock_retry_time),
+					 holders ? errdetail("Held by: %s.", holders) :
+					 errdetail("Each attempt waited at most %d ms; nothing was changed.", timeout_ms),
+					 errhint("A long transaction holds a lock on a table this step needs; "
+							 "try again when it has finished (pg_locks shows it), or raise clinic_migrate.lock_retry_time.")));
+		}
+		pgstat_report_activity(STATE_RUNNING,
+							   "clinic_migrate: waiting for a lock (retrying with back-off)");
+		/* back off, with jitter: writers that collided with us need not collide again */
+		pg_usleep((delay_ms + (long) pg_prng_uint64_range(&pg_global_prng_state, 0, delay_ms)) * 1000L);
+		CHECK_FOR_INTERRUPTS();
+		delay_ms = Min(delay_ms * 2, 1000);
+	}
 }
 
 void
 cm_ddl_with_retry(const char *sql)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int delay_ms = 50;
-	volatile int timeout_ms = 200;
+	run_with_lock_retry(sql, NIL, NoLock, cm_lock_timeout);
+}
 
-	for (volatile int attempt = 1;; attempt++)
-	{
-		volatile bool done = false;
-
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			int			nest = NewGUCNestLevel();
-			char		timeout[32];
-
-			snprintf(timeout, sizeof(timeout), "%d", timeout_ms);
-			(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
-									 GUC_ACTION_SAVE, true, 0, false);
-			if (SPI_execute(sql, false, 0) < 0)
-				elog(ERROR, "clinic_migrate: SPI error in \"%s\"", sql);
-			AtEOXact_GUC(true, nest);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			/* no return here: PG_END_TRY must restore the exception stack */
-			done = true;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE || attempt >= 10)
-			{
-				if (edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
-					edata->hint = pstrdup("A long transaction holds a lock on a table this step needs; "
-										  "try again when it has finished (pg_locks shows it).");
-				ReThrowError(edata);
-			}
-			pgstat_report_activity(STATE_RUNNING,
-								   "clinic_migrate: waiting for a lock (retrying with back-off)");
-			/* back off, with jitter: writers that collided with us need not collide again */
-			pg_usleep((delay_ms + (long) pg_prng_uint64_range(&pg_global_prng_state, 0, delay_ms)) * 1000L);
-			CHECK_FOR_INTERRUPTS();
-			delay_ms = Min(delay_ms * 2, 2000);
-
-			/*
-			 * An autovacuum (of a table just loaded, say) gives way only to
-			 * a request that waits past deadlock_timeout: let the next one.
-			 */
-			timeout_ms = autovacuum_holds_locks() ? DeadlockTimeout + 200 : 200;
-		}
-		PG_END_TRY();
-		if (done)
-			return;
-	}
+void
+cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables)
+{
+	if (relids == NIL)
+		return;
+	run_with_lock_retry(NULL, relids, mode,
+						tenant_tables ? cm_cutover_max_pause : cm_lock_timeout);
 }
 
 void
@@ -703,23 +863,6 @@ cm_append_eq(StringInfo buf, const char *left, Oid ltype, const char *right, Oid
 				 errmsg("type %s has no default equality operator", format_type_be(ltype)),
 				 errhint("clinic_migrate compares keys with the type's default btree operator class.")));
 	generate_operator_clause(buf, left, ltype, tc->eq_opr, right, rtype);
-}
-
-void
-cm_lock_relations(List *relids, const char *mode)
-{
-	StringInfoData sql;
-	ListCell   *lc;
-
-	if (relids == NIL)
-		return;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "LOCK TABLE ONLY ");
-	foreach(lc, relids)
-		appendStringInfo(&sql, "%s%s", lc == list_head(relids) ? "" : ", ",
-						 cm_qualified_relname(lfirst_oid(lc)));
-	appendStringInfo(&sql, " IN %s MODE", mode);
-	cm_ddl_with_retry(sql.data);
 }
 
 ParamListInfo

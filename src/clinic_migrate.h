@@ -11,6 +11,8 @@
 #include "postgres.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/lockdefs.h"
 
 #define CM_SCHEMA "clinic_migrate"
 
@@ -28,6 +30,8 @@ extern int	cm_cutover_max_pause;
 extern int	cm_cutover_attempts;
 extern int	cm_cutover_wait;
 extern int	cm_archive_batch_size;
+extern int	cm_lock_timeout;
+extern int	cm_lock_retry_time;
 extern char *cm_archive_schema;
 extern char *cm_registry_schema_column;
 extern char *cm_registry_status_column;
@@ -60,6 +64,8 @@ typedef struct CmSettings
 	char		registry_schema_column[NAMEDATALEN];
 	char		registry_status_column[NAMEDATALEN];
 	char		pause_points[256];
+	int			lock_timeout;
+	int			lock_retry_time;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);
@@ -161,13 +167,15 @@ extern void cm_append_quoted_list(StringInfo buf, List *names, const char *prefi
  * means the same whatever the search_path.
  */
 /*
- * Lock every relation of the list in one LOCK TABLE statement (mode as SQL
- * spells it, e.g. "SHARE ROW EXCLUSIVE"), retried with back-off like
- * cm_ddl_with_retry: a failed attempt releases all of them, so no lock is
- * held while waiting for another across attempts.  The DDL that follows
- * then never waits.
+ * Lock every relation of the list in one LOCK TABLE statement, retried
+ * with back-off like cm_ddl_with_retry: a failed attempt releases all of
+ * them, so no lock is held while waiting for another across attempts, and
+ * the DDL that follows never waits.  Each attempt waits at most
+ * clinic_migrate.lock_timeout for shared tables (every tenant's writers
+ * queue behind it), clinic_migrate.cutover_max_pause for a tenant's own
+ * tables (tenant_tables: only that tenant's writers do).
  */
-extern void cm_lock_relations(List *relids, const char *mode);
+extern void cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables);
 
 extern void cm_append_eq(StringInfo buf, const char *left, Oid ltype,
 						 const char *right, Oid rtype);

@@ -1038,7 +1038,7 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 			}
 		}
 	}
-	cm_lock_relations(lock, "ACCESS EXCLUSIVE");
+	cm_lock_relations(lock, AccessExclusiveLock, true);
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{

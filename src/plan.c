@@ -30,6 +30,7 @@
 
 #include "clinic_migrate.h"
 #include "plan.h"
+#include "state.h"
 
 typedef struct FkInfo
 {
@@ -772,7 +773,12 @@ plan_canonical_tenant(TenantPlan *plan, const char *tenant)
 	getTypeOutputInfo(typid, &outfunc, &varlena);
 	PG_TRY();
 	{
+		CmRoleSave	save;
+
+		/* a domain's CHECK is the table owner's code: run it with no more than the owner's rights */
+		cm_table_owner_begin(pt->relid, &save);
 		d = OidInputFunctionCall(infunc, (char *) tenant, ioparam, -1);
+		cm_role_end(&save);
 	}
 	PG_CATCH();
 	{
@@ -799,8 +805,15 @@ plan_tenant_datum(PlanTable *root, const char *tenant)
 	Oid			infunc;
 	Oid			ioparam;
 
+	CmRoleSave	save;
+	Datum		d;
+
 	getTypeInputInfo(root->tenant_type, &infunc, &ioparam);
-	return OidInputFunctionCall(infunc, (char *) tenant, ioparam, -1);
+	/* a domain's CHECK is the table owner's code: run it with no more than the owner's rights */
+	cm_table_owner_begin(root->relid, &save);
+	d = OidInputFunctionCall(infunc, (char *) tenant, ioparam, -1);
+	cm_role_end(&save);
+	return d;
 }
 
 /*

@@ -69,6 +69,9 @@ cm_pin_search_path(void)
 
 	(void) set_config_option("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	/* a policy that would hide rows fails the statement instead of losing them */
+	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	return nest;
 }
 
@@ -102,8 +105,9 @@ cm_table_owner_begin(Oid relid, CmRoleSave *save)
 	Oid			owner = cm_rel_owner(relid);
 
 	GetUserIdAndSecContext(&save->userid, &save->sec);
+	/* as the RI triggers do: the owner's own policies do not hide its rows from us */
 	SetUserIdAndSecContext(owner, save->sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 	save->nest = cm_pin_search_path();
 }
 

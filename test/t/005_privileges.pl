@@ -516,5 +516,70 @@ ALTER TABLE public.rooms ALTER COLUMN code TYPE bigint USING substr(code, 2)::bi
 	eval { $bg->quit };
 }
 
+# ---- found by the attack on 0.2 before it shipped ----
+# rooms' key back to the type its log has (defect 5 left it bigint)
+$node->safe_psql('postgres', q{ALTER TABLE public.rooms ALTER COLUMN code TYPE text USING 'r' || code});
+
+# A. A role allowed to call sync_now prepares the temporary key table replay writes
+# as the extension owner, with a trigger of its own on it.
+{
+	my $da = 'attack A (sync_now and a prepared pg_temp.cm_keys table)';
+	attacker('keys_atk', q{
+GRANT USAGE ON SCHEMA clinic_migrate TO keys_atk;
+GRANT EXECUTE ON FUNCTION clinic_migrate.sync_now(text) TO keys_atk;
+GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO keys_atk;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO keys_atk;
+});
+	my $relid = $node->safe_psql('postgres', q{SELECT 'public.patients'::regclass::oid});
+	my ($rc, $out, $err) = as_role('keys_atk', qq{
+CREATE FUNCTION pg_temp.evil() RETURNS trigger LANGUAGE plpgsql AS \$evil\$
+BEGIN
+  } . canary_insert('keys_atk', 'trigger on cm_keys') . qq{
+  EXECUTE 'ALTER ROLE keys_atk SUPERUSER';
+  RETURN NULL;
+END\$evil\$;
+CREATE TEMP TABLE cm_keys_$relid (id bigint);
+CREATE TRIGGER t AFTER INSERT ON pg_temp.cm_keys_$relid FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.evil();
+SELECT clinic_migrate.sync_now('t1');
+});
+	like($err, qr/ERROR:  42501: temporary table pg_temp.cm_keys_$relid was not made by clinic_migrate/,
+		"$da: refused");
+	no_escalation('keys_atk', $da);
+}
+
+# B. The owner of a shared table gives its tenant column a domain whose CHECK is its
+# own function; the sync worker (a superuser session) reads tenant ids as that type.
+{
+	my $db = 'attack B (a domain on the tenant column, in the sync worker)';
+	$node->safe_psql('postgres', q{GRANT CREATE ON SCHEMA public TO app_owner});
+	as_role('app_owner', q{
+CREATE FUNCTION public.tid_ok(v text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    } . canary_insert('app_owner', 'domain check') . q{
+    EXECUTE 'ALTER ROLE app_owner SUPERUSER';
+  END IF;
+  RETURN true;
+END$f$;
+CREATE DOMAIN public.tid AS text CHECK (public.tid_ok(VALUE));
+CREATE TABLE public.zdocs (id bigserial PRIMARY KEY, tenant_id public.tid NOT NULL REFERENCES public.tenants,
+                           body text);
+CREATE INDEX ON public.zdocs (tenant_id, id);
+INSERT INTO public.zdocs (tenant_id, body) SELECT 't5', 'doc' FROM generate_series(1, 5);
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.zdocs TO app_rw;
+});
+	is( $node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t5')}),
+		'tenant_t5', "$db: postgres migrates t5");
+	my ($rc, $out, $err) = as_role('app_rw',
+		q{UPDATE public.zdocs SET body = 'changed' WHERE tenant_id = 't5' AND id = (SELECT min(id) FROM public.zdocs)});
+	is($rc, 0, "$db: the application's write succeeds") or diag($err);
+	ok( $node->poll_query_until('postgres', q{SELECT clinic_migrate.capture_lag('t5') = 0}),
+		"$db: the sync worker replays it");
+	is( $node->safe_psql('postgres',
+			q{SELECT body FROM tenant_t5.zdocs WHERE id = (SELECT min(id) FROM public.zdocs)}),
+		'changed', "$db: the copy has the write");
+	no_escalation('app_owner', $db);
+}
+
 $node->stop;
 done_testing();
