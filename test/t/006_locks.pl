@@ -1,0 +1,174 @@
+# test/t/006_locks.pl: no step of a migration makes an application transaction fail.
+#
+# 1. The interleaving that deadlocked on 0.1: an application transaction holds ROW
+#    EXCLUSIVE on one planned table (appointments) while the migration of another
+#    tenant installs its capture triggers, then writes a second planned table
+#    (patients). 0.1 created the triggers one table at a time and kept the locks of
+#    the tables done while it waited for the next, so the application waited for the
+#    migration while the migration waited for it, and the deadlock detector killed the
+#    application's transaction. Now the tables are locked all at once with a short
+#    lock_timeout; an attempt that times out gives every lock back.
+# 2. pgbench's own TPC-B tables (pgbench -i --foreign-keys, tenant column bid, no
+#    registry, pgbench_history excluded for want of a key) and its built-in tpcb-like
+#    script, 4 clients, no retries, as an application role: branch 3 migrates, is
+#    validated, cut over (pgbench stopped: tpcb-like does not route) and rolled back,
+#    with no failed transaction.
+# Both run as the application role "app", with the README's grants for one.
+
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib "$ENV{TESTDIR}/test/t";
+use ClinicTest;
+
+my $node = ClinicTest::start_clinic(
+	tenants => 4,
+	rows => 8000,
+	conf => q{
+shared_preload_libraries = 'clinic_migrate'
+max_worker_processes = 16
+clinic_migrate.sync_interval = 100
+deadlock_timeout = 1s
+log_lock_waits = on
+});
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;
+});
+
+# ---- 1. the deadlock interleaving ----
+{
+	my $app = $node->background_psql('postgres', extra_params => [ '-U', 'app' ]);
+	$app->query_safe('BEGIN');
+	$app->query_safe(
+		q{UPDATE appointments SET status = status WHERE id = (SELECT min(id) FROM appointments WHERE tenant_id = 't2')});
+
+	my %m = (stdout => '', stderr => '');
+	$m{h} = IPC::Run::start(
+		[
+			'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'),
+			'-c', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t1')}
+		],
+		'<', \undef, '>', \$m{stdout}, '2>', \$m{stderr},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+
+	# Until the migration's worker has asked for a lock the application holds.
+	ok( ClinicTest::poll(
+			q{
+SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+               WHERE a.backend_type = 'clinic_migrate' AND NOT l.granted AND l.locktype = 'relation')}),
+		'deadlock: the worker waits for a table the application holds');
+
+	# The application writes another planned table, with a statement_timeout so that
+	# a wait behind the migration shows as a failure rather than a hang.
+	my ($out, $err) = ('', '');
+	$app->query_safe("SET statement_timeout = '20s'");
+	my $res = $app->query(
+		q{UPDATE patients SET notes = 'second table' WHERE id = (SELECT min(id) FROM patients WHERE tenant_id = 't2')});
+	is($app->{stderr}, '', 'deadlock: the application\'s second write succeeds (no deadlock, no timeout)');
+	$app->{stderr} = '';
+	$app->query_safe('COMMIT');
+	$app->quit;
+
+	my $ok = eval { $m{h}->finish; };
+	ok($ok, 'deadlock: the migration finishes') or diag("migrate: $@ $m{stderr}");
+	like($m{stdout}, qr/^tenant_t1$/m, 'deadlock: t1 is migrated');
+	like(ClinicTest::validate_mismatches('t1'), qr/^none of 4$/, 'deadlock: t1 validates');
+	unlike(slurp_file($node->logfile), qr/deadlock detected/, 'deadlock: the server log has no deadlock');
+}
+
+# ---- 2. pgbench's TPC-B tables and its tpcb-like script ----
+$node->safe_psql('postgres', 'CREATE DATABASE bench');
+$node->safe_psql('bench', 'CREATE EXTENSION clinic_migrate');
+$node->command_ok([ 'pgbench', '-i', '-q', '-s', '4', '--foreign-keys', '-h', $node->host,
+		'-p', $node->port, 'bench' ], 'pgbench -i --foreign-keys');
+$node->safe_psql(
+	'bench', q{
+ALTER DATABASE bench SET clinic_migrate.tenant_column = 'bid';
+ALTER DATABASE bench SET clinic_migrate.registry_table = '';
+SELECT clinic_migrate.exclude_table('pgbench_history');
+CREATE ROLE bench_app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench_app;
+});
+
+# tpcb-like for $secs seconds, 4 clients, no retries (pgbench's default)
+sub start_tpcb
+{
+	my ($secs) = @_;
+	my %b = (out => '', err => '');
+	$b{h} = IPC::Run::start(
+		[
+			'pgbench', '-n', '-b', 'tpcb-like', '-c', '4', '-j', '2', '-T', $secs,
+			'-h', $node->host, '-p', $node->port, '-U', 'bench_app', 'bench'
+		],
+		'<', \undef, '>', \$b{out}, '2>', \$b{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return \%b;
+}
+
+sub finish_tpcb
+{
+	my ($b, $name) = @_;
+	my $ok = eval { $b->{h}->finish; };
+	ok($ok, "$name: pgbench exits with 0") or diag("pgbench: $@\n$b->{out}\n$b->{err}");
+	like($b->{out}, qr/^number of failed transactions: 0 /m, "$name: no transaction failed")
+	  or diag($b->{out} . $b->{err});
+	unlike($b->{err}, qr/deadlock|lock timeout/, "$name: no deadlock, no lock timeout")
+	  or diag($b->{err});
+	return;
+}
+
+sub tpcb_running
+{
+	return ClinicTest::poll(
+		q{SELECT count(*) >= 4 FROM pg_stat_activity WHERE usename = 'bench_app'});
+}
+
+{
+	my $b = start_tpcb(12);
+	ok(tpcb_running(), 'tpcb-like: 4 clients write');
+	my ($out, $err) = ('', '');
+	is( $node->psql('bench', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('3')},
+			stdout => \$out, stderr => \$err, on_error_stop => 1),
+		0, 'tpcb-like: branch 3 migrates under load') or diag($err);
+	like($out, qr/^tenant_3$/m, 'tpcb-like: into tenant_3');
+	finish_tpcb($b, 'migrate');
+
+	is( $node->safe_psql(
+			'bench', q{
+SELECT clinic_migrate.sync_now('3') >= 0;
+SELECT string_agg(table_name || ' ' || match, ', ' ORDER BY table_name)
+FROM clinic_migrate.validate_migration('3')}),
+		"t\npgbench_accounts true, pgbench_branches true, pgbench_tellers true",
+		'tpcb-like: branch 3 validates after the load');
+
+	is( $node->psql('bench', q{SELECT schema_name FROM clinic_migrate.cutover('3')},
+			stdout => \$out, stderr => \$err, on_error_stop => 1),
+		0, 'tpcb-like: cutover') or diag($err);
+
+	# tpcb-like writes every branch's rows in the shared tables, and branch 3's are
+	# refused (40001) while it is cut over: the rollback runs with pgbench stopped.
+	is( $node->psql('bench', q{SELECT clinic_migrate.rollback_tenant('3')},
+			stdout => \$out, stderr => \$err, on_error_stop => 1),
+		0, 'tpcb-like: rollback after cutover') or diag($err);
+	like($out, qr/^t$/m, 'tpcb-like: rolled back');
+
+	# the copy and its rollback before cutover, under load again
+	$b = start_tpcb(10);
+	ok(tpcb_running(), 'tpcb-like: 4 clients write a third time');
+	is( $node->psql('bench',
+			q{SELECT schema_name FROM clinic_migrate.migrate_tenant('3'); SELECT clinic_migrate.rollback_tenant('3')},
+			stdout => \$out, stderr => \$err, on_error_stop => 1),
+		0, 'tpcb-like: migrate and roll back under load') or diag($err);
+	finish_tpcb($b, 'migrate and roll back');
+}
+unlike(slurp_file($node->logfile), qr/deadlock detected/, 'the server log has no deadlock');
+
+$node->stop;
+done_testing();
