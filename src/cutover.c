@@ -561,6 +561,18 @@ cm_rollback_cutover(CmWorkerShared *sh, int64 *run_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tenant \"%s\" is %s, not cut over", tenant, info.state)));
+	/*
+	 * The rollback ends by dropping the schema, which only its owner may do:
+	 * refuse before the pause, not after it flipped the tenant back.
+	 */
+	if (OidIsValid(info.schema_oid) && get_namespace_name(info.schema_oid) != NULL &&
+		!pg_namespace_ownercheck(info.schema_oid, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to roll back tenant \"%s\"", tenant),
+				 errdetail("Rolling back drops schema \"%s\", which only its owner may do; nothing was changed.",
+						   schema),
+				 errhint("Roll back as the owner of schema \"%s\" or a member of its role.", schema)));
 	*run_id = cm_run_start(tenant, schema, "rollback", sh->started_by, MyProcPid);
 	end_txn();
 

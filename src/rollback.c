@@ -172,11 +172,16 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 						 cm_archive_schema)));
 	if (info.exists && (strcmp(info.state, "cut_over") == 0 || strcmp(info.state, "rolling_back") == 0))
 	{
-		CmWorkerShared *req = palloc0(sizeof(CmWorkerShared));
-		CmWorkerShared *result = palloc0(sizeof(CmWorkerShared));
-		char	   *t = pstrdup(tenant);
+		CmWorkerShared *req;
+		CmWorkerShared *result;
+		char	   *t;
 
+		/* after SPI_finish: what is allocated before it goes with SPI's memory */
+		t = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, tenant);
 		SPI_finish();
+		t = pstrdup(t);
+		req = palloc0(sizeof(CmWorkerShared));
+		result = palloc0(sizeof(CmWorkerShared));
 		cm_require_no_transaction_block("rollback_tenant of a cut-over tenant");
 		cm_worker_request_init(req, CMA_ROLLBACK, t);
 		cm_run_action(req, result);

@@ -581,5 +581,26 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public.zdocs TO app_rw;
 	no_escalation('app_owner', $db);
 }
 
+# C. A role with the migrator's grants that does not own a cut-over tenant's schema
+# rolls it back: refused before the pause, the tenant stays cut over (0.1 flipped it
+# to rolling_back, then failed, and left it there).
+{
+	my $dc = 'attack C (rollback_tenant of a schema the role does not own)';
+	attacker('rb_atk', q{
+GRANT USAGE ON SCHEMA clinic_migrate TO rb_atk;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA clinic_migrate TO rb_atk;
+GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO rb_atk;
+});
+	is($node->safe_psql('postgres', q{SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't4'}),
+		'cut_over', "$dc: t4 is cut over");
+	# with the queue paused the call runs in a worker of its own, not as a job
+	$node->safe_psql('postgres', q{SELECT clinic_migrate.pause_queue()});
+	my ($rc, $out, $err) = as_role('rb_atk', q{SELECT clinic_migrate.rollback_tenant('t4');});
+	$node->safe_psql('postgres', q{SELECT clinic_migrate.resume_queue()});
+	like($err, qr/ERROR:  42501: permission denied to roll back tenant "t4"/, "$dc: refused");
+	is($node->safe_psql('postgres', q{SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't4'}),
+		'cut_over', "$dc: t4 is still cut over");
+}
+
 $node->stop;
 done_testing();
