@@ -22,6 +22,12 @@ CREATE TABLE visits (id bigserial PRIMARY KEY, patient_id bigint NOT NULL REFERE
 INSERT INTO patients (tenant_id, email, name)
 SELECT 'u' || (1 + i % 2), 'p' || i || '@example.org', 'Patient ' || i FROM generate_series(1, 10) i;
 INSERT INTO visits (patient_id, note) SELECT id, 'visit of ' || name FROM patients;
+CREATE TABLE rooms (id int PRIMARY KEY, tenant_id text NOT NULL REFERENCES tenants, booked tstzrange NOT NULL,
+                    EXCLUDE USING gist (booked WITH &&));
+CREATE INDEX ON rooms (tenant_id, id);
+INSERT INTO rooms VALUES (1, 'u1', '[2025-01-01 09:00+00, 2025-01-01 10:00+00)'),
+                         (2, 'u1', '[2025-01-01 11:00+00, 2025-01-01 12:00+00)'),
+                         (3, 'u2', '[2025-01-02 09:00+00, 2025-01-02 10:00+00)');
 
 -- half-way under 0.1: copied, capture on, changes captured and not replayed
 SELECT schema_name, tables, rows_copied FROM clinic_migrate.migrate_tenant('u1');
@@ -46,6 +52,12 @@ DELETE FROM visits WHERE patient_id = 6;
 DELETE FROM patients WHERE id = 6;
 INSERT INTO patients (tenant_id, email, name) VALUES ('u1', 'p6@example.org', 'Took the email of 6');
 COMMIT;
+-- two bookings swap their times: the exclusion constraint is violated mid-replay
+BEGIN;
+UPDATE rooms SET booked = '[2025-01-03 09:00+00, 2025-01-03 10:00+00)' WHERE id = 1;
+UPDATE rooms SET booked = '[2025-01-01 09:00+00, 2025-01-01 10:00+00)' WHERE id = 2;
+UPDATE rooms SET booked = '[2025-01-01 11:00+00, 2025-01-01 12:00+00)' WHERE id = 1;
+COMMIT;
 SELECT clinic_migrate.sync_now('u1') >= 0 AS replayed, clinic_migrate.capture_lag('u1') AS pending;
 SELECT table_name, source_rows, target_rows, match FROM clinic_migrate.validate_migration('u1')
 ORDER BY table_name;
@@ -56,6 +68,7 @@ RESET search_path;
 SELECT clinic_migrate.sync_now('u1') >= 0 AS replayed, clinic_migrate.capture_lag('u1') AS pending;
 SELECT id, name FROM public.patients WHERE tenant_id = 'u1' ORDER BY id;
 SELECT id, email, name FROM tenant_u1.patients ORDER BY id;
+SELECT id, booked FROM tenant_u1.rooms ORDER BY id;
 SELECT schema_name FROM clinic_migrate.finalize_tenant('u1', archive => false);
 SELECT tenant_id, state FROM clinic_migrate.status ORDER BY tenant_id;
 SELECT count(*) AS shared_rows_of_u1 FROM public.patients WHERE tenant_id = 'u1';

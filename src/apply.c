@@ -394,7 +394,9 @@ upsert_rows(Replay *r, PlanTable *pt, bool *updates)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+		/* a swapped unique value, or a swapped range of an exclusion constraint */
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION &&
+			edata->sqlerrcode != ERRCODE_EXCLUSION_VIOLATION)
 			ReThrowError(edata);
 		FreeErrorData(edata);
 		collided = true;

@@ -745,6 +745,7 @@ build_descendants(Relation rel, CaptureTable *ct)
 	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
 	MemoryContext old;
 	CmRoleSave	save;
+	List	   *found = NIL;
 
 	if (ct->descendants_built)
 		return;
@@ -792,11 +793,13 @@ build_descendants(Relation rel, CaptureTable *ct)
 							 get_atttype(below, hop->child_att[k]));
 			}
 			d->sql = sql.data;
-			ct->descendants = lappend(ct->descendants, d);
+			found = lappend(found, d);
 			MemoryContextSwitchTo(old);
 			break;
 		}
 	}
+	/* only whole: an error above leaves the entry to be built again, not half-built */
+	ct->descendants = found;
 	ct->descendants_built = true;
 }
 
