@@ -366,42 +366,40 @@ set_replica(void)
  * replica, the logged keys' rows are deleted from the target and inserted
  * again.  Returns the rows written.
  */
+/* the upsert of upsert_rows, in its subtransaction */
+typedef struct UpsertAttempt
+{
+	Replay	   *r;
+	PlanTable  *pt;
+	const char *sql;
+	uint64		written;
+} UpsertAttempt;
+
+static void
+upsert_attempt(void *arg)
+{
+	UpsertAttempt *a = arg;
+
+	a->written = run_as_target_owner(a->r, a->pt, a->sql, SPI_OK_INSERT);
+}
+
 static uint64
 upsert_rows(Replay *r, PlanTable *pt, bool *updates)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	char	   *sql = insert_sql(r, pt, true, updates);
-	volatile uint64 written = 0;
-	volatile bool collided = false;
+	UpsertAttempt a = {r, pt, insert_sql(r, pt, true, updates), 0};
+	ErrorData  *failed = cm_try_in_subxact(upsert_attempt, &a);
+	uint64		written = a.written;
+	bool		collided = false;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	if (failed != NULL)
 	{
-		written = run_as_target_owner(r, pt, sql, SPI_OK_INSERT);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 		/* a swapped unique value, or a swapped range of an exclusion constraint */
-		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION &&
-			edata->sqlerrcode != ERRCODE_EXCLUSION_VIOLATION)
-			ReThrowError(edata);
-		FreeErrorData(edata);
+		if (failed->sqlerrcode != ERRCODE_UNIQUE_VIOLATION &&
+			failed->sqlerrcode != ERRCODE_EXCLUSION_VIOLATION)
+			ReThrowError(failed);
+		FreeErrorData(failed);
 		collided = true;
 	}
-	PG_END_TRY();
 
 	if (collided)
 	{

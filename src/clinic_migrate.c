@@ -737,6 +737,71 @@ lock_holders(List *relids)
 	return n ? buf.data : NULL;
 }
 
+ErrorData *
+cm_try_in_subxact(void (*fn) (void *arg), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile failed = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		failed = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_END_TRY();
+	return failed;
+}
+
+/* one attempt of run_with_lock_retry, in its subtransaction */
+typedef struct LockAttempt
+{
+	const char *sql;
+	List	   *relids;
+	LOCKMODE	mode;
+	int			timeout_ms;
+} LockAttempt;
+
+static void
+lock_attempt(void *arg)
+{
+	LockAttempt *a = arg;
+	int			nest = NewGUCNestLevel();
+	char		timeout[32];
+
+	snprintf(timeout, sizeof(timeout), "%d", a->timeout_ms);
+	(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	if (a->sql == NULL)
+	{
+		ListCell   *lc;
+
+		/*
+		 * From C, not LOCK TABLE: that would ask the caller for UPDATE or
+		 * DELETE rights it need not have (the step checked what it needs,
+		 * such as TRIGGER).
+		 */
+		foreach(lc, a->relids)
+			LockRelationOid(lfirst_oid(lc), a->mode);
+	}
+	else if (SPI_execute(a->sql, false, 0) < 0)
+		elog(ERROR, "clinic_migrate: SPI error in \"%s\"", a->sql);
+	AtEOXact_GUC(true, nest);
+}
+
 /*
  * The retry loop behind cm_ddl_with_retry and cm_lock_relations: the
  * statement runs in a subtransaction with lock_timeout at
@@ -750,17 +815,13 @@ lock_holders(List *relids)
 static void
 run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int delay_ms = 10;
+	int			delay_ms = 10;
 	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   (int64) cm_lock_retry_time * 1000);
+	LockAttempt attempt = {sql, relids, mode, timeout_ms};
 
 	for (;;)
 	{
-		volatile bool done = false;
-		ErrorData  *volatile failed = NULL;
-
 		if (relids != NIL && clear_autovacuum(relids, mode))
 		{
 			/* an anti-wraparound vacuum: never queue behind it, wait it out */
@@ -769,51 +830,13 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 		}
 		else
 		{
-			BeginInternalSubTransaction(NULL);
-			MemoryContextSwitchTo(cxt);
-			PG_TRY();
-			{
-				int			nest = NewGUCNestLevel();
-				char		timeout[32];
+			ErrorData  *failed = cm_try_in_subxact(lock_attempt, &attempt);
 
-				snprintf(timeout, sizeof(timeout), "%d", timeout_ms);
-				(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
-										 GUC_ACTION_SAVE, true, 0, false);
-				if (sql == NULL)
-				{
-					ListCell   *lc;
-
-					/*
-					 * From C, not LOCK TABLE: that would ask the caller for
-					 * UPDATE or DELETE rights it need not have (the step
-					 * checked what it needs, such as TRIGGER).
-					 */
-					foreach(lc, relids)
-						LockRelationOid(lfirst_oid(lc), mode);
-				}
-				else if (SPI_execute(sql, false, 0) < 0)
-					elog(ERROR, "clinic_migrate: SPI error in \"%s\"", sql);
-				AtEOXact_GUC(true, nest);
-				ReleaseCurrentSubTransaction();
-				MemoryContextSwitchTo(cxt);
-				CurrentResourceOwner = owner;
-				/* no return here: PG_END_TRY must restore the exception stack */
-				done = true;
-			}
-			PG_CATCH();
-			{
-				MemoryContextSwitchTo(cxt);
-				failed = CopyErrorData();
-				FlushErrorState();
-				RollbackAndReleaseCurrentSubTransaction();
-				MemoryContextSwitchTo(cxt);
-				CurrentResourceOwner = owner;
-			}
-			PG_END_TRY();
-			if (done)
+			if (failed == NULL)
 				return;
 			if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 				ReThrowError(failed);
+			FreeErrorData(failed);
 		}
 		if (GetCurrentTimestamp() >= give_up)
 		{

@@ -177,6 +177,14 @@ extern void cm_append_quoted_list(StringInfo buf, List *names, const char *prefi
  */
 extern void cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables);
 
+/*
+ * Run fn(arg) in a subtransaction: NULL if it succeeded, else its error
+ * (copied into the caller's memory context), the subtransaction rolled
+ * back with every lock it took.
+ */
+struct ErrorData;
+extern struct ErrorData *cm_try_in_subxact(void (*fn) (void *arg), void *arg);
+
 extern void cm_append_eq(StringInfo buf, const char *left, Oid ltype,
 						 const char *right, Oid rtype);
 

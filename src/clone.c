@@ -531,21 +531,6 @@ clone_create_table(PlanTable *pt, const char *schema)
 	return clone_target_relid(schema, pt->relname);
 }
 
-/*
- * Pin search_path to pg_catalog for the DDL: deparsed expressions (policies)
- * then come out schema-qualified, and nothing resolves through a schema the
- * caller controls.
- */
-static int
-pin_search_path(void)
-{
-	int			nest = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	return nest;
-}
-
 char *
 clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
 					 bool defer_indexes)
@@ -613,7 +598,7 @@ clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
 					  5, types, values, NULL, 0);
 	}
 
-	nest = pin_search_path();
+	nest = cm_pin_search_path();
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
@@ -730,7 +715,7 @@ clone_finish_table(PlanTable *pt, const char *schema)
 
 	if (!OidIsValid(target))
 		elog(ERROR, "clinic_migrate: table %s.%s is missing", schema, pt->relname);
-	nest = pin_search_path();
+	nest = cm_pin_search_path();
 	srcrel = table_open(pt->relid, AccessShareLock);
 	tgtrel = table_open(target, AccessShareLock);
 	attmap = build_attrmap_by_name(RelationGetDescr(tgtrel), RelationGetDescr(srcrel));
@@ -817,7 +802,7 @@ att_names(Oid relid, Datum arr)
 void
 clone_finish_schema(TenantPlan *plan, const char *schema)
 {
-	int			nest = pin_search_path();
+	int			nest = cm_pin_search_path();
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -974,7 +959,7 @@ attidentity(Oid relid, AttrNumber attnum)
 void
 clone_switch_sequences(TenantPlan *plan, const char *schema)
 {
-	int			nest = pin_search_path();
+	int			nest = cm_pin_search_path();
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -1012,7 +997,7 @@ clone_switch_sequences(TenantPlan *plan, const char *schema)
 void
 clone_restore_sequences(TenantPlan *plan, const char *schema)
 {
-	int			nest = pin_search_path();
+	int			nest = cm_pin_search_path();
 	List	   *lock = NIL;
 
 	/*

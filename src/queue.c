@@ -113,12 +113,7 @@ cm_job_insert(const char *tenant, CmAction action, int priority, TimestampTz not
 	bool		isnull;
 	bool		with_session = cm_job_queue_has_session_role();
 
-	if (InSecurityRestrictedOperation())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("clinic_migrate cannot start work from a security-restricted operation"),
-				 errdetail("A trigger, index expression or check run by replay or maintenance runs with its owner's rights only; work it started would run in a session that has more."),
-				 errhint("Call clinic_migrate functions from a session of your own.")));
+	cm_refuse_in_restricted_operation();
 
 	if (busy > 0)
 		ereport(ERROR,

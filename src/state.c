@@ -69,10 +69,26 @@ cm_pin_search_path(void)
 
 	(void) set_config_option("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	/* a policy that would hide rows fails the statement instead of losing them */
+	return nest;
+}
+
+/* in another role's name: a policy that would hide rows fails the statement instead */
+static void
+no_row_security(void)
+{
 	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	return nest;
+}
+
+void
+cm_refuse_in_restricted_operation(void)
+{
+	if (InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("clinic_migrate cannot start work from a security-restricted operation"),
+				 errdetail("A trigger, index expression or check run by replay or maintenance runs with its owner's rights only; work it started would run in a session that has more."),
+				 errhint("Call clinic_migrate functions from a session of your own.")));
 }
 
 void
@@ -81,6 +97,7 @@ cm_owner_begin(CmRoleSave *save)
 	GetUserIdAndSecContext(&save->userid, &save->sec);
 	SetUserIdAndSecContext(cm_extension_owner(), save->sec | SECURITY_LOCAL_USERID_CHANGE);
 	save->nest = cm_pin_search_path();
+	no_row_security();
 }
 
 Oid
@@ -109,6 +126,7 @@ cm_table_owner_begin(Oid relid, CmRoleSave *save)
 	SetUserIdAndSecContext(owner, save->sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
 	save->nest = cm_pin_search_path();
+	no_row_security();
 }
 
 void

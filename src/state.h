@@ -46,8 +46,14 @@ extern void cm_role_end(CmRoleSave *save);
 extern Oid	cm_extension_owner(void);
 extern Oid	cm_rel_owner(Oid relid);
 
-/* pin search_path for the current GUC nest level; returns the level to pass to AtEOXact_GUC */
+/* pin search_path at a new GUC nest level; returns the level to pass to AtEOXact_GUC */
 extern int	cm_pin_search_path(void);
+
+/*
+ * Error out in a security-restricted operation: work started there (a job,
+ * a worker) would run in the session behind it, with more rights.
+ */
+extern void cm_refuse_in_restricted_operation(void);
 
 /* convenience wrappers for single text/int8 arguments */
 extern int	cm_state_exec_tenant(const char *sql, const char *tenant);

@@ -117,12 +117,7 @@ cm_require_no_transaction_block(const char *what)
 void
 cm_worker_request_init(CmWorkerShared *req, CmAction action, const char *tenant)
 {
-	if (InSecurityRestrictedOperation())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("clinic_migrate cannot start work from a security-restricted operation"),
-				 errdetail("A trigger, index expression or check run by replay or maintenance runs with its owner's rights only; work it started would run in a session that has more."),
-				 errhint("Call clinic_migrate functions from a session of your own.")));
+	cm_refuse_in_restricted_operation();
 	memset(req, 0, sizeof(*req));
 	req->action = action;
 	req->dboid = MyDatabaseId;
