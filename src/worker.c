@@ -383,11 +383,23 @@ cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 				 errmsg("could not start a clinic_migrate worker"),
 				 errdetail("All background worker slots are in use."),
 				 errhint("Raise max_worker_processes, or wait for other workers to finish.")));
+	/*
+	 * A worker that failed at once (a refused rollback, say) may be gone
+	 * before we see it start; its answer is in the segment all the same.
+	 */
 	if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("could not start a clinic_migrate worker"),
-				 errhint("See the server log for why the postmaster could not start it.")));
+	{
+		CmWorkerState st;
+
+		SpinLockAcquire(&sh->mutex);
+		st = sh->state;
+		SpinLockRelease(&sh->mutex);
+		if (st != CMW_DONE && st != CMW_FAILED)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("could not start a clinic_migrate worker"),
+					 errhint("See the server log for why the postmaster could not start it.")));
+	}
 
 	/*
 	 * Wait.  The worker sets our latch when it is done, the postmaster when
