@@ -773,6 +773,7 @@ typedef struct LockAttempt
 	List	   *relids;
 	LOCKMODE	mode;
 	int			timeout_ms;
+	int			waiting;		/* index in relids of the lock being waited for */
 } LockAttempt;
 
 static void
@@ -794,8 +795,31 @@ lock_attempt(void *arg)
 		 * DELETE rights it need not have (the step checked what it needs,
 		 * such as TRIGGER).
 		 */
+		TimestampTz start = GetCurrentTimestamp();
+
+		/*
+		 * One budget for the attempt, not one per table: a writer queued
+		 * behind the first table waits for the whole attempt, which must
+		 * stay within timeout_ms.
+		 */
 		foreach(lc, a->relids)
+		{
+			long		left;
+
+			a->waiting = foreach_current_index(lc);
+			if (ConditionalLockRelationOid(lfirst_oid(lc), a->mode))
+				continue;
+			left = a->timeout_ms - TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
+			if (left <= 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						 errmsg("could not obtain lock on relation \"%s\"",
+								get_rel_name(lfirst_oid(lc)))));
+			snprintf(timeout, sizeof(timeout), "%ld", left);
+			(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
 			LockRelationOid(lfirst_oid(lc), a->mode);
+		}
 	}
 	else if (SPI_execute(a->sql, false, 0) < 0)
 		elog(ERROR, "clinic_migrate: SPI error in \"%s\"", a->sql);
@@ -811,6 +835,14 @@ lock_attempt(void *arg)
  * naming who holds the tables.  With the relations known, a blocking
  * autovacuum is cancelled first (or, preventing wraparound, waited for
  * outside the lock queue).
+ *
+ * Relations are locked in list order, so an attempt waits for one while it
+ * holds the ones before it.  A writer holding the awaited table may want
+ * one of those next (a foreign key check locks the parent after the child;
+ * an application takes its tables in its own order): neither can go on
+ * until our lock_timeout gives up.  The table an attempt gave up on is
+ * locked first in the next one, so the order learns the writers' order and
+ * the same cycle does not come back.
  */
 static void
 run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms)
@@ -818,7 +850,7 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 	int			delay_ms = 10;
 	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   (int64) cm_lock_retry_time * 1000);
-	LockAttempt attempt = {sql, relids, mode, timeout_ms};
+	LockAttempt attempt = {sql, list_copy(relids), mode, timeout_ms, 0};
 
 	for (;;)
 	{
@@ -837,6 +869,13 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 			if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 				ReThrowError(failed);
 			FreeErrorData(failed);
+			if (attempt.waiting > 0)
+			{
+				Oid			first = list_nth_oid(attempt.relids, attempt.waiting);
+
+				attempt.relids = list_delete_nth_cell(attempt.relids, attempt.waiting);
+				attempt.relids = lcons_oid(first, attempt.relids);
+			}
 		}
 		if (GetCurrentTimestamp() >= give_up)
 		{
