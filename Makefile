@@ -4,7 +4,7 @@ MODULE_big = clinic_migrate
 OBJS = src/clinic_migrate.o src/state.o src/plan.o src/clone.o src/copy.o \
        src/capture.o src/apply.o src/sync.o src/worker.o src/cutover.o \
        src/validate.o src/rollback.o src/queue.o src/launcher.o
-DATA = sql/clinic_migrate--0.1.sql sql/clinic_migrate--0.1--0.2.sql
+DATA = sql/clinic_migrate--0.1.sql sql/clinic_migrate--0.1--0.2.sql sql/clinic_migrate--0.2--0.3.sql
 PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 
 # -Wno-unused-parameter: fmgr's PG_FUNCTION_ARGS and PostgreSQL's own headers
@@ -12,7 +12,7 @@ PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
             -Wno-sign-compare -Wno-cast-function-type
 
-REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security upgrade
+REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security upgrade upgrade_0_2
 REGRESS_OPTS = --inputdir=. --temp-config=test/clinic_migrate.conf \
                --temp-instance=./tmp_check_regress
 

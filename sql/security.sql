@@ -533,12 +533,12 @@ DO $$
 DECLARE
     r record;
 BEGIN
-    FOR r IN SELECT l.relname FROM pg_class l
-             WHERE l.relnamespace = 'clinic_migrate'::regnamespace AND l.relname LIKE 'log\_%'
-               AND substr(l.relname, 5)::oid IN (SELECT c.oid FROM pg_class c
-                                                  WHERE c.relnamespace IN ('sec'::regnamespace, 'atk'::regnamespace))
+    FOR r IN DELETE FROM clinic_migrate.capture_logs
+             WHERE source_table::oid IN (SELECT c.oid FROM pg_class c
+                                         WHERE c.relnamespace IN ('sec'::regnamespace, 'atk'::regnamespace))
+             RETURNING log_table
     LOOP
-        EXECUTE format('DROP TABLE clinic_migrate.%I', r.relname);
+        EXECUTE format('DROP TABLE %s', r.log_table);
     END LOOP;
 END $$;
 DROP OWNED BY regress_attacker;

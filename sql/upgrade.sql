@@ -1,6 +1,6 @@
 --
 -- upgrade: a tenant moved half-way under version 0.1 finishes its move after
--- ALTER EXTENSION clinic_migrate UPDATE (0.1 -> 0.2), in a database of its own.
+-- ALTER EXTENSION clinic_migrate UPDATE (0.1 -> 0.2 -> 0.3), in a database of its own.
 --
 SELECT current_database() AS regress_db \gset
 SET client_min_messages = warning;

@@ -69,7 +69,11 @@ typedef struct Replay
 static char *
 log_relname(PlanTable *pt)
 {
-	return quote_qualified_identifier(CM_SCHEMA, capture_log_name(pt->relid));
+	Oid			log = capture_log_relid(pt->relid);
+
+	if (!OidIsValid(log))
+		elog(ERROR, "clinic_migrate: table %s has no capture log", get_rel_name(pt->relid));
+	return cm_qualified_relname(log);
 }
 
 static char *
@@ -461,7 +465,7 @@ replay_round(Replay *r)
 			 * since): it has no log and no copy; its rows are the
 			 * validation's to report.
 			 */
-			if (!OidIsValid(get_relname_relid(capture_log_name(pt->relid), get_namespace_oid(CM_SCHEMA, false))) ||
+			if (!OidIsValid(capture_log_relid(pt->relid)) ||
 				!OidIsValid(clone_target_relid(r->schema, pt->relname)))
 			{
 				has[i] = false;

@@ -43,6 +43,8 @@
 #include "storage/sinvaladt.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "mb/pg_wchar.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -319,10 +321,93 @@ cm_capturing_any(PG_FUNCTION_ARGS)
 
 /* ---- the trigger ---- */
 
-char *
-capture_log_name(Oid source)
+/*
+ * One of our state tables' rows, by an OID-valued column (oid or reg*),
+ * read directly: the trigger that asks runs as the writer, who may not read
+ * them.  Returns the value of another OID-valued column, or InvalidOid.
+ * *present says whether the table exists (a database still at 0.2 has no
+ * capture_logs).
+ */
+static Oid
+state_oid_lookup(const char *table, const char *keycol, Oid key, const char *outcol,
+				 bool *present)
 {
-	return psprintf("log_%u", source);
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+	Relation	rel;
+	ScanKeyData skey;
+	TableScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+	Oid			result = InvalidOid;
+	AttrNumber	outatt;
+
+	*present = OidIsValid(relid);
+	if (!*present)
+		return InvalidOid;
+	rel = table_open(relid, AccessShareLock);
+	outatt = attnameAttNum(rel, outcol, false);
+	ScanKeyInit(&skey, attnameAttNum(rel, keycol, false), BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(key));
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 1, &skey);
+	if ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, outatt, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			result = DatumGetObjectId(d);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
+ * The log of a shared table, or InvalidOid when it has none.  Logs are
+ * found through clinic_migrate.capture_logs, whose regclass columns follow
+ * the tables through pg_dump and pg_restore (their OIDs change, their names
+ * do not); before 0.3 a log was named after the table's OID.
+ */
+Oid
+capture_log_relid(Oid source)
+{
+	bool		present;
+	Oid			log = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
+
+	if (!present)
+		return get_relname_relid(psprintf("log_%u", source), get_namespace_oid(CM_SCHEMA, false));
+	return log;
+}
+
+/* the shared table a tenant's table was copied from, or InvalidOid */
+static Oid
+tenant_table_source(Oid target)
+{
+	bool		present;
+
+	return state_oid_lookup("tenant_tables", "target_table", target, "source_table", &present);
+}
+
+/*
+ * A name for a new log: log_<table>, made unique in our schema (two source
+ * schemas may have tables of one name; a restored database has the logs of
+ * its tables under their old names).
+ */
+static char *
+new_log_name(Oid source)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	const char *relname = get_rel_name(source);
+	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 16);
+	char	   *base = psprintf("log_%.*s", len, relname);
+	char	   *name = base;
+
+	for (int k = 2; OidIsValid(get_relname_relid(name, nsp)); k++)
+		name = psprintf("%s_%d", base, k);
+	return name;
 }
 
 /* build the cache entry of a shared table from its trigger's argument */
@@ -362,7 +447,32 @@ capture_table_get(Relation rel, Trigger *trigger)
 			 RelationGetRelationName(rel));
 	ct->cxt = AllocSetContextCreate(CacheMemoryContext, "clinic_migrate capture table",
 									ALLOCSET_SMALL_SIZES);
-	ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
+	{
+		/*
+		 * The log is found from the table, not from the trigger's argument
+		 * (a name for people; an OID before 0.3, wrong once restored): a
+		 * shared table's own, or, for a tenant's table (reverse capture),
+		 * that of the shared table it was copied from.
+		 */
+		bool		present;
+		Oid			source = relid;
+
+		(void) state_oid_lookup("capture_logs", "source_table", relid, "log_table", &present);
+		if (!present)
+			ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
+		else
+		{
+			if (trigger->tgnargs >= 3)
+				source = tenant_table_source(relid);
+			ct->log_relid = OidIsValid(source) ? capture_log_relid(source) : InvalidOid;
+			if (!OidIsValid(ct->log_relid))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("table %s has a clinic_migrate capture trigger but no capture log",
+								RelationGetRelationName(rel)),
+						 errhint("clinic_migrate.capture_logs has no row for it: was the database restored without it?")));
+		}
+	}
 	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
 		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
 	if (ct->tenant_att != InvalidAttrNumber)
@@ -742,7 +852,6 @@ build_descendants(Relation rel, CaptureTable *ct)
 {
 	TenantPlan *plan;
 	Oid			relid = RelationGetRelid(rel);
-	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
 	MemoryContext old;
 	CmRoleSave	save;
 	List	   *found = NIL;
@@ -769,7 +878,7 @@ build_descendants(Relation rel, CaptureTable *ct)
 
 			if (hop->parent != relid)
 				continue;
-			logrel = get_relname_relid(capture_log_name(pt->relid), nsp);
+			logrel = capture_log_relid(pt->relid);
 			if (!OidIsValid(logrel))
 				break;
 			old = MemoryContextSwitchTo(ct->cxt);
@@ -1207,6 +1316,7 @@ capture_install(TenantPlan *plan)
 {
 	Oid			nsp;
 	LOCKTAG		tag;
+	bool		has_map;
 
 	/*
 	 * One installer at a time in the database: two first migrations would
@@ -1217,6 +1327,7 @@ capture_install(TenantPlan *plan)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	AcceptInvalidationMessages();
 	nsp = get_namespace_oid(CM_SCHEMA, false);
+	has_map = OidIsValid(get_relname_relid("capture_logs", nsp));
 
 	/*
 	 * The tables that still miss a trigger, locked all at once before the
@@ -1241,8 +1352,9 @@ capture_install(TenantPlan *plan)
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
-		char	   *logname = capture_log_name(pt->relid);
-		Oid			logrel = get_relname_relid(logname, nsp);
+		Oid			logrel = capture_log_relid(pt->relid);
+		char	   *logname = OidIsValid(logrel) ? get_rel_name(logrel) :
+			(has_map ? new_log_name(pt->relid) : psprintf("log_%u", pt->relid));
 		StringInfoData sql;
 		List	   *keys = plan_key_columns(pt);
 		const char *ops[3] = {"INSERT", "UPDATE", "DELETE"};
@@ -1262,6 +1374,15 @@ capture_install(TenantPlan *plan)
 			cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
 			CommandCounterIncrement();
 			logrel = get_relname_relid(logname, nsp);
+			if (has_map)
+			{
+				Oid			types[2] = {OIDOID, OIDOID};
+				Datum		values[2] = {ObjectIdGetDatum(pt->relid), ObjectIdGetDatum(logrel)};
+
+				cm_state_exec("INSERT INTO clinic_migrate.capture_logs (source_table, log_table) "
+							  "VALUES ($1, $2)", 2, types, values, NULL, 0);
+				CommandCounterIncrement();
+			}
 		}
 		for (int op = 0; op < 3; op++)
 		{
@@ -1281,7 +1402,7 @@ capture_install(TenantPlan *plan)
 						   psprintf("AFTER %s ON %s FOR EACH ROW WHEN (%s) "
 									"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
 									ops[op], qrel, when,
-									quote_literal_cstr(psprintf("%u", logrel)),
+									quote_literal_cstr(has_map ? logname : psprintf("%u", logrel)),
 									pt->kind == PLAN_CHILD ? "" : ", ",
 									pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));
 		}
@@ -1313,7 +1434,7 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 	{
 		PlanTable  *pt = &plan->tables[i];
 		Oid			target = clone_target_relid(schema, pt->relname);
-		Oid			logrel = get_relname_relid(capture_log_name(pt->relid), nsp);
+		Oid			logrel = capture_log_relid(pt->relid);
 		char	   *qrel;
 		const char *tcol = pt->tenant_att != InvalidAttrNumber ? plan->tenant_column : "";
 
@@ -1339,7 +1460,9 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 		create_trigger(target, "clinic_migrate_capture_reverse",
 					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
 								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",
-								qrel, quote_literal_cstr(psprintf("%u", logrel)),
+								qrel,
+								quote_literal_cstr(OidIsValid(get_relname_relid("capture_logs", nsp)) ?
+												   get_rel_name(logrel) : psprintf("%u", logrel)),
 								quote_literal_cstr(tcol), quote_literal_cstr(tenant)));
 		create_trigger(target, "clinic_migrate_guard_truncate",
 					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "

@@ -40,7 +40,7 @@ extern bool cm_state_after_cutover(const char *state);
 extern bool cm_applying;
 
 /* name of the log table of a shared table */
-extern char *capture_log_name(Oid source);
+extern Oid	capture_log_relid(Oid source);
 
 /*
  * Create the log tables and triggers that are missing for the planned

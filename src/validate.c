@@ -531,8 +531,7 @@ logged_key_hashes(PlanTable *pt, const char *tenant)
 	RowHasher	r;
 	HASHCTL		ctl;
 	StringInfoData sql;
-	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
-	char	   *logname = capture_log_name(pt->relid);
+	Oid			log = capture_log_relid(pt->relid);
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(uint64);
@@ -541,13 +540,13 @@ logged_key_hashes(PlanTable *pt, const char *tenant)
 	hasher_init(&r, pt->nkey);
 	r.map = hash_create("clinic_migrate logged keys", 256, &ctl,
 						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	if (!OidIsValid(get_relname_relid(logname, nsp)))
+	if (!OidIsValid(log))
 		return r.map;
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "SELECT ");
 	cm_append_quoted_list(&sql, plan_key_columns(pt), "l");
 	appendStringInfo(&sql, " FROM %s l WHERE l._cm_tenant = $1",
-					 quote_qualified_identifier(CM_SCHEMA, logname));
+					 cm_qualified_relname(log));
 	{
 		CmRoleSave	save;
 
