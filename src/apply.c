@@ -590,7 +590,8 @@ static SPITupleTable *
 log_tables(uint64 *n)
 {
 	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
-				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "WHERE oid IN " CM_RELS_OF_NAMESPACE("'clinic_migrate'::pg_catalog.regnamespace") " "
+				  "AND relname LIKE 'log\\_%' "
 				  "AND relkind = 'r'", 0, NULL, NULL, NULL, 0);
 	*n = SPI_processed;
 	return SPI_tuptable;

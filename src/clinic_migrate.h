@@ -16,6 +16,20 @@
 
 #define CM_SCHEMA "clinic_migrate"
 
+/*
+ * The relations of a schema (ns: an SQL expression of its OID), through
+ * their dependency on it: pg_depend's reference index finds them, where a
+ * test of pg_class.relnamespace reads all of pg_class, which every tenant
+ * schema makes longer.  (Every relation depends on its schema, unless the
+ * schema is pinned, as pg_catalog is; public is not.)
+ */
+#define CM_RELS_OF_NAMESPACE(ns) \
+	"(SELECT d.objid FROM pg_catalog.pg_depend d " \
+	"WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass " \
+	"AND d.refobjid OPERATOR(pg_catalog.=) " ns " AND d.refobjsubid OPERATOR(pg_catalog.=) 0 " \
+	"AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass " \
+	"AND d.deptype OPERATOR(pg_catalog.=) 'n')"
+
 /* settings (clinic_migrate.*) */
 extern char *cm_source_schema;
 extern char *cm_tenant_column;

@@ -664,15 +664,17 @@ clone_reset_if_empty(const char *tenant, const char *schema)
 	 */
 	if (SPI_execute_with_args(
 							  "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname) "
-							  "FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
-							  "WHERE c.contype = 'f' AND r.relnamespace = $1 "
+							  "FROM pg_constraint c "
+							  "WHERE c.contype = 'f' AND c.oid IN (SELECT fd.objid FROM pg_depend fd "
+							  "  WHERE fd.classid = 'pg_constraint'::regclass AND fd.refclassid = 'pg_class'::regclass "
+							  "    AND fd.refobjid IN " CM_RELS_OF_NAMESPACE("$1") ") "
 							  "UNION ALL "
 							  "SELECT * FROM (SELECT CASE WHEN con.oid IS NOT NULL "
 							  "  THEN format('ALTER TABLE %s DROP CONSTRAINT %I', i.indrelid::regclass, con.conname) "
 							  "  ELSE format('DROP INDEX %s', i.indexrelid::regclass) END "
-							  "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+							  "FROM pg_index i "
 							  "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x') "
-							  "WHERE t.relnamespace = $1 ORDER BY i.indexrelid) x",
+							  "WHERE i.indrelid IN " CM_RELS_OF_NAMESPACE("$1") " ORDER BY i.indexrelid) x",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: constraint lookup failed");
 	tt = SPI_tuptable;

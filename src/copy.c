@@ -635,12 +635,14 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	bool		resumed = false;
 	bool		already_copied = false;
 	TimestampTz run_start;
+	TimestampTz mark[7];			/* phase boundaries, for the DEBUG1 line at the end */
 
 	/*
 	 * Capture first, in a transaction of its own: creating the triggers
 	 * takes a brief lock on each shared table, which must not be held
 	 * while the rest of the start-up runs.
 	 */
+	mark[0] = GetCurrentTimestamp();
 	begin_txn();
 	plan = clone_plan_for_tenant((char **) &tenant, &s, cxt);
 	plan_check_copyable(plan);
@@ -649,6 +651,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	report_activity(sh, NULL, "installing capture for");
 	capture_install(plan);
 	end_txn();
+	mark[1] = GetCurrentTimestamp();
 
 	/*
 	 * Start: the plan, the schema and its tables (without indexes), the
@@ -755,13 +758,14 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	 * batch's snapshot: its write would be in neither.  Wait for every such
 	 * transaction to end (as CREATE INDEX CONCURRENTLY does).
 	 */
+	mark[2] = GetCurrentTimestamp();
 	report_activity(sh, NULL, "waiting for older transactions before copying");
 	begin_txn();
 	capture_wait_for_writers(plan);
 	end_txn();
 	cm_pause_point("copy_start");
 
-	run_start = GetCurrentTimestamp();
+	run_start = mark[3] = GetCurrentTimestamp();
 	SpinLockAcquire(&sh->mutex);
 	sh->state = CMW_RUNNING;
 	sh->resumed = resumed || (rows_before > 0 && !already_copied);
@@ -845,12 +849,14 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	 * copied late may point at a parent that arrived after the parent
 	 * table's copy and is only in the log.
 	 */
+	mark[4] = GetCurrentTimestamp();
 	catch_up(sh, tenant, plan);
 	report_activity(sh, NULL, "finishing");
 	begin_txn();
 	clone_finish_schema(plan, sh->schema);
 	end_txn();
 	catch_up(sh, tenant, plan);
+	mark[5] = GetCurrentTimestamp();
 	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
 	begin_txn();
 	/*
@@ -872,5 +878,14 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 		cm_run_finish(*run_id, "completed", done, NULL, NULL);
 	}
 	end_txn();
+	mark[6] = GetCurrentTimestamp();
 	pgstat_report_activity(STATE_IDLE, NULL);
+#define CM_MS(a, b) (TimestampDifferenceMilliseconds(mark[a], mark[b]))
+	ereport(DEBUG1,
+			(errmsg_internal("clinic_migrate: migrated tenant \"%s\" in %ld ms: plan and capture %ld, "
+							 "schema and records %ld, waiting for older writers %ld, copy and indexes %ld, "
+							 "catch-up and foreign keys %ld, sequences and commit %ld",
+							 tenant, CM_MS(0, 6), CM_MS(0, 1), CM_MS(1, 2), CM_MS(2, 3), CM_MS(3, 4),
+							 CM_MS(4, 5), CM_MS(5, 6))));
+#undef CM_MS
 }

@@ -362,7 +362,8 @@ plan_build(const CmSettings *s, MemoryContext mcxt)
 								"     AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e') AS ext, "
 								"  EXISTS (SELECT 1 FROM clinic_migrate.excluded_tables x WHERE x.table_name = c.oid) "
 								"FROM pg_class c "
-								"WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+								"WHERE c.oid IN " CM_RELS_OF_NAMESPACE("$1") " "
+								"  AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
 								"ORDER BY c.relname COLLATE \"C\"",
 								1, types, values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
@@ -411,8 +412,7 @@ plan_build(const CmSettings *s, MemoryContext mcxt)
 	ret = SPI_execute_with_args(
 								"SELECT con.oid, con.conrelid, con.confrelid, con.conkey, con.confkey "
 								"FROM pg_constraint con "
-								"JOIN pg_class c ON c.oid = con.conrelid "
-								"WHERE con.contype = 'f' AND c.relnamespace = $1 "
+								"WHERE con.contype = 'f' AND con.conrelid IN " CM_RELS_OF_NAMESPACE("$1") " "
 								"ORDER BY con.conrelid, con.conname COLLATE \"C\"",
 								1, types, values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)

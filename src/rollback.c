@@ -40,8 +40,8 @@ check_no_outside_dependents(Oid nsp, const char *name)
 	/* each depending object, located by the schema of what it belongs to */
 	if (SPI_execute_with_args(
 							  "SELECT DISTINCT pg_describe_object(d.classid, d.objid, 0) "
-							  "FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid "
-							  "WHERE d.refclassid = 'pg_class'::regclass AND c.relnamespace = $1 "
+							  "FROM pg_depend d "
+							  "WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid IN " CM_RELS_OF_NAMESPACE("$1") " "
 							  "  AND d.deptype = 'n' AND coalesce(CASE d.classid "
 							  "    WHEN 'pg_class'::regclass THEN "
 							  "      (SELECT relnamespace FROM pg_class WHERE oid = d.objid) "

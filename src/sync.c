@@ -124,24 +124,36 @@ tenants_to_sync(MemoryContext cxt, bool *any)
 	 */
 	*any = false;
 	cm_state_exec("SELECT quote_ident(relname) FROM pg_class "
-				  "WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\\_%' "
+				  "WHERE oid IN " CM_RELS_OF_NAMESPACE("'clinic_migrate'::pg_catalog.regnamespace") " "
+				  "AND relname LIKE 'log\\_%' "
 				  "AND relkind = 'r' ORDER BY relname", 0, NULL, NULL, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
 	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT t.tenant_id, t.schema_name::text, "
-						   "t.tenant_id IN (");
+	appendStringInfoString(&sql, "SELECT t.tenant_id, t.schema_name::text, true "
+						   "FROM clinic_migrate.tenants t WHERE t.state IN ('copied', 'cut_over') "
+						   "AND t.tenant_id IN (");
 	for (uint64 i = 0; i < n; i++)
 		appendStringInfo(&sql, "%sSELECT _cm_tenant FROM clinic_migrate.%s", i ? " UNION " : "",
 						 SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
 	if (n == 0)
 		appendStringInfoString(&sql, "SELECT NULL::text");
-	appendStringInfoString(&sql, ") FROM clinic_migrate.tenants t "
-						   "WHERE t.state IN ('copied', 'cut_over') ORDER BY t.tenant_id");
+	appendStringInfoString(&sql, ") ORDER BY t.tenant_id");
+
+	/*
+	 * Only the tenants with changes waiting come back: thousands of copied
+	 * tenants with none cost a round one look at each log, not a row each.
+	 */
+	cm_state_exec("SELECT EXISTS (SELECT FROM clinic_migrate.tenants "
+				  "WHERE state IN ('copied', 'cut_over'))", 0, NULL, NULL, NULL, 0);
+	{
+		bool		isnull;
+
+		*any = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
 	cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
-	*any = n > 0;
 	old = MemoryContextSwitchTo(cxt);
 	for (uint64 i = 0; i < n; i++)
 	{
