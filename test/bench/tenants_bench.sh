@@ -176,7 +176,7 @@ say "phases inside the worker (medians, ms; the server log's DEBUG1 line of each
 grep -o 'migrated tenant "t[0-9]*" in .*' "$dir/log" | awk -v n="$tenants" -v s="$sample" '
   {
     gsub(/[",:]/, " ")
-    t = $3; sub(/^t/, "", t)
+    t = $3; sub(/^t/, "", t); t = t + 0
     band = (t <= s) ? 1 : (t > n - s) ? 2 : 0
     if (!band) next
     # fields: migrated tenant tN in TOTAL ms plan and capture A schema and records B
@@ -203,4 +203,16 @@ say "where a tenant's time goes, first $sample tenants (pg_stat_statements, stat
 cat "$dir/first_statements.txt"
 say "the same, last $sample tenants:"
 cat "$dir/last_statements.txt"
+if [ "$scheduler" = 1 ]; then
+  say ""
+  say "through the queue (medians, ms, from job_queue): enqueued to started, started to finished"
+  q -At -F ' ' -v n="$tenants" -v s="$sample" <<'SQL'
+SELECT CASE WHEN substr(tenant_id, 2)::int <= :s THEN 'first' ELSE 'last' END AS band,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - enqueued_at) * 1000)::numeric, 1),
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)::numeric, 1)
+FROM clinic_migrate.job_queue
+WHERE action = 'migrate' AND (substr(tenant_id, 2)::int <= :s OR substr(tenant_id, 2)::int > :n - :s)
+GROUP BY 1 ORDER BY 1;
+SQL
+fi
 say "sync worker: $(q -At -c "SELECT count(*) FROM clinic_migrate.tenants WHERE state = 'copied'") tenants copied and kept in sync at the end"
