@@ -178,3 +178,22 @@ SELECT s.sequencename, s.last_value = b.last_value AS unchanged
 FROM pg_sequences s JOIN shared_seq b USING (sequencename)
 WHERE s.schemaname = 'public' ORDER BY 1;
 DROP TABLE shared_seq;
+
+-- clinic_migrate.shared_foreign_keys = off: the tenant's tables keep the foreign
+-- keys among themselves, and none to the tables that stay shared (the registry)
+INSERT INTO public.tenants VALUES ('tfk', 'No shared keys');
+SET clinic_migrate.shared_foreign_keys = off;
+SELECT schema_name FROM clinic_migrate.migrate_tenant('tfk');
+RESET clinic_migrate.shared_foreign_keys;
+SELECT c.conrelid::regclass AS in_table, c.confrelid::regclass AS refers_to
+FROM pg_constraint c
+WHERE c.contype = 'f' AND c.connamespace = 'tenant_tfk'::regnamespace
+ORDER BY 1::text, 2::text;
+SELECT count(*) AS triggers_on_the_registry_for_tfk
+FROM pg_trigger t JOIN pg_constraint c ON c.oid = t.tgconstraint
+WHERE t.tgrelid = 'public.tenants'::regclass AND c.connamespace = 'tenant_tfk'::regnamespace;
+SET client_min_messages = warning;
+SELECT clinic_migrate.rollback_tenant('tfk');
+RESET client_min_messages;
+DELETE FROM public.tenants WHERE tenant_id = 'tfk';
+DELETE FROM clinic_migrate.runs WHERE tenant_id = 'tfk';

@@ -50,6 +50,7 @@ int			cm_batch_delay = 0;
 int			cm_sync_interval = 1000;
 int			cm_cutover_max_lag = 1000;
 int			cm_cutover_max_pause = 200;
+bool		cm_shared_foreign_keys = true;
 int			cm_cutover_attempts = 10;
 int			cm_cutover_wait = 300;
 int			cm_archive_batch_size = 10000;
@@ -167,6 +168,12 @@ _PG_init(void)
 							"A failed attempt releases every lock it took and is retried with back-off.",
 							&cm_lock_timeout, 50, 1, 60000,
 							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("clinic_migrate.shared_foreign_keys",
+							 "Whether a tenant's tables keep their foreign keys to tables that stay shared.",
+							 "Each such key adds two triggers to the shared table (the registry, a reference "
+							 "table), which every tenant's keys make longer to load and every delete of a "
+							 "referenced row checks against every tenant's table.",
+							 &cm_shared_foreign_keys, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.lock_retry_time",
 							"How long a step keeps retrying to lock the application's tables before it fails with 55P03.",
 							NULL, &cm_lock_retry_time, 60, 0, 86400,
@@ -235,6 +242,7 @@ cm_current_settings(CmSettings *s)
 	s->archive_batch_size = cm_archive_batch_size;
 	s->lock_timeout = cm_lock_timeout;
 	s->lock_retry_time = cm_lock_retry_time;
+	s->shared_foreign_keys = cm_shared_foreign_keys;
 	strlcpy(s->archive_schema, cm_archive_schema ? cm_archive_schema : "", NAMEDATALEN);
 	strlcpy(s->registry_schema_column, cm_registry_schema_column ? cm_registry_schema_column : "",
 			NAMEDATALEN);
@@ -264,6 +272,7 @@ cm_apply_settings(const CmSettings *s)
 	SET_INT("archive_batch_size", s->archive_batch_size);
 	SET_INT("lock_timeout", s->lock_timeout);
 	SET_INT("lock_retry_time", s->lock_retry_time);
+	SET_STR("shared_foreign_keys", s->shared_foreign_keys ? "on" : "off");
 	SET_STR("archive_schema", s->archive_schema);
 	SET_STR("registry_schema_column", s->registry_schema_column);
 	SET_STR("registry_status_column", s->registry_status_column);

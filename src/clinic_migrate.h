@@ -41,6 +41,7 @@ extern int	cm_batch_delay;
 extern int	cm_sync_interval;
 extern int	cm_cutover_max_lag;
 extern int	cm_cutover_max_pause;
+extern bool cm_shared_foreign_keys;
 extern int	cm_cutover_attempts;
 extern int	cm_cutover_wait;
 extern int	cm_archive_batch_size;
@@ -80,6 +81,7 @@ typedef struct CmSettings
 	char		pause_points[256];
 	int			lock_timeout;
 	int			lock_retry_time;
+	bool		shared_foreign_keys;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);

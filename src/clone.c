@@ -843,6 +843,16 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			bool		has_delsetcols = !isnull;
 			StringInfoData sql;
 
+			/*
+			 * A key to a table that stays shared puts two triggers on that
+			 * table for every tenant: with thousands of tenants, loading the
+			 * table's relcache entry reads them all, and deleting one of its
+			 * rows checks every tenant's table (locking each).  Kept unless
+			 * clinic_migrate.shared_foreign_keys is off.
+			 */
+			if (newref == ref && !cm_shared_foreign_keys)
+				continue;
+
 			initStringInfo(&sql);
 			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s)",
 							 qtarget, conname,
