@@ -44,3 +44,26 @@ SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.cutovers_cutover_id_s
 SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.job_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.job_queue_job_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.capture_logs', '');
+
+-- Every function that runs in the calling session, with the caller's rights,
+-- runs with search_path = pg_catalog, pg_temp: its catalog queries must not
+-- find an operator or function a role put in a schema on the caller's
+-- search_path (as in public, CVE-2018-1058), which would run with the
+-- caller's rights, a superuser's say.  Not the routing functions (set_tenant
+-- sets the caller's search_path; tenant_schema and identity_nextval run in
+-- the application's statements), nor the triggers and their WHEN functions
+-- (they pin it themselves where they run SQL).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace OPERATOR(pg_catalog.=) 'clinic_migrate'::regnamespace
+          AND p.proname OPERATOR(pg_catalog.<>) ALL (ARRAY['set_tenant', 'tenant_schema', 'identity_nextval',
+                                     'capture', 'capture_reverse', 'guard_truncate', 'tenants_changed',
+                                     'capturing', 'capturing_any', 'prometheus_label']::name[])
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END $$;

@@ -148,6 +148,15 @@ CREATE OPERATOR evil.|| (LEFTARG = pg_catalog.text, RIGHTARG = pg_catalog.text, 
 CREATE OPERATOR evil.= (LEFTARG = pg_catalog.name, RIGHTARG = pg_catalog.name, FUNCTION = evil.name_eq);
 CREATE OPERATOR evil.= (LEFTARG = pg_catalog.int4, RIGHTARG = pg_catalog.int4, FUNCTION = evil.int4_eq);
 CREATE OPERATOR evil.= (LEFTARG = pg_catalog.int8, RIGHTARG = pg_catalog.int8, FUNCTION = evil.int8_eq);
+-- catalog queries compare OIDs with 'pg_class'::regclass and the like
+CREATE FUNCTION evil.oid_regclass_eq(a pg_catalog.oid, b pg_catalog.regclass) RETURNS pg_catalog.bool
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM evil.alarm('oid = regclass'); RETURN a OPERATOR(pg_catalog.=) b::pg_catalog.oid; END $$;
+CREATE OPERATOR evil.= (LEFTARG = pg_catalog.oid, RIGHTARG = pg_catalog.regclass, FUNCTION = evil.oid_regclass_eq);
+CREATE FUNCTION evil.oid_eq(a pg_catalog.oid, b pg_catalog.oid) RETURNS pg_catalog.bool
+LANGUAGE plpgsql STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN PERFORM evil.alarm('oid = oid'); RETURN a OPERATOR(pg_catalog.=) b; END $$;
+CREATE OPERATOR evil.= (LEFTARG = pg_catalog.oid, RIGHTARG = pg_catalog.oid, FUNCTION = evil.oid_eq);
 
 -- functions (coalesce, greatest, extract, ... are syntax, not names)
 CREATE FUNCTION evil.now() RETURNS pg_catalog.timestamptz
@@ -459,6 +468,22 @@ SELECT clinic_migrate.rollback_tenant('a');
 SELECT pg_catalog.count(*) AS queued FROM clinic_migrate.enqueue(ARRAY['c'], 'migrate');
 SELECT clinic_migrate.pause_queue(), clinic_migrate.resume_queue();
 SELECT severity, alert FROM clinic_migrate.alerts() ORDER BY 1, 2;
+:check
+
+--
+-- 4b. The superuser itself with the attacker's schema on its search_path
+-- (as a schema anyone may create in, CVE-2018-1058): the functions that run
+-- in the calling session, with the caller's rights, resolve nothing there
+--
+SET search_path = evil, pg_catalog, pg_temp;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS planned FROM clinic_migrate.plan();
+SELECT table_name, source_rows, target_rows, match FROM clinic_migrate.validate_migration('a')
+ORDER BY table_name;
+SELECT pg_catalog.count(*) AS differences FROM clinic_migrate.validate_differences('b');
+SELECT clinic_migrate.rollback_tenant('a');
+SELECT clinic_migrate.create_tenant_schema('a');
+SELECT clinic_migrate.schema_name_for('a');
+SELECT tenant_id, state FROM clinic_migrate.status ORDER BY tenant_id;
 :check
 
 --
