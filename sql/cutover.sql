@@ -109,6 +109,22 @@ SET clinic_migrate.archive_batch_size = 2;
 SELECT schema_name FROM clinic_migrate.migrate_tenant('t2');
 SELECT schema_name, attempts FROM clinic_migrate.cutover('t2');
 SELECT tenant_id, database_schema, migration_status FROM tenants WHERE tenant_id = 't2';
+-- an archive schema (or table) another role made is not written to: that role
+-- would read the archived rows, and its triggers would run as the finalizing
+-- role; nothing changes
+CREATE ROLE regress_squatter NOLOGIN;
+CREATE SCHEMA squatted AUTHORIZATION regress_squatter;
+SET clinic_migrate.archive_schema = squatted;
+SELECT * FROM clinic_migrate.finalize_tenant('t2');
+SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't2';
+ALTER SCHEMA squatted OWNER TO CURRENT_USER;
+CREATE TABLE squatted.patients (LIKE public.patients);
+ALTER TABLE squatted.patients OWNER TO regress_squatter;
+SELECT * FROM clinic_migrate.finalize_tenant('t2');
+SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't2';
+RESET clinic_migrate.archive_schema;
+DROP SCHEMA squatted CASCADE;
+DROP ROLE regress_squatter;
 SELECT * FROM clinic_migrate.finalize_tenant('t2');
 SELECT tenant_id, state, lives_in, rows_archived, finalized_at IS NOT NULL AS finalized
 FROM clinic_migrate.status;

@@ -54,7 +54,9 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "catalog/pg_namespace.h"
 #include "utils/wait_event.h"
 
 #include "apply.h"
@@ -592,6 +594,56 @@ cm_rollback_cutover(CmWorkerShared *sh, int64 *run_id)
 
 /* ---- finalize ---- */
 
+/*
+ * The archive receives the tenant's shared rows, written as the finalizing
+ * role: a schema or table there that another role made would give that
+ * role the rows and run its triggers with our rights.  Trusted: made by the
+ * finalizing role or a role it is a member of (not merely by being a
+ * superuser), by a superuser, or by the extension's owner.
+ */
+static void
+check_archive_owner(Oid owner, const char *what, const char *name)
+{
+	Oid			me = GetUserId();
+
+	if (owner == me || superuser_arg(owner) || owner == cm_extension_owner() ||
+		is_member_of_role_nosuper(me, owner))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("archive %s %s belongs to role %s", what, name,
+					quote_identifier(GetUserNameFromId(owner, false))),
+			 errdetail("finalize_tenant writes the tenant's shared rows there as %s; "
+					   "that role would read them, and its triggers would run as %s.",
+					   quote_identifier(GetUserNameFromId(me, false)),
+					   quote_identifier(GetUserNameFromId(me, false))),
+			 errhint("Drop or rename it, or set clinic_migrate.archive_schema to a schema of your own.")));
+}
+
+static void
+check_archive_trusted(TenantPlan *plan, const char *archive_schema)
+{
+	Oid			nsp = get_namespace_oid(archive_schema, true);
+	HeapTuple	tup;
+
+	if (!OidIsValid(nsp))
+		return;
+	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	if (!HeapTupleIsValid(tup))
+		return;
+	check_archive_owner(((Form_pg_namespace) GETSTRUCT(tup))->nspowner, "schema",
+						quote_identifier(archive_schema));
+	ReleaseSysCache(tup);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			rel = get_relname_relid(plan->tables[i].relname, nsp);
+
+		if (OidIsValid(rel))
+			check_archive_owner(cm_rel_owner(rel), "table",
+								quote_qualified_identifier(archive_schema, plan->tables[i].relname));
+	}
+}
+
 /* the archive table of a shared table, created or completed as needed */
 static char *
 archive_table(PlanTable *pt, const char *archive_schema)
@@ -607,6 +659,21 @@ archive_table(PlanTable *pt, const char *archive_schema)
 		SPI_execute(psprintf("CREATE TABLE IF NOT EXISTS %s (LIKE %s)", qarch,
 							 cm_qualified_relname(pt->relid)), false, 0) < 0)
 		elog(ERROR, "clinic_migrate: could not create %s", qarch);
+	{
+		/* made by someone else since finalize began? */
+		HeapTuple	tup = SearchSysCache1(NAMESPACEOID,
+										  ObjectIdGetDatum(get_namespace_oid(archive_schema, false)));
+
+		if (HeapTupleIsValid(tup))
+		{
+			check_archive_owner(((Form_pg_namespace) GETSTRUCT(tup))->nspowner, "schema",
+								quote_identifier(archive_schema));
+			ReleaseSysCache(tup);
+		}
+		check_archive_owner(cm_rel_owner(get_relname_relid(pt->relname,
+														   get_namespace_oid(archive_schema, false))),
+							"table", qarch);
+	}
 	/* columns the shared table gained since an earlier tenant was archived */
 	if (SPI_execute_with_args("SELECT quote_ident(attname), format_type(atttypid, atttypmod) "
 							  "FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
@@ -913,6 +980,8 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 							 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
 	/* nothing changes if a row outside the tenant points at what would go */
 	check_no_outside_references(plan, tenant);
+	if (sh->archive)
+		check_archive_trusted(plan, cm_archive_schema);
 	*run_id = cm_run_start(tenant, schema, "finalize", sh->started_by, MyProcPid);
 	end_txn();
 
