@@ -102,7 +102,15 @@ WHERE a.backend_type = 'clinic_migrate' AND a.query LIKE 'clinic_migrate: copyin
   AND (SELECT sum(rows_copied) FROM clinic_migrate.tenant_tables tt
        WHERE tt.tenant_id = t.tenant_id) > 0
 ORDER BY a.pid LIMIT 1});
-		return split / /, $w if $w ne '';
+		if ($w ne '')
+		{
+			# The copy commits its batches without waiting for the WAL flush
+			# (a batch lost in a crash is copied again): a commit of our own
+			# that waits for it flushes theirs too, so that the checkpoint
+			# seen here survives the crash the test is about to cause.
+			$node->safe_psql('postgres', 'SET synchronous_commit = on; SELECT txid_current()');
+			return split / /, $w;
+		}
 		usleep(50_000);
 	}
 	return;
