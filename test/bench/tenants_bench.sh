@@ -13,6 +13,8 @@
 #
 #   sudo bash test/bench/tenants_bench.sh [--tenants 5000] [--sample 100] [--port 5496]
 #   sudo bash test/bench/tenants_bench.sh --big      # 1,000 tenants of about 1,000 rows
+#   --shared-foreign-keys off: the tenants' tables keep no foreign keys to the registry
+#   (clinic_migrate.shared_foreign_keys)
 #   --no-scheduler: the database has no scheduler (not in clinic_migrate.databases):
 #   each migrate_tenant starts its own worker instead of going through the queue
 set -euo pipefail
@@ -27,6 +29,7 @@ sample=100
 port=5496
 scale=1
 scheduler=1
+shared_fks=on
 while [ $# -gt 0 ]; do
   case "$1" in
     --tenants) tenants="${2:?}"; shift 2 ;;
@@ -34,6 +37,7 @@ while [ $# -gt 0 ]; do
     --port) port="${2:?}"; shift 2 ;;
     --big) tenants=1000; scale=10; shift ;;
     --no-scheduler) scheduler=0; shift ;;
+    --shared-foreign-keys) shared_fks="${2:?}"; shift 2 ;;
     -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) cm_die "unknown argument: $1" ;;
   esac
@@ -45,7 +49,7 @@ cmd="bash test/bench/tenants_bench.sh"
 for a in "${invoked_as[@]:1}"; do cmd+=" $(printf '%q' "$a")"; done
 say "command: $cmd"
 say "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
-say "machine: $(nproc) cores, $("$CM_PG_BIN/postgres" --version); $tenants tenants of about $((100 * scale)) rows"
+say "machine: $(nproc) cores, $("$CM_PG_BIN/postgres" --version); $tenants tenants of about $((100 * scale)) rows; shared_foreign_keys = $shared_fks"
 
 cm_install_build
 dir="$(mktemp -d "${TMPDIR:-/tmp}/clinic_tenbench.XXXXXX")"
@@ -58,6 +62,7 @@ pg_stat_statements.track = all
 pg_stat_statements.max = 10000
 clinic_migrate.databases = '$([ "$scheduler" = 1 ] && echo "$db")'
 clinic_migrate.progress_interval = 0
+clinic_migrate.shared_foreign_keys = $shared_fks
 EOF
 cm_as_postgres "$CM_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w restart >/dev/null
 q() { cm_psql "$dir" "$port" "$db" "$@"; }
