@@ -455,23 +455,17 @@ capture_table_get(Relation rel, Trigger *trigger)
 		 * that of the shared table it was copied from.
 		 */
 		bool		present;
-		Oid			source = relid;
+		Oid			source = trigger->tgnargs >= 3 ? tenant_table_source(relid) : relid;
 
-		(void) state_oid_lookup("capture_logs", "source_table", relid, "log_table", &present);
+		ct->log_relid = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
 		if (!present)
 			ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
-		else
-		{
-			if (trigger->tgnargs >= 3)
-				source = tenant_table_source(relid);
-			ct->log_relid = OidIsValid(source) ? capture_log_relid(source) : InvalidOid;
-			if (!OidIsValid(ct->log_relid))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("table %s has a clinic_migrate capture trigger but no capture log",
-								RelationGetRelationName(rel)),
-						 errhint("clinic_migrate.capture_logs has no row for it: was the database restored without it?")));
-		}
+		else if (!OidIsValid(ct->log_relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s has a clinic_migrate capture trigger but no capture log",
+							RelationGetRelationName(rel)),
+					 errhint("clinic_migrate.capture_logs has no row for it: was the database restored without it?")));
 	}
 	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
 		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
@@ -1416,6 +1410,7 @@ void
 capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant)
 {
 	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	bool		has_map = OidIsValid(get_relname_relid("capture_logs", nsp));
 	List	   *lock = NIL;
 
 	/* all the tenant's tables at once, before the first trigger */
@@ -1461,8 +1456,7 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
 								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",
 								qrel,
-								quote_literal_cstr(OidIsValid(get_relname_relid("capture_logs", nsp)) ?
-												   get_rel_name(logrel) : psprintf("%u", logrel)),
+								quote_literal_cstr(has_map ? get_rel_name(logrel) : psprintf("%u", logrel)),
 								quote_literal_cstr(tcol), quote_literal_cstr(tenant)));
 		create_trigger(target, "clinic_migrate_guard_truncate",
 					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
