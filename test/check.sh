@@ -194,7 +194,7 @@ if [ ${#tap_files[@]} -gt 0 ]; then
   elif grep -q '^Test Summary Report' "$logs/tap.out" && ! grep -q '^Bailout called' "$logs/tap.out"; then
     # one "file.pl (Wstat: ...)" line per failed file
     sed -n '/^Test Summary Report/,$p' "$logs/tap.out" |
-      sed -nE 's/^([^ ]+\.pl) \(Wstat: .*/\1/p' >"$logs/tap.failed"
+      sed -nE 's/^([^ ]+\.pl) +\(Wstat: .*/\1/p' >"$logs/tap.failed"
     tap_failed=$(wc -l <"$logs/tap.failed")
     [ "$tap_failed" -gt 0 ] || tap_failed=${#tap_files[@]}
   else

@@ -43,6 +43,27 @@ like(
 	qr/^clinic_migrate: /,
 	'the scheduler of database postgres runs');
 
+# The crashes must hit a worker in the middle of a batch of a tenant that already
+# has a checkpoint committed, or nothing is proved about resuming. A copy of these
+# small tenants takes a few batches, so chance alone does not place a crash there
+# (a worker seen copying had often written its last batch before the crash came).
+# The workers stop at the pause point copy_batch (a batch's rows written, its
+# checkpoint not yet committed) while this test holds that point's advisory lock;
+# letting go of it and taking it again lets every held worker commit one batch and
+# stop at its next one.
+my $pause_key = q{pg_catalog.hashtext('clinic_migrate:copy_batch')};
+my $holder;
+sub hold_batches
+{
+	$holder = $node->background_psql('postgres');
+	$holder->query_safe("SELECT pg_advisory_lock($pause_key)");
+	return;
+}
+
+hold_batches();
+$node->safe_psql('postgres', q{ALTER SYSTEM SET clinic_migrate.pause_points = 'copy_batch'});
+$node->safe_psql('postgres', q{SELECT pg_reload_conf()});
+
 # 1. pg_cron: the README's schedule, and one that fires at the next minute.
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_cron');
 is( $node->safe_psql(
@@ -85,49 +106,65 @@ SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'clinic_migra
 	return;
 }
 
-# Poll until a worker is copying a tenant with a checkpoint committed, sampling
-# meanwhile; its pid and schema.
-sub copying_worker
+# Poll until a worker is held mid-batch in a tenant with a checkpoint committed,
+# sampling meanwhile; its pid and schema.
+sub held_worker
 {
 	for (my $i = 0; $i < 600; $i++)
 	{
 		sample();
-		my $w = $node->safe_psql(
+		my @held = split /\n/, $node->safe_psql(
 			'postgres', q{
-SELECT a.pid || ' ' || t.schema_name
+SELECT a.pid || ' ' || t.schema_name || ' ' ||
+       ((SELECT sum(tt.rows_copied) FROM clinic_migrate.tenant_tables tt
+         WHERE tt.tenant_id = t.tenant_id) > 0)
 FROM pg_stat_activity a
-JOIN clinic_migrate.tenants t
-  ON t.schema_name = split_part(split_part(a.query, ' ', 3), '.', 1)
-WHERE a.backend_type = 'clinic_migrate' AND a.query LIKE 'clinic_migrate: copying %'
-  AND (SELECT sum(rows_copied) FROM clinic_migrate.tenant_tables tt
-       WHERE tt.tenant_id = t.tenant_id) > 0
-ORDER BY a.pid LIMIT 1});
-		if ($w ne '')
+JOIN clinic_migrate.job_queue j ON j.worker_pid = a.pid AND j.state = 'running'
+JOIN clinic_migrate.tenants t ON t.tenant_id = j.tenant_id
+WHERE a.backend_type = 'clinic_migrate'
+  AND a.query = 'clinic_migrate: at pause point copy_batch'
+ORDER BY a.pid});
+		foreach my $w (@held)
 		{
+			my ($pid, $schema, $checkpointed) = split / /, $w;
+			next unless $checkpointed eq 'true';
 			# The copy commits its batches without waiting for the WAL flush
 			# (a batch lost in a crash is copied again): a commit of our own
 			# that waits for it flushes theirs too, so that the checkpoint
 			# seen here survives the crash the test is about to cause.
 			$node->safe_psql('postgres', 'SET synchronous_commit = on; SELECT txid_current()');
-			return split / /, $w;
+			return ($pid, $schema);
 		}
+		# held only at their first batches: let each commit one and stop at the next
+		$holder->query_safe("SELECT pg_advisory_unlock($pause_key); SELECT pg_advisory_lock($pause_key)")
+		  if @held;
 		usleep(50_000);
 	}
 	return;
 }
 
-# 2. kill -9 of a worker mid-copy: every backend restarts; the job is found and resumed.
-my ($pid, $killed_schema) = copying_worker();
-ok($pid, "a worker copies $killed_schema") or BAIL_OUT('no worker started copying');
+# 2. kill -9 of a worker mid-batch: every backend restarts (the lock's holder too);
+# the job is found and resumed. The queue is paused across the restart so that no
+# job runs before the lock is held again.
+my ($pid, $killed_schema) = held_worker();
+ok($pid, "a worker is held mid-batch in $killed_schema") or BAIL_OUT('no worker started copying');
+$node->safe_psql('postgres', 'SELECT clinic_migrate.pause_queue()');
 kill 'KILL', $pid;
 ok( $node->poll_query_until('postgres', 'SELECT 1', '1'),
 	'the server is back after the worker was killed');
+eval { $holder->quit; };
+hold_batches();
+$node->safe_psql('postgres', 'SELECT clinic_migrate.resume_queue()');
 
-# 3. an immediate stop mid-batch, and a start.
-my ($pid2, $stopped_schema) = copying_worker();
-ok($pid2, "a worker copies $stopped_schema") or BAIL_OUT('no worker copies after the restart');
+# 3. an immediate stop mid-batch, and a start; the workers then run freely.
+my ($pid2, $stopped_schema) = held_worker();
+ok($pid2, "a worker is held mid-batch in $stopped_schema")
+  or BAIL_OUT('no worker copies after the restart');
 $node->stop('immediate');
+eval { $holder->quit; };
 $node->start;
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET clinic_migrate.pause_points});
+$node->safe_psql('postgres', q{SELECT pg_reload_conf()});
 
 # 4. every job ends done.
 for (my $i = 0; $i < 3000; $i++)
