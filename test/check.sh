@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test/check.sh: the test command of clinic_migrate (README, "Contributing"; CI runs it
 # through .ci/run). Installs what the build needs, builds and installs the extension,
-# then runs the pg_regress suite (sql/*.sql against expected/*.out, REGRESS in the
-# Makefile), the isolation specs (test/specs/*.spec against test/expected/*.out,
+# then runs the layering check of the source tree (test/layering.sh), the pg_regress
+# suite (sql/*.sql against expected/*.out, REGRESS in the Makefile), the isolation specs (test/specs/*.spec against test/expected/*.out,
 # ISOLATION) and the TAP tests (test/t/*.pl), each against temporary servers it starts
 # and stops itself. initdb refuses to run as root, so the tests run as the postgres
 # user in a scratch copy of the working tree, which is removed on exit.
@@ -13,8 +13,8 @@
 #   sudo bash test/check.sh --tap test/t/001_worker_copy.pl   one TAP file (repeatable)
 #
 # Failures print regression.diffs and the TAP logs. The last line is the summary,
-# "N passed, M failed", counting pg_regress and isolation tests and TAP test files; the exit status
-# is non-zero when anything failed or could not run. CLINIC_KEEP_TMP=1 keeps the
+# "N passed, M failed", counting the layering check, pg_regress and isolation tests and
+# TAP test files; the exit status is non-zero when anything failed or could not run. CLINIC_KEEP_TMP=1 keeps the
 # scratch copy for a post-mortem (its path is printed).
 set -euo pipefail
 exec </dev/null
@@ -85,7 +85,7 @@ if [ $run_tap -eq 1 ] && [ ${#tap_files[@]} -eq 0 ]; then
   tap_files=($(make_var PROVE_TESTS))
   shopt -u nullglob
 fi
-planned=$(( ${#regress_tests[@]} + ${#tap_files[@]} ))
+planned=$(( ${#regress_tests[@]} + ${#tap_files[@]} + run_regress ))
 
 passed=0
 failed=0
@@ -101,6 +101,20 @@ if ! make -s PG_CONFIG="$PG_CONFIG" || ! make -s PG_CONFIG="$PG_CONFIG" install;
   [ $failed -gt 0 ] || failed=1
   summary
   exit 1
+fi
+
+# The source tree's floors: every call and include goes down (test/layering.sh prints
+# each one that does not). Counted as one test.
+if [ $run_regress -eq 1 ]; then
+  echo "== layering: calls and includes go from the top floor down"
+  if bash test/layering.sh; then
+    echo "layering ... ok"
+    passed=$((passed + 1))
+  else
+    echo "layering ... FAILED"
+    failed=$((failed + 1))
+    rc_layering=1
+  fi
 fi
 
 # The scratch copy, owned by postgres: everything but git metadata and the leftovers of
@@ -155,7 +169,7 @@ show_log() {
 
 # pg_regress, the isolation specs and prove run as separate make calls (PGXS runs them
 # in one recipe, where a failure would skip the rest), so all always run and all count.
-rc=0
+rc=${rc_layering:-0}
 if [ ${#regress_tests[@]} -gt 0 ]; then
   echo "== pg_regress and isolation: ${regress_tests[*]}"
   reg_rc=0

@@ -1,0 +1,1317 @@
+/*-------------------------------------------------------------------------
+ * clone.c
+ *	  A tenant's schema with a faithful copy of the structure of every
+ *	  planned table (create_tenant_schema, and the first step of a copy);
+ *	  the tenant's records; the application's registry columns.
+ *	  Floor 3 (the tenant's schema).  May call: floors 1 and 2.
+ *
+ * Columns, types, collations, defaults, NOT NULL, CHECK, generated and
+ * identity columns, storage, compression, comments and extended statistics
+ * come from CREATE TABLE ... (LIKE ...).  What LIKE leaves out is added
+ * from the catalogs: a sequence of its own for each serial column (LIKE
+ * would share the shared table's), owner, grants, reloptions, row level
+ * security and policies, replica identity, and foreign keys, re-pointed to
+ * the tenant's copies or kept on shared reference tables.  Indexes and key
+ * constraints are cloned as parse trees with generateClonedIndexStmt, the
+ * function LIKE ... INCLUDING INDEXES uses, so no DDL text is rewritten.
+ *
+ * Every statement is built from catalog OIDs with quoted identifiers and
+ * runs with search_path = pg_catalog, so that deparsed expressions come
+ * out fully qualified.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/attmap.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "commands/dbcommands.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
+#include "catalog/pg_type.h"
+#include "catalog/pg_sequence.h"
+#include "catalog/dependency.h"
+#include "commands/sequence.h"
+#include "parser/parse_func.h"
+#include "utils/syscache.h"
+#include "commands/comment.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_utilcmd.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "settings.h"
+#include "util.h"
+#include "locks.h"
+#include "runstate.h"
+#include "clone.h"
+#include "plan.h"
+#include "state.h"
+
+/* run a DDL statement built here */
+static void
+exec_ddl(const char *sql)
+{
+	int			ret = SPI_execute(sql, false, 0);
+
+	if (ret < 0)
+		elog(ERROR, "clinic_migrate: SPI error %d in \"%s\"", ret, sql);
+}
+
+/* first column of the first row as text, or NULL */
+static char *
+query_text(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, true, 1);
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: query failed: %s", sql);
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+void
+clone_tenant_info(const char *tenant, TenantInfo *info)
+{
+	memset(info, 0, sizeof(*info));
+	cm_state_exec_tenant("SELECT schema_name, schema_oid, source_schema, tenant_column, "
+						 "state, structure_done FROM clinic_migrate.tenants WHERE tenant_id = $1",
+						 tenant);
+	if (SPI_processed == 0)
+		return;
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		info->exists = true;
+		strlcpy(info->schema_name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
+		info->schema_oid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		strlcpy(info->source_schema, SPI_getvalue(tup, desc, 3), NAMEDATALEN);
+		strlcpy(info->tenant_column, SPI_getvalue(tup, desc, 4), NAMEDATALEN);
+		strlcpy(info->state, SPI_getvalue(tup, desc, 5), sizeof(info->state));
+		info->structure_done = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+	}
+}
+
+void
+clone_settings_for_tenant(const char *tenant, CmSettings *s)
+{
+	TenantInfo	info;
+
+	clone_tenant_info(tenant, &info);
+	if (info.exists)
+	{
+		strlcpy(s->source_schema, info.source_schema, NAMEDATALEN);
+		strlcpy(s->tenant_column, info.tenant_column, NAMEDATALEN);
+	}
+}
+
+TenantPlan *
+clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt)
+{
+	TenantPlan *plan;
+	char	   *canon;
+
+	clone_settings_for_tenant(*tenant, s);
+	plan = plan_build(s, mcxt);
+	canon = plan_canonical_tenant(plan, *tenant);
+	if (strcmp(canon, *tenant) != 0)
+	{
+		CmSettings	before = *s;
+
+		clone_settings_for_tenant(canon, s);
+		if (strcmp(before.source_schema, s->source_schema) != 0 ||
+			strcmp(before.tenant_column, s->tenant_column) != 0)
+			plan = plan_build(s, mcxt);
+	}
+	*tenant = MemoryContextStrdup(mcxt, canon);
+	return plan;
+}
+
+void
+clone_check_tenant_exists(TenantPlan *plan, const char *tenant)
+{
+	/* the registry first, then every tenant table, one index probe each */
+	for (int pass = 0; pass < 2; pass++)
+	{
+		for (int i = 0; i < plan->ntables; i++)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			StringInfoData sql;
+			Oid			type;
+			Datum		value;
+
+			if (pt->tenant_att == InvalidAttrNumber)
+				continue;
+			if (pass == 0 ? pt->kind != PLAN_REGISTRY : pt->kind != PLAN_TENANT)
+				continue;
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "SELECT 1 FROM %s WHERE %s = $1 LIMIT 1",
+							 cm_qualified_relname(pt->relid),
+							 quote_identifier(plan->tenant_column));
+			type = pt->tenant_type;
+			value = plan_tenant_datum(pt, tenant);
+			if (query_text(sql.data, 1, &type, &value) != NULL)
+				return;
+		}
+	}
+	if (!OidIsValid(plan->registry) && cm_registry_table && cm_registry_table[0])
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant \"%s\" not found", tenant),
+				 errdetail("No table of schema \"%s\" has rows of it, and there is no registry table \"%s\" in that schema.",
+						   plan->source_schema, cm_registry_table),
+				 errhint("Check the tenant id, and set clinic_migrate.registry_table to the registry (or to '' if there is none).")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("tenant \"%s\" not found", tenant),
+			 errdetail("No table of schema \"%s\" has rows of it in column %s, and the registry does not list it.",
+					   plan->source_schema, quote_identifier(plan->tenant_column)),
+			 errhint("Check the tenant id, clinic_migrate.source_schema and clinic_migrate.tenant_column.")));
+}
+
+static void
+require_privilege(Oid relid, AclMode mode, const char *what)
+{
+	if (pg_class_aclcheck(relid, GetUserId(), mode) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", cm_qualified_relname(relid)),
+				 errdetail("Migrating a tenant needs %s privilege on it.", what),
+				 errhint("GRANT %s ON %s TO %s;", what, cm_qualified_relname(relid),
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+}
+
+/*
+ * Everything a migration will need, checked before it starts, so that a
+ * missing grant fails at once rather than after the copy: SELECT on the
+ * copied tables and the tables their rows are found through, REFERENCES on
+ * shared tables their foreign keys keep pointing at, CREATE on the database
+ * for a new schema.
+ */
+void
+clone_check_privileges(TenantPlan *plan, const char *tenant)
+{
+	TenantInfo	info;
+
+	clone_tenant_info(tenant, &info);
+	if (!info.exists &&
+		pg_database_aclcheck(MyDatabaseId, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create a schema for tenant \"%s\"", tenant),
+				 errhint("GRANT CREATE ON DATABASE %s TO %s;",
+						 quote_identifier(get_database_name(MyDatabaseId)),
+						 quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
+		int			n;
+		Oid		   *refs;
+
+		require_privilege(pt->relid, ACL_SELECT, "SELECT");
+		/* the capture triggers go on the shared tables */
+		require_privilege(pt->relid, ACL_TRIGGER, "TRIGGER");
+		for (int h = 0; h < pt->nhops; h++)
+			require_privilege(pt->hops[h].parent, ACL_SELECT, "SELECT");
+		if (SPI_execute_with_args("SELECT DISTINCT confrelid FROM pg_constraint "
+								  "WHERE conrelid = $1 AND contype = 'f'",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: foreign key lookup failed");
+		n = SPI_processed;
+		refs = palloc(sizeof(Oid) * Max(n, 1));
+		for (int f = 0; f < n; f++)
+		{
+			bool		isnull;
+
+			refs[f] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[f],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		for (int f = 0; f < n; f++)
+		{
+			PlanTable  *rpt = plan_find(plan, refs[f]);
+
+			if (rpt == NULL || rpt->position == 0)
+				require_privilege(refs[f], ACL_REFERENCES, "REFERENCES");
+		}
+	}
+}
+
+Oid
+clone_target_relid(const char *schema, const char *relname)
+{
+	Oid			nsp = get_namespace_oid(schema, true);
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	return get_relname_relid(relname, nsp);
+}
+
+static const char *
+fk_action(char c)
+{
+	switch (c)
+	{
+		case FKCONSTR_ACTION_RESTRICT:
+			return "RESTRICT";
+		case FKCONSTR_ACTION_CASCADE:
+			return "CASCADE";
+		case FKCONSTR_ACTION_SETNULL:
+			return "SET NULL";
+		case FKCONSTR_ACTION_SETDEFAULT:
+			return "SET DEFAULT";
+		default:
+			return "NO ACTION";
+	}
+}
+
+/* Serial columns: a sequence of the tenant's own, and the default on it. */
+static void
+clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(src)};
+	int			ret;
+	int			n;
+	SPITupleTable *tt;
+
+	ret = SPI_execute_with_args(
+								"SELECT a.attname, c.relname, format_type(s.seqtypid, NULL), "
+								"  s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, s.seqcycle, s.seqrelid "
+								"FROM pg_depend d "
+								"JOIN pg_sequence s ON s.seqrelid = d.objid "
+								"JOIN pg_class c ON c.oid = s.seqrelid "
+								"JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+								"WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+								"  AND d.refobjid = $1 AND d.deptype = 'a' "
+								"  AND EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_depend dd "
+								"      ON dd.classid = 'pg_attrdef'::regclass AND dd.objid = ad.oid "
+								"     AND dd.refclassid = 'pg_class'::regclass AND dd.refobjid = s.seqrelid "
+								"      WHERE ad.adrelid = $1 AND ad.adnum = a.attnum) "
+								"ORDER BY a.attnum",
+								1, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		char	   *col = SPI_getvalue(tup, tt->tupdesc, 1);
+		char	   *seq = quote_qualified_identifier(schema, SPI_getvalue(tup, tt->tupdesc, 2));
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "CREATE SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s "
+						 "START WITH %s CACHE %s %s OWNED BY %s.%s",
+						 seq, SPI_getvalue(tup, tt->tupdesc, 3),
+						 SPI_getvalue(tup, tt->tupdesc, 4), SPI_getvalue(tup, tt->tupdesc, 5),
+						 SPI_getvalue(tup, tt->tupdesc, 6), SPI_getvalue(tup, tt->tupdesc, 7),
+						 SPI_getvalue(tup, tt->tupdesc, 8),
+						 strcmp(SPI_getvalue(tup, tt->tupdesc, 9), "t") == 0 ? "CYCLE" : "NO CYCLE",
+						 qtarget, quote_identifier(col));
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT nextval(%s::pg_catalog.regclass)",
+						 qtarget, quote_identifier(col), quote_literal_cstr(seq));
+		exec_ddl(sql.data);
+		/* whoever may take values of the shared sequence may take the tenant's own (after finalize) */
+		{
+			bool		isnull;
+			Oid			stypes[1] = {OIDOID};
+			Datum		svalues[1] = {SPI_getbinval(tup, tt->tupdesc, 10, &isnull)};
+			SPITupleTable *gt;
+			uint64		ng;
+
+			if (SPI_execute_with_args("SELECT a.privilege_type, "
+									  "  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, "
+									  "  a.is_grantable "
+									  "FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a "
+									  "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
+									  "WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+									  1, stypes, svalues, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "clinic_migrate: sequence grant lookup failed");
+			gt = SPI_tuptable;
+			ng = SPI_processed;
+			for (uint64 g = 0; g < ng; g++)
+			{
+				resetStringInfo(&sql);
+				/* privilege_type is one of a fixed set of keywords */
+				appendStringInfo(&sql, "GRANT %s ON SEQUENCE %s TO %s%s",
+								 SPI_getvalue(gt->vals[g], gt->tupdesc, 1), seq,
+								 SPI_getvalue(gt->vals[g], gt->tupdesc, 2),
+								 strcmp(SPI_getvalue(gt->vals[g], gt->tupdesc, 3), "t") == 0 ? " WITH GRANT OPTION" : "");
+				exec_ddl(sql.data);
+			}
+		}
+	}
+}
+
+/* Owner, grants, comment, reloptions, row level security and policies. */
+static void
+clone_table_properties(Oid src, const char *schema, const char *qtarget)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(src)};
+	HeapTuple	ctup;
+	Form_pg_class cls;
+	Oid			owner;
+	bool		rls,
+				force_rls;
+	StringInfoData sql;
+	int			ret,
+				n;
+	SPITupleTable *tt;
+
+	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(src));
+	if (!HeapTupleIsValid(ctup))
+		elog(ERROR, "cache lookup failed for relation %u", src);
+	cls = (Form_pg_class) GETSTRUCT(ctup);
+	owner = cls->relowner;
+	rls = cls->relrowsecurity;
+	force_rls = cls->relforcerowsecurity;
+	ReleaseSysCache(ctup);
+	initStringInfo(&sql);
+
+	/* the table comment (LIKE copies column, constraint and index comments) */
+	{
+		char	   *comment = GetComment(src, RelationRelationId, 0);
+
+		if (comment)
+		{
+			appendStringInfo(&sql, "COMMENT ON TABLE %s IS %s", qtarget, quote_literal_cstr(comment));
+			exec_ddl(sql.data);
+		}
+	}
+
+	/* storage parameters */
+	ret = SPI_execute_with_args("SELECT split_part(o, '=', 1), substr(o, strpos(o, '=') + 1) "
+								"FROM pg_class c, unnest(c.reloptions) o WHERE c.oid = $1",
+								1, types, values, NULL, true, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; ret == SPI_OK_SELECT && i < n; i++)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s SET (%s = %s)", qtarget,
+						 quote_identifier(SPI_getvalue(tt->vals[i], tt->tupdesc, 1)),
+						 quote_literal_cstr(SPI_getvalue(tt->vals[i], tt->tupdesc, 2)));
+		exec_ddl(sql.data);
+	}
+
+	/* grants on the table and on its columns; grantees get USAGE on the schema */
+	ret = SPI_execute_with_args(
+								"SELECT a.privilege_type, "
+								"  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, "
+								"  a.is_grantable, NULL::name "
+								"FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+								"WHERE c.oid = $1 AND a.grantee <> c.relowner "
+								"UNION ALL "
+								"SELECT a.privilege_type, "
+								"  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, "
+								"  a.is_grantable, att.attname "
+								"FROM pg_attribute att, aclexplode(att.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+								"WHERE att.attrelid = $1 AND att.attnum > 0 AND NOT att.attisdropped "
+								"  AND att.attacl IS NOT NULL",
+								1, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: grant lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		char	   *priv = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		char	   *grantee = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		bool		grantable = strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 3), "t") == 0;
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 4);
+
+		resetStringInfo(&sql);
+		/* privilege_type is one of a fixed set of keywords */
+		appendStringInfo(&sql, "GRANT %s%s%s%s ON TABLE %s TO %s%s", priv,
+						 col ? " (" : "", col ? quote_identifier(col) : "", col ? ")" : "",
+						 qtarget, grantee, grantable ? " WITH GRANT OPTION" : "");
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema), grantee);
+		exec_ddl(sql.data);
+	}
+
+	/* the same owner, when we may hand the table over */
+	if (owner != GetUserId() && has_privs_of_role(GetUserId(), owner))
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s OWNER TO %s", qtarget,
+						 quote_identifier(GetUserNameFromId(owner, false)));
+		exec_ddl(sql.data);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema),
+						 quote_identifier(GetUserNameFromId(owner, false)));
+		exec_ddl(sql.data);
+	}
+	else if (owner != GetUserId())
+		ereport(NOTICE,
+				(errmsg("table %s is owned by %s, not by the role that created it",
+						qtarget, GetUserNameFromId(GetUserId(), false)),
+				 errhint("Migrate as a member of role \"%s\" to keep the owner.",
+						 GetUserNameFromId(owner, false))));
+
+	/* row level security and its policies */
+	if (rls || force_rls)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "ALTER TABLE %s %s ROW LEVEL SECURITY", qtarget,
+						 rls ? "ENABLE" : "DISABLE");
+		exec_ddl(sql.data);
+		if (force_rls)
+		{
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s FORCE ROW LEVEL SECURITY", qtarget);
+			exec_ddl(sql.data);
+		}
+	}
+	ret = SPI_execute_with_args(
+								"SELECT quote_ident(p.polname), p.polpermissive, "
+								"  CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' "
+								"    WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END, "
+								"  (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') "
+								"     FROM unnest(p.polroles) r), "
+								"  pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid) "
+								"FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname",
+								1, types, values, NULL, true, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (int i = 0; ret == SPI_OK_SELECT && i < n; i++)
+	{
+		char	   *qual = SPI_getvalue(tt->vals[i], tt->tupdesc, 5);
+		char	   *check = SPI_getvalue(tt->vals[i], tt->tupdesc, 6);
+
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE POLICY %s ON %s AS %s FOR %s TO %s",
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 1), qtarget,
+						 strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 2), "t") == 0 ? "PERMISSIVE" : "RESTRICTIVE",
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 3),
+						 SPI_getvalue(tt->vals[i], tt->tupdesc, 4));
+		if (qual)
+			appendStringInfo(&sql, " USING (%s)", qual);
+		if (check)
+			appendStringInfo(&sql, " WITH CHECK (%s)", check);
+		exec_ddl(sql.data);
+	}
+}
+
+/* Create one table of the tenant's schema; returns its OID. */
+static Oid
+clone_create_table(PlanTable *pt, const char *schema)
+{
+	char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE TABLE %s (LIKE %s INCLUDING COMMENTS INCLUDING COMPRESSION "
+					 "INCLUDING CONSTRAINTS INCLUDING DEFAULTS INCLUDING GENERATED "
+					 "INCLUDING IDENTITY INCLUDING STATISTICS INCLUDING STORAGE)",
+					 qtarget, cm_qualified_relname(pt->relid));
+	exec_ddl(sql.data);
+	CommandCounterIncrement();
+	clone_serial_sequences(pt->relid, schema, qtarget);
+	clone_table_properties(pt->relid, schema, qtarget);
+	CommandCounterIncrement();
+	return clone_target_relid(schema, pt->relname);
+}
+
+char *
+clone_prepare_schema(const char *tenant, TenantPlan *plan, const CmSettings *s,
+					 bool defer_indexes)
+{
+	TenantInfo	info;
+	char	   *schema;
+	int			nest;
+
+	clone_tenant_info(tenant, &info);
+	if (info.exists)
+	{
+		char	   *name = get_namespace_name(info.schema_oid);
+
+		if (name == NULL || strcmp(name, info.schema_name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("schema \"%s\" of tenant \"%s\" was dropped or renamed outside clinic_migrate",
+							info.schema_name, tenant),
+					 errhint("Run SELECT clinic_migrate.rollback_tenant('%s') to clear its state, then migrate again.",
+							 tenant)));
+		schema = pstrdup(info.schema_name);
+	}
+	else
+	{
+		Oid			types[5] = {TEXTOID, NAMEOID, OIDOID, NAMEOID, NAMEOID};
+		Datum		values[5];
+		Oid			nsp;
+		StringInfoData sql;
+
+		schema = cm_schema_name_for(tenant, s->schema_template);
+		if (strncmp(schema, "pg_", 3) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_RESERVED_NAME),
+					 errmsg("schema name \"%s\" for tenant \"%s\" is reserved", schema, tenant),
+					 errhint("Set clinic_migrate.schema_template to a pattern with a prefix, such as 'tenant_%%s'.")));
+		/* another tenant's schema first: that is the clearer error */
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(schema));
+		cm_state_exec("SELECT tenant_id FROM clinic_migrate.tenants WHERE schema_name = $1",
+					  1, &types[1], &values[1], NULL, 0);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_SCHEMA),
+					 errmsg("tenants \"%s\" and \"%s\" map to the same schema name \"%s\"",
+							tenant, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), schema),
+					 errhint("Set clinic_migrate.schema_template to a pattern that keeps them apart.")));
+		if (OidIsValid(get_namespace_oid(schema, true)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_SCHEMA),
+					 errmsg("schema \"%s\" already exists and was not created by clinic_migrate", schema),
+					 errdetail("clinic_migrate only writes into schemas it created for the tenant."),
+					 errhint("Drop or rename that schema, or set clinic_migrate.schema_template to another pattern.")));
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE SCHEMA %s", quote_identifier(schema));
+		exec_ddl(sql.data);
+		CommandCounterIncrement();
+		nsp = get_namespace_oid(schema, false);
+		values[0] = CStringGetTextDatum(tenant);
+		values[2] = ObjectIdGetDatum(nsp);
+		values[3] = DirectFunctionCall1(namein, CStringGetDatum(plan->source_schema));
+		values[4] = DirectFunctionCall1(namein, CStringGetDatum(plan->tenant_column));
+		cm_state_exec("INSERT INTO clinic_migrate.tenants "
+					  "(tenant_id, schema_name, schema_oid, source_schema, tenant_column) "
+					  "VALUES ($1, $2, $3, $4, $5)",
+					  5, types, values, NULL, 0);
+	}
+
+	nest = cm_pin_search_path();
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			types[6] = {TEXTOID, INT4OID, OIDOID, OIDOID, NAMEOID, TEXTOID};
+		Datum		values[6];
+
+		if (!OidIsValid(target))
+		{
+			target = clone_create_table(pt, schema);
+			if (!defer_indexes)
+				clone_finish_table(pt, schema);
+		}
+		values[0] = CStringGetTextDatum(tenant);
+		values[1] = Int32GetDatum(pt->position);
+		values[2] = ObjectIdGetDatum(pt->relid);
+		values[3] = ObjectIdGetDatum(target);
+		values[4] = DirectFunctionCall1(namein, CStringGetDatum(pt->relname));
+		values[5] = CStringGetTextDatum(pt->kind == PLAN_TENANT ? "tenant" : "child");
+		cm_state_exec("INSERT INTO clinic_migrate.tenant_tables "
+					  "(tenant_id, position, source_table, target_table, table_name, kind, indexed) "
+					  "VALUES ($1, $2, $3, $4, $5, $6, false) "
+					  "ON CONFLICT (tenant_id, source_table) DO NOTHING",
+					  6, types, values, NULL, 0);
+	}
+	cm_restore_output_settings(nest);
+	return schema;
+}
+
+bool
+clone_reset_if_empty(const char *tenant, const char *schema)
+{
+	SPITupleTable *tt;
+	uint64		n;
+	StringInfoData sql;
+	Oid			nsp = get_namespace_oid(schema, false);
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(nsp)};
+
+	cm_state_exec_tenant("SELECT target_table FROM clinic_migrate.tenant_tables "
+						 "WHERE tenant_id = $1", tenant);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	initStringInfo(&sql);
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			target = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+
+		if (get_rel_name(target) == NULL)
+			return false;
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT 1 FROM %s LIMIT 1", cm_qualified_relname(target));
+		if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT || SPI_processed > 0)
+			return false;
+	}
+
+	/*
+	 * Only the tenant's own tables are touched (a foreign key to a shared
+	 * table stays: its parents exist, and dropping it would lock the shared
+	 * table): first the foreign keys between tenant tables, then every
+	 * index and key constraint, which come back after the load.
+	 */
+	if (SPI_execute_with_args(
+							  "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname) "
+							  "FROM pg_constraint c "
+							  "WHERE c.contype = 'f' AND c.oid IN (SELECT fd.objid FROM pg_depend fd "
+							  "  WHERE fd.classid = 'pg_constraint'::regclass AND fd.refclassid = 'pg_class'::regclass "
+							  "    AND fd.refobjid IN " CM_RELS_OF_NAMESPACE("$1") ") "
+							  "UNION ALL "
+							  "SELECT * FROM (SELECT CASE WHEN con.oid IS NOT NULL "
+							  "  THEN format('ALTER TABLE %s DROP CONSTRAINT %I', i.indrelid::regclass, con.conname) "
+							  "  ELSE format('DROP INDEX %s', i.indexrelid::regclass) END "
+							  "FROM pg_index i "
+							  "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x') "
+							  "WHERE i.indrelid IN " CM_RELS_OF_NAMESPACE("$1") " ORDER BY i.indexrelid) x",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: constraint lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	{
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		for (uint64 i = 0; i < n; i++)
+			exec_ddl(SPI_getvalue(tt->vals[i], tt->tupdesc, 1));
+		AtEOXact_GUC(true, nest);
+	}
+	cm_state_exec_tenant("UPDATE clinic_migrate.tenant_tables SET indexed = false "
+						 "WHERE tenant_id = $1", tenant);
+	CommandCounterIncrement();
+	return true;
+}
+
+/* does the schema already have an object of that name? (indexes, constraints) */
+static bool
+relation_exists(const char *schema, const char *name)
+{
+	return OidIsValid(clone_target_relid(schema, name));
+}
+
+void
+clone_finish_table(PlanTable *pt, const char *schema)
+{
+	Oid			target = clone_target_relid(schema, pt->relname);
+	Relation	srcrel;
+	Relation	tgtrel;
+	List	   *indexes;
+	ListCell   *lc;
+	AttrMap    *attmap;
+	RangeVar   *rv;
+	char		replident;
+	Oid			replindex = InvalidOid;
+	int			nest;
+
+	if (!OidIsValid(target))
+		elog(ERROR, "clinic_migrate: table %s.%s is missing", schema, pt->relname);
+	nest = cm_pin_search_path();
+	srcrel = table_open(pt->relid, AccessShareLock);
+	tgtrel = table_open(target, AccessShareLock);
+	attmap = build_attrmap_by_name(RelationGetDescr(tgtrel), RelationGetDescr(srcrel));
+	rv = makeRangeVar(pstrdup(schema), pstrdup(pt->relname), -1);
+	indexes = RelationGetIndexList(srcrel);
+	replident = srcrel->rd_rel->relreplident;
+	table_close(tgtrel, NoLock);
+
+	foreach(lc, indexes)
+	{
+		Oid			idxoid = lfirst_oid(lc);
+		Relation	idxrel = index_open(idxoid, AccessShareLock);
+		char	   *idxname = pstrdup(RelationGetRelationName(idxrel));
+		IndexStmt  *stmt;
+		PlannedStmt *pstmt;
+
+		if (replident == REPLICA_IDENTITY_INDEX && idxrel->rd_index->indisreplident)
+			replindex = idxoid;
+		if (!idxrel->rd_index->indisvalid || relation_exists(schema, idxname))
+		{
+			index_close(idxrel, AccessShareLock);
+			continue;
+		}
+		stmt = generateClonedIndexStmt(rv, idxrel, attmap, NULL);
+		stmt->idxname = idxname;
+		stmt->idxcomment = GetComment(idxoid, RelationRelationId, 0);
+		index_close(idxrel, AccessShareLock);
+
+		pstmt = makeNode(PlannedStmt);
+		pstmt->commandType = CMD_UTILITY;
+		pstmt->canSetTag = false;
+		pstmt->utilityStmt = (Node *) stmt;
+		pstmt->stmt_location = -1;
+		pstmt->stmt_len = 0;
+		ProcessUtility(pstmt, "/* clinic_migrate: clone index */", false,
+					   PROCESS_UTILITY_QUERY, NULL, NULL, None_Receiver, NULL);
+		CommandCounterIncrement();
+	}
+	table_close(srcrel, NoLock);
+
+	if (replident != REPLICA_IDENTITY_DEFAULT)
+	{
+		StringInfoData sql;
+		char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+
+		initStringInfo(&sql);
+		if (replident == REPLICA_IDENTITY_FULL)
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY FULL", qtarget);
+		else if (replident == REPLICA_IDENTITY_NOTHING)
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY NOTHING", qtarget);
+		else if (OidIsValid(replindex))
+			appendStringInfo(&sql, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s", qtarget,
+							 quote_identifier(get_rel_name(replindex)));
+		if (sql.len > 0)
+			exec_ddl(sql.data);
+	}
+	cm_restore_output_settings(nest);
+}
+
+static char *
+att_names(Oid relid, Datum arr)
+{
+	AttrNumber	atts[INDEX_MAX_KEYS];
+	ArrayType  *a = DatumGetArrayTypeP(arr);
+	Datum	   *elems;
+	int			n;
+	StringInfoData buf;
+
+	deconstruct_array(a, INT2OID, 2, true, TYPALIGN_SHORT, &elems, NULL, &n);
+	initStringInfo(&buf);
+	for (int i = 0; i < n && i < INDEX_MAX_KEYS; i++)
+	{
+		atts[i] = DatumGetInt16(elems[i]);
+		appendStringInfo(&buf, "%s%s", i ? ", " : "",
+						 quote_identifier(get_attname(relid, atts[i], false)));
+	}
+	return buf.data;
+}
+
+/*
+ * Foreign keys: added NOT VALID (a brief lock on the referenced table, no
+ * scan), then validated (no lock that blocks writers of shared tables).
+ */
+void
+clone_finish_schema(TenantPlan *plan, const char *schema)
+{
+	int			nest = cm_pin_search_path();
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			types[2] = {OIDOID, OIDOID};
+		Datum		values[2];
+		SPITupleTable *tt;
+		int			n;
+
+		values[0] = ObjectIdGetDatum(pt->relid);
+		values[1] = ObjectIdGetDatum(target);
+		if (SPI_execute_with_args(
+								  "SELECT quote_ident(c.conname), c.confrelid, c.conkey, c.confkey, "
+								  "  c.confupdtype::text, c.confdeltype::text, c.confmatchtype::text, "
+								  "  c.condeferrable, c.condeferred, c.convalidated, c.confdelsetcols "
+								  "FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' "
+								  "  AND NOT EXISTS (SELECT 1 FROM pg_constraint t "
+								  "                  WHERE t.conrelid = $2 AND t.conname = c.conname) "
+								  "ORDER BY c.conname",
+								  2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: foreign key lookup failed");
+		tt = SPI_tuptable;
+		n = SPI_processed;
+		for (int f = 0; f < n; f++)
+		{
+			HeapTuple	tup = tt->vals[f];
+			TupleDesc	desc = tt->tupdesc;
+			bool		isnull;
+			Oid			ref = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+			Oid			newref = clone_fk_target(plan, schema, ref);
+			char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
+			char	   *conname = SPI_getvalue(tup, desc, 1);
+			bool		validated = strcmp(SPI_getvalue(tup, desc, 10), "t") == 0;
+			Datum		delsetcols = SPI_getbinval(tup, desc, 11, &isnull);
+			bool		has_delsetcols = !isnull;
+			StringInfoData sql;
+
+			/*
+			 * A key to a table that stays shared puts two triggers on that
+			 * table for every tenant: with thousands of tenants, loading the
+			 * table's relcache entry reads them all, and deleting one of its
+			 * rows checks every tenant's table (locking each).  Kept unless
+			 * clinic_migrate.shared_foreign_keys is off.
+			 */
+			if (newref == ref && !cm_shared_foreign_keys)
+				continue;
+
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s)",
+							 qtarget, conname,
+							 att_names(pt->relid, SPI_getbinval(tup, desc, 3, &isnull)),
+							 cm_qualified_relname(newref),
+							 att_names(ref, SPI_getbinval(tup, desc, 4, &isnull)));
+			if (SPI_getvalue(tup, desc, 7)[0] == FKCONSTR_MATCH_FULL)
+				appendStringInfoString(&sql, " MATCH FULL");
+			appendStringInfo(&sql, " ON UPDATE %s ON DELETE %s",
+							 fk_action(SPI_getvalue(tup, desc, 5)[0]),
+							 fk_action(SPI_getvalue(tup, desc, 6)[0]));
+			if (has_delsetcols)
+				appendStringInfo(&sql, " (%s)", att_names(pt->relid, delsetcols));
+			if (strcmp(SPI_getvalue(tup, desc, 8), "t") == 0)
+				appendStringInfoString(&sql, " DEFERRABLE");
+			if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
+				appendStringInfoString(&sql, " INITIALLY DEFERRED");
+			appendStringInfoString(&sql, " NOT VALID");
+			/* locks the referenced table, maybe a busy shared one: briefly */
+			cm_ddl_with_retry(sql.data);
+			if (validated)
+			{
+				resetStringInfo(&sql);
+				appendStringInfo(&sql, "ALTER TABLE %s VALIDATE CONSTRAINT %s", qtarget, conname);
+				exec_ddl(sql.data);
+			}
+			CommandCounterIncrement();
+		}
+	}
+	cm_restore_output_settings(nest);
+}
+
+List *
+clone_owned_sequences(Oid relid)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	SPITupleTable *tt;
+	List	   *result = NIL;
+
+	if (SPI_execute_with_args("SELECT d.objid, a.attname, s.seqincrement, a.attidentity::text "
+							  "FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid "
+							  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+							  "WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass "
+							  "  AND d.refobjid = $1 AND d.deptype IN ('a', 'i') AND NOT a.attisdropped "
+							  "ORDER BY a.attnum",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		OwnedSequence *os = palloc(sizeof(OwnedSequence));
+		bool		isnull;
+		char	   *ident = SPI_getvalue(tt->vals[i], tt->tupdesc, 4);
+
+		os->seq = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		os->name = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		os->column = pstrdup(quote_identifier(os->name));
+		os->increment = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		os->identity = ident ? ident[0] : '\0';
+		result = lappend(result, os);
+	}
+	return result;
+}
+
+Oid
+clone_fk_target(TenantPlan *plan, const char *schema, Oid ref)
+{
+	PlanTable  *rpt = plan_find(plan, ref);
+
+	if (rpt && rpt->position > 0)
+		return clone_target_relid(schema, rpt->relname);
+	return ref;
+}
+
+void
+clone_set_sequences(Oid target)
+{
+	ListCell   *lc;
+
+	foreach(lc, clone_owned_sequences(target))
+	{
+		OwnedSequence *os = lfirst(lc);
+		StringInfoData sql;
+		Oid			stype[1] = {OIDOID};
+		Datum		sval[1] = {ObjectIdGetDatum(os->seq)};
+
+		/* past the keys, and never back: values handed out stay handed out */
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT pg_catalog.setval($1, x.m) FROM (SELECT %s(%s)::bigint AS m FROM %s) x, %s q "
+						 "WHERE x.m IS NOT NULL AND (NOT q.is_called OR x.m %s q.last_value)",
+						 os->increment > 0 ? "max" : "min", os->column,
+						 cm_qualified_relname(target), cm_qualified_relname(os->seq),
+						 os->increment > 0 ? ">" : "<");
+		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: setval failed");
+	}
+}
+
+/* attidentity of a column ('\0' when it is not an identity column) */
+static char
+attidentity(Oid relid, AttrNumber attnum)
+{
+	HeapTuple	tp = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(attnum));
+	char		result = '\0';
+
+	if (HeapTupleIsValid(tp))
+	{
+		result = ((Form_pg_attribute) GETSTRUCT(tp))->attidentity;
+		ReleaseSysCache(tp);
+	}
+	return result;
+}
+
+void
+clone_switch_sequences(TenantPlan *plan, const char *schema)
+{
+	int			nest = cm_pin_search_path();
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		ListCell   *lc;
+
+		foreach(lc, clone_owned_sequences(pt->relid))
+		{
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
+			StringInfoData sql;
+
+			if (att == InvalidAttrNumber)
+				continue;
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "ALTER TABLE %s ", cm_qualified_relname(target));
+			if (attidentity(target, att) != '\0')
+				appendStringInfo(&sql, "ALTER COLUMN %s DROP IDENTITY, ", quote_identifier(ks->name));
+			if (ks->identity != '\0')
+				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT clinic_migrate.identity_nextval(%s::pg_catalog.regclass, %s::pg_catalog.name)",
+								 quote_identifier(ks->name),
+								 quote_literal_cstr(cm_qualified_relname(pt->relid)),
+								 quote_literal_cstr(ks->name));
+			else
+				appendStringInfo(&sql, "ALTER COLUMN %s SET DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+								 quote_identifier(ks->name),
+								 quote_literal_cstr(cm_qualified_relname(ks->seq)));
+			cm_ddl_with_retry(sql.data);
+		}
+	}
+	cm_restore_output_settings(nest);
+}
+
+void
+clone_restore_sequences(TenantPlan *plan, const char *schema)
+{
+	int			nest = cm_pin_search_path();
+	List	   *lock = NIL;
+
+	/*
+	 * No key may be taken between reading the highest and switching: every
+	 * table that switches is locked first, all at once (the caller reads in
+	 * READ COMMITTED, so after this lock).
+	 */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		ListCell   *lc;
+
+		foreach(lc, clone_owned_sequences(pt->relid))
+		{
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
+
+			if (att != InvalidAttrNumber && attidentity(target, att) == '\0')
+			{
+				lock = lappend_oid(lock, target);
+				break;
+			}
+		}
+	}
+	cm_lock_relations(lock, AccessExclusiveLock, true);
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		List	   *kss = clone_owned_sequences(pt->relid);
+		ListCell   *lc;
+
+		foreach(lc, kss)
+		{
+			OwnedSequence *ks = lfirst(lc);
+			AttrNumber	att = get_attnum(target, ks->name);
+			const char *qcol = quote_identifier(ks->name);
+			char	   *qtarget = cm_qualified_relname(target);
+			StringInfoData sql;
+
+			if (att == InvalidAttrNumber || attidentity(target, att) != '\0')
+				continue;
+			initStringInfo(&sql);
+			if (ks->identity != '\0')
+			{
+				Oid			types[1] = {OIDOID};
+				Datum		values[1] = {ObjectIdGetDatum(ks->seq)};
+				SPITupleTable *tt;
+				int64		inc;
+				char	   *start;
+
+				/* (the identity takes the column's type) */
+				if (SPI_execute_with_args("SELECT format_type(seqtypid, NULL), seqincrement, seqmin, seqmax, "
+										  "seqcache, seqcycle, seqstart FROM pg_sequence WHERE seqrelid = $1",
+										  1, types, values, NULL, true, 0) != SPI_OK_SELECT ||
+					SPI_processed != 1)
+					elog(ERROR, "clinic_migrate: sequence %u not found", ks->seq);
+				tt = SPI_tuptable;
+				inc = pg_strtoint64(SPI_getvalue(tt->vals[0], tt->tupdesc, 2));
+				appendStringInfo(&sql, "SELECT coalesce(%s(%s)::numeric + %s, %s)::text FROM %s",
+								 inc > 0 ? "max" : "min", qcol, SPI_getvalue(tt->vals[0], tt->tupdesc, 2),
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 7), qtarget);
+				start = query_text(sql.data, 0, NULL, NULL);
+				resetStringInfo(&sql);
+				appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s DROP DEFAULT, ALTER COLUMN %s ADD GENERATED %s AS IDENTITY "
+								 "(INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s)",
+								 qtarget, qcol, qcol, ks->identity == ATTRIBUTE_IDENTITY_ALWAYS ? "ALWAYS" : "BY DEFAULT",
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 2),
+								 SPI_getvalue(tt->vals[0], tt->tupdesc, 3), SPI_getvalue(tt->vals[0], tt->tupdesc, 4),
+								 start, SPI_getvalue(tt->vals[0], tt->tupdesc, 5),
+								 strcmp(SPI_getvalue(tt->vals[0], tt->tupdesc, 6), "t") == 0 ? "CYCLE" : "NO CYCLE");
+				exec_ddl(sql.data);
+			}
+			else
+			{
+				/* the tenant's own serial sequence, made when its table was */
+				ListCell   *oc;
+				OwnedSequence *own = NULL;
+
+				foreach(oc, clone_owned_sequences(target))
+				{
+					OwnedSequence *os = lfirst(oc);
+
+					if (strcmp(os->column, qcol) == 0)
+						own = os;
+				}
+				if (own == NULL)
+					continue;	/* it shares a sequence it does not own: nothing to restore */
+				appendStringInfo(&sql, "ALTER TABLE %s ALTER COLUMN %s SET DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+								 qtarget, qcol, quote_literal_cstr(cm_qualified_relname(own->seq)));
+				exec_ddl(sql.data);
+			}
+		}
+		if (list_member_oid(lock, target))
+			clone_set_sequences(target);
+	}
+	cm_restore_output_settings(nest);
+}
+
+List *
+clone_column_sequences(Oid relid)
+{
+	SPITupleTable *tt;
+	uint64		n;
+	List	   *result = NIL;
+	Oid			fn = LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("identity_nextval")),
+									-1, NULL, true);
+
+	/*
+	 * Per column with a sequence behind it: its identity sequence; else the
+	 * sequence its default reads; else, for identity_nextval(table, column),
+	 * that table's identity sequence.
+	 */
+	if (SPI_execute_with_args(
+							  "SELECT a.attname, "
+							  "  (SELECT d.objid FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+							  "     AND d.refclassid = 'pg_class'::regclass AND d.refobjid = a.attrelid "
+							  "     AND d.refobjsubid = a.attnum AND d.deptype = 'i' LIMIT 1), "
+							  "  (SELECT d.refobjid FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid "
+							  "     WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+							  "       AND d.refclassid = 'pg_class'::regclass AND c.relkind = 'S' LIMIT 1), "
+							  "  (SELECT d.refobjid FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid "
+							  "     WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+							  "       AND d.refclassid = 'pg_class'::regclass AND c.relkind IN ('r', 'p') "
+							  "       AND EXISTS (SELECT 1 FROM pg_depend f WHERE f.classid = 'pg_attrdef'::regclass "
+							  "                   AND f.objid = ad.oid AND f.refclassid = 'pg_proc'::regclass "
+							  "                   AND f.refobjid = $2) LIMIT 1) "
+							  "FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum "
+							  "WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped "
+							  "ORDER BY a.attnum",
+							  2, (Oid[]) {OIDOID, OIDOID},
+							  (Datum[]) {ObjectIdGetDatum(relid), ObjectIdGetDatum(fn)},
+							  NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d;
+		Oid			seq = InvalidOid;
+		char	   *col = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+
+		d = SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull);
+		if (!isnull)
+			seq = DatumGetObjectId(d);
+		if (!OidIsValid(seq))
+		{
+			d = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
+			if (!isnull)
+				seq = DatumGetObjectId(d);
+		}
+		if (!OidIsValid(seq))
+		{
+			d = SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull);
+			if (!isnull)
+			{
+				Oid			shared = DatumGetObjectId(d);
+				AttrNumber	att = get_attnum(shared, col);
+
+				if (att != InvalidAttrNumber)
+					seq = getIdentitySequence(shared, att, true);
+			}
+		}
+		if (OidIsValid(seq))
+		{
+			OwnedSequence *os = palloc(sizeof(OwnedSequence));
+			HeapTuple	stup = SearchSysCache1(SEQRELID, ObjectIdGetDatum(seq));
+
+			os->seq = seq;
+			os->name = pstrdup(col);
+			os->column = pstrdup(quote_identifier(col));
+			os->increment = 1;
+			os->identity = '\0';
+			if (HeapTupleIsValid(stup))
+			{
+				os->increment = ((Form_pg_sequence) GETSTRUCT(stup))->seqincrement;
+				ReleaseSysCache(stup);
+			}
+			result = lappend(result, os);
+		}
+	}
+	return result;
+}
+
+void
+cm_registry_sync(const char *tenant, const char *state, const char *location)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	const char *scol = cm_registry_schema_column;
+	const char *stcol = cm_registry_status_column;
+
+	if ((scol == NULL || scol[0] == '\0') && (stcol == NULL || stcol[0] == '\0'))
+		return;
+	if (cm_registry_table == NULL || cm_registry_table[0] == '\0')
+		return;
+
+	/*
+	 * The application's own table: in a subtransaction with a short
+	 * lock_timeout, so that a locked registry row delays nothing and a
+	 * misconfigured column costs a warning, not the step.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		TenantInfo	info;
+		Oid			nsp;
+		Oid			reg;
+		StringInfoData sql;
+		Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Datum		values[3];
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		clone_tenant_info(tenant, &info);
+		nsp = get_namespace_oid(info.exists ? info.source_schema : cm_source_schema, true);
+		reg = OidIsValid(nsp) ? get_relname_relid(cm_registry_table, nsp) : InvalidOid;
+		if (OidIsValid(reg))
+		{
+			initStringInfo(&sql);
+			appendStringInfo(&sql, "UPDATE %s SET ", cm_qualified_relname(reg));
+			if (scol && scol[0])
+				appendStringInfo(&sql, "%s = $2", quote_identifier(scol));
+			if (stcol && stcol[0])
+				appendStringInfo(&sql, "%s%s = $3", (scol && scol[0]) ? ", " : "",
+								 quote_identifier(stcol));
+			appendStringInfo(&sql, " WHERE %s::text = $1",
+							 quote_identifier(info.exists ? info.tenant_column : cm_tenant_column));
+			values[0] = CStringGetTextDatum(tenant);
+			values[1] = CStringGetTextDatum(location);
+			values[2] = CStringGetTextDatum(state);
+			if (SPI_execute_with_args(sql.data, 3, types, values, NULL, false, 0) < 0)
+				elog(ERROR, "clinic_migrate: registry update failed");
+		}
+		AtEOXact_GUC(true, nest);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ereport(WARNING,
+				(errmsg("could not record tenant \"%s\" as %s in the registry: %s",
+						tenant, state, edata->message),
+				 errhint("Check clinic_migrate.registry_schema_column and registry_status_column.")));
+	}
+	PG_END_TRY();
+}
+
+/*
+ * create_tenant_schema: the tenant's schema with the full structure
+ * (indexes, keys, foreign keys), empty; idempotent.  *tenant becomes the
+ * canonical id.  Returns the schema's name.  SPI connected.
+ */
+char *
+clone_create_schema(char **tenant_p)
+{
+	char	   *tenant = *tenant_p;
+	CmSettings	s;
+	TenantPlan *plan;
+	char	   *schema;
+	int64		run_id;
+
+	cm_current_settings(&s);
+	plan = clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
+	if (!cm_lock_tenant(tenant, false, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("tenant \"%s\" is being migrated or rolled back by another session", tenant),
+				 errhint("Wait for it to finish; clinic_migrate.status shows its progress.")));
+	plan_check_copyable(plan);
+	clone_check_privileges(plan, tenant);
+	clone_check_tenant_exists(plan, tenant);
+	schema = clone_prepare_schema(tenant, plan, &s, false);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		clone_finish_table(&plan->tables[i], schema);
+		cm_state_exec_tenant("UPDATE clinic_migrate.tenant_tables SET indexed = true "
+							 "WHERE tenant_id = $1", tenant);
+	}
+	clone_finish_schema(plan, schema);
+	run_id = cm_run_start(tenant, schema, "create_schema",
+						  GetUserNameFromId(GetUserId(), false), 0);
+	cm_run_finish(run_id, "completed", 0, NULL, NULL);
+	*tenant_p = tenant;
+	return schema;
+}

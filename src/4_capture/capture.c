@@ -1,0 +1,1588 @@
+/*-------------------------------------------------------------------------
+ * capture.c
+ *	  The capture trigger: while a tenant moves, every INSERT, UPDATE and
+ *	  DELETE of its shared rows logs the row's key, so that the copy can be
+ *	  brought up to date by re-reading those rows (apply.c).
+ *	  Floor 4 (capture and replay).  May call: floors 1 to 3.
+ *
+ * Each planned shared table gets three AFTER ROW triggers whose WHEN
+ * clause asks clinic_migrate.capturing(OLD/NEW.tenant_id::text): for a
+ * tenant that is not moving, no trigger event is even queued, and the cost
+ * is one C function call and a hash probe.  Child tables (no tenant
+ * column) ask clinic_migrate.capturing_any() and find the row's tenant
+ * through its foreign keys, only while some tenant is moving.
+ *
+ * The set of moving tenants is cached per backend and read with the latest
+ * snapshot; whoever changes it sends a relcache invalidation for
+ * clinic_migrate.tenants, which every backend processes at its next
+ * transaction start.  capture_wait_for_writers closes the gap
+ * for transactions that were already running.
+ *
+ * The log of a shared table holds the tenant and the key columns with
+ * their own types (no text rendering, so no DateStyle to depend on).  The
+ * trigger writes it with simple_heap_insert: no SQL is run with the row's
+ * values, and application roles need no privilege on clinic_migrate.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "parser/parse_relation.h"
+#include "pgstat.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "storage/sinvaladt.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "mb/pg_wchar.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "capture.h"
+#include "clone.h"
+#include "settings.h"
+#include "util.h"
+#include "locks.h"
+#include "runstate.h"
+#include "plan.h"
+#include "state.h"
+
+bool		cm_applying = false;
+
+/* ---- the set of moving tenants, cached per backend ---- */
+
+typedef struct MovingTenant
+{
+	char		tenant[CM_MAX_TENANT_LEN + 1];	/* hash key */
+	char		state;			/* CM_STATE_* */
+	char		schema[NAMEDATALEN];
+	Oid			schema_oid;		/* the tag of its write lock */
+	char		source_schema[NAMEDATALEN];
+} MovingTenant;
+
+static HTAB *moving = NULL;
+static bool moving_valid = false;
+static long moving_count = 0;	/* tenants whose shared child rows need a lookup */
+static Oid	tenants_relid = InvalidOid;
+static bool callbacks_registered = false;
+
+/* a child table whose rows find their tenant through a row of this table */
+typedef struct CaptureDescendant
+{
+	Oid			child;			/* the child table */
+	Oid			log_relid;		/* its log */
+	char	   *sql;			/* its keys of the rows under one row of ours */
+	int			nparams;
+	AttrNumber	param_att[INDEX_MAX_KEYS];	/* our columns they reference */
+	Oid			param_type[INDEX_MAX_KEYS];
+} CaptureDescendant;
+
+/* per shared table: where its log is and how to read its key */
+typedef struct CaptureTable
+{
+	Oid			relid;			/* hash key */
+	bool		valid;			/* false: rebuild before use */
+	MemoryContext cxt;			/* what the entry allocated; reset on rebuild */
+	Oid			log_relid;
+	int			log_natts;
+	int			log_tenant;		/* positions in the log's tuples (0-based) */
+	int			log_at;
+	int			log_key[INDEX_MAX_KEYS];
+	int			nkey;
+	AttrNumber	key_att[INDEX_MAX_KEYS];
+	AttrNumber	tenant_att;		/* InvalidAttrNumber for child tables */
+	bool		tenant_bpchar;	/* char(n): compare without the padding, as ::text does */
+	FmgrInfo	tenant_out;		/* its output function, looked up once */
+	SPIPlanPtr	tenant_lookup;	/* child tables: tenant of a row by its parent */
+	int			nfk;
+	AttrNumber	fk_att[INDEX_MAX_KEYS];
+	Oid			fk_type[INDEX_MAX_KEYS];
+	bool		descendants_built;
+	List	   *descendants;	/* of CaptureDescendant, in cxt */
+} CaptureTable;
+
+static HTAB *capture_tables = NULL;
+
+/*
+ * Relcache invalidation: the set of moving tenants, or a shared table's
+ * entry, must be read again.  Only flags are flipped here: an invalidation
+ * can arrive in the middle of a trigger call that is using the entry (any
+ * lock it takes processes invalidations), so nothing is freed until the
+ * entry is next looked up.
+ */
+static void
+moving_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS seq;
+	CaptureTable *ct;
+
+	if (relid == InvalidOid || relid == tenants_relid)
+		moving_valid = false;
+	if (capture_tables == NULL)
+		return;
+	if (relid != InvalidOid)
+	{
+		ct = hash_search(capture_tables, &relid, HASH_FIND, NULL);
+		if (ct)
+			ct->valid = false;
+		return;
+	}
+	hash_seq_init(&seq, capture_tables);
+	while ((ct = hash_seq_search(&seq)) != NULL)
+		ct->valid = false;
+}
+
+static void
+register_callbacks(void)
+{
+	if (!callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(moving_invalidate, (Datum) 0);
+		callbacks_registered = true;
+	}
+}
+
+/*
+ * Read clinic_migrate.tenants with the latest snapshot: a tenant whose
+ * migration committed a moment ago is seen even by an old snapshot.
+ */
+static void
+moving_load(void)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	HASHCTL		ctl;
+	Relation	rel;
+	TableScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+	AttrNumber	att_tenant,
+				att_state,
+				att_schema,
+				att_source,
+				att_schema_oid;
+
+	register_callbacks();
+	/* valid from here: an invalidation during the scan makes us read again */
+	moving_valid = true;
+	moving_count = 0;
+	if (moving)
+		hash_destroy(moving);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = CM_MAX_TENANT_LEN + 1;
+	ctl.entrysize = sizeof(MovingTenant);
+	ctl.hcxt = CacheMemoryContext;
+	moving = hash_create("clinic_migrate moving tenants", 16, &ctl,
+						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	tenants_relid = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
+	if (!OidIsValid(tenants_relid))
+		return;
+	rel = table_open(tenants_relid, AccessShareLock);
+	att_tenant = attnameAttNum(rel, "tenant_id", false);
+	att_state = attnameAttNum(rel, "state", false);
+	att_schema = attnameAttNum(rel, "schema_name", false);
+	att_source = attnameAttNum(rel, "source_schema", false);
+	att_schema_oid = attnameAttNum(rel, "schema_oid", false);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		char	   *tenant = TextDatumGetCString(heap_getattr(tup, att_tenant, RelationGetDescr(rel), &isnull));
+		char	   *state = TextDatumGetCString(heap_getattr(tup, att_state, RelationGetDescr(rel), &isnull));
+		Name		schema = DatumGetName(heap_getattr(tup, att_schema, RelationGetDescr(rel), &isnull));
+		Name		source = DatumGetName(heap_getattr(tup, att_source, RelationGetDescr(rel), &isnull));
+		Oid			schema_oid = DatumGetObjectId(heap_getattr(tup, att_schema_oid, RelationGetDescr(rel), &isnull));
+		char		code = cm_state_code(state);
+		MovingTenant *m;
+
+		if (code == CM_STATE_NONE || strlen(tenant) > CM_MAX_TENANT_LEN)
+			continue;
+		m = hash_search(moving, tenant, HASH_ENTER, NULL);
+		m->state = code;
+		strlcpy(m->schema, NameStr(*schema), NAMEDATALEN);
+		strlcpy(m->source_schema, NameStr(*source), NAMEDATALEN);
+		m->schema_oid = schema_oid;
+		if (code == CM_STATE_CAPTURE || code == CM_STATE_CUT_OVER || code == CM_STATE_FINALIZING)
+			moving_count++;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+}
+
+static MovingTenant *
+moving_find(const char *tenant, int len)
+{
+	char		key[CM_MAX_TENANT_LEN + 1];
+
+	if (!moving_valid)
+		moving_load();
+	if (hash_get_num_entries(moving) == 0 || len > CM_MAX_TENANT_LEN)
+		return NULL;
+	memcpy(key, tenant, len);
+	key[len] = '\0';
+	return hash_search(moving, key, HASH_FIND, NULL);
+}
+
+void
+capture_tenants_changed(void)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+
+	CacheInvalidateRelcacheByRelid(get_relname_relid("tenants", nsp));
+	moving_valid = false;
+}
+
+/* clinic_migrate.tenants_changed(): statement trigger on clinic_migrate.tenants */
+PG_FUNCTION_INFO_V1(cm_tenants_changed);
+Datum
+cm_tenants_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.tenants_changed() must be a trigger")));
+	capture_tenants_changed();
+	return PointerGetDatum(NULL);
+}
+
+char
+cm_state_code(const char *state)
+{
+	if (strcmp(state, "copying") == 0 || strcmp(state, "copied") == 0 ||
+		strcmp(state, "failed") == 0)
+		return CM_STATE_CAPTURE;
+	if (strcmp(state, "cut_over") == 0)
+		return CM_STATE_CUT_OVER;
+	if (strcmp(state, "finalizing") == 0)
+		return CM_STATE_FINALIZING;
+	if (strcmp(state, "finalized") == 0)
+		return CM_STATE_FINALIZED;
+	if (strcmp(state, "rolling_back") == 0)
+		return CM_STATE_ROLLING_BACK;
+	return CM_STATE_NONE;
+}
+
+bool
+cm_state_after_cutover(const char *state)
+{
+	char		c = cm_state_code(state);
+
+	return c == CM_STATE_CUT_OVER || c == CM_STATE_FINALIZING || c == CM_STATE_FINALIZED;
+}
+
+/* do the shared tables' triggers act for a tenant in this state? */
+static inline bool
+shared_trigger_acts(char state)
+{
+	return state == CM_STATE_CAPTURE || state == CM_STATE_CUT_OVER ||
+		state == CM_STATE_FINALIZING || state == CM_STATE_FINALIZED;
+}
+
+/*
+ * clinic_migrate.capturing(tenant text): do the shared tables' triggers act
+ * for this tenant (capture or guard)?  Used in the triggers' WHEN clauses,
+ * so it must be cheap for tenants that are not moving.
+ */
+PG_FUNCTION_INFO_V1(cm_capturing);
+Datum
+cm_capturing(PG_FUNCTION_ARGS)
+{
+	text	   *t = PG_GETARG_TEXT_PP(0);
+	MovingTenant *m = moving_find(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+
+	PG_RETURN_BOOL(m != NULL && shared_trigger_acts(m->state));
+}
+
+/* clinic_migrate.capturing_any(): is any tenant moving? (child tables) */
+PG_FUNCTION_INFO_V1(cm_capturing_any);
+Datum
+cm_capturing_any(PG_FUNCTION_ARGS)
+{
+	if (!moving_valid)
+		moving_load();
+	PG_RETURN_BOOL(moving_count > 0);
+}
+
+/* ---- the trigger ---- */
+
+/*
+ * One of our state tables' rows, by an OID-valued column (oid or reg*),
+ * read directly: the trigger that asks runs as the writer, who may not read
+ * them.  Returns the value of another OID-valued column, or InvalidOid.
+ * *present says whether the table exists (a database still at 0.2 has no
+ * capture_logs).
+ */
+static Oid
+state_oid_lookup(const char *table, const char *keycol, Oid key, const char *outcol,
+				 bool *present)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+	Relation	rel;
+	ScanKeyData skey;
+	TableScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+	Oid			result = InvalidOid;
+	AttrNumber	outatt;
+
+	*present = OidIsValid(relid);
+	if (!*present)
+		return InvalidOid;
+	rel = table_open(relid, AccessShareLock);
+	outatt = attnameAttNum(rel, outcol, false);
+	ScanKeyInit(&skey, attnameAttNum(rel, keycol, false), BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(key));
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 1, &skey);
+	if ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, outatt, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			result = DatumGetObjectId(d);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
+ * The log of a shared table, or InvalidOid when it has none.  Logs are
+ * found through clinic_migrate.capture_logs, whose regclass columns follow
+ * the tables through pg_dump and pg_restore (their OIDs change, their names
+ * do not); before 0.3 a log was named after the table's OID.
+ */
+Oid
+capture_log_relid(Oid source)
+{
+	bool		present;
+	Oid			log = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
+
+	if (!present)
+		return get_relname_relid(psprintf("log_%u", source), get_namespace_oid(CM_SCHEMA, false));
+	return log;
+}
+
+/* the shared table a tenant's table was copied from, or InvalidOid */
+static Oid
+tenant_table_source(Oid target)
+{
+	bool		present;
+
+	return state_oid_lookup("tenant_tables", "target_table", target, "source_table", &present);
+}
+
+/*
+ * A name for a new log: log_<table>, made unique in our schema (two source
+ * schemas may have tables of one name; a restored database has the logs of
+ * its tables under their old names).
+ */
+static char *
+new_log_name(Oid source)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	const char *relname = get_rel_name(source);
+	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 16);
+	char	   *base = psprintf("log_%.*s", len, relname);
+	char	   *name = base;
+
+	for (int k = 2; OidIsValid(get_relname_relid(name, nsp)); k++)
+		name = psprintf("%s_%d", base, k);
+	return name;
+}
+
+/* build the cache entry of a shared table from its trigger's argument */
+static CaptureTable *
+capture_table_get(Relation rel, Trigger *trigger)
+{
+	Oid			relid = RelationGetRelid(rel);
+	bool		found;
+	CaptureTable *ct;
+	Relation	logrel;
+	TupleDesc	logdesc;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	register_callbacks();
+	if (capture_tables == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(CaptureTable);
+		ctl.hcxt = CacheMemoryContext;
+		capture_tables = hash_create("clinic_migrate capture tables", 32, &ctl,
+									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	ct = hash_search(capture_tables, &relid, HASH_ENTER, &found);
+	if (found && ct->valid)
+		return ct;
+	if (found && ct->tenant_lookup)
+		SPI_freeplan(ct->tenant_lookup);
+	if (found && ct->cxt)
+		MemoryContextDelete(ct->cxt);
+
+	memset(((char *) ct) + sizeof(Oid), 0, sizeof(CaptureTable) - sizeof(Oid));
+	if (trigger->tgnargs < 1)
+		elog(ERROR, "clinic_migrate: capture trigger on %s has no log table argument",
+			 RelationGetRelationName(rel));
+	ct->cxt = AllocSetContextCreate(CacheMemoryContext, "clinic_migrate capture table",
+									ALLOCSET_SMALL_SIZES);
+	{
+		/*
+		 * The log is found from the table, not from the trigger's argument
+		 * (a name for people; an OID before 0.3, wrong once restored): a
+		 * shared table's own, or, for a tenant's table (reverse capture),
+		 * that of the shared table it was copied from.
+		 */
+		bool		present;
+		Oid			source = trigger->tgnargs >= 3 ? tenant_table_source(relid) : relid;
+
+		ct->log_relid = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
+		if (!present)
+			ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
+		else if (!OidIsValid(ct->log_relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s has a clinic_migrate capture trigger but no capture log",
+							RelationGetRelationName(rel)),
+					 errhint("clinic_migrate.capture_logs has no row for it: was the database restored without it?")));
+	}
+	ct->tenant_att = (trigger->tgnargs >= 2 && trigger->tgargs[1][0] != '\0') ?
+		attnameAttNum(rel, trigger->tgargs[1], false) : InvalidAttrNumber;
+	if (ct->tenant_att != InvalidAttrNumber)
+	{
+		Oid			typout;
+		bool		varlena;
+		Oid			typid = TupleDescAttr(desc, ct->tenant_att - 1)->atttypid;
+
+		getTypeOutputInfo(typid, &typout, &varlena);
+		fmgr_info_cxt(typout, &ct->tenant_out, CacheMemoryContext);
+		ct->tenant_bpchar = getBaseType(typid) == BPCHAROID;
+	}
+
+	/*
+	 * The log's columns: _cm_tenant, _cm_at, then the key columns, by name,
+	 * each of the same type and collation as the table's column now.  A
+	 * key column whose type changed since the log was made would have its
+	 * values written as another type: refuse the write instead.
+	 */
+	logrel = table_open(ct->log_relid, AccessShareLock);
+	logdesc = RelationGetDescr(logrel);
+	ct->nkey = 0;
+	ct->log_natts = logdesc->natts;
+	ct->log_tenant = ct->log_at = -1;
+	for (int i = 0; i < logdesc->natts; i++)
+	{
+		Form_pg_attribute la = TupleDescAttr(logdesc, i);
+		const char *name = NameStr(la->attname);
+		AttrNumber	att;
+		Form_pg_attribute ra;
+
+		if (la->attisdropped)
+			continue;
+		if (strcmp(name, "_cm_tenant") == 0)
+		{
+			ct->log_tenant = i;
+			continue;
+		}
+		if (strcmp(name, "_cm_at") == 0)
+		{
+			ct->log_at = i;
+			continue;
+		}
+		att = attnameAttNum(rel, name, true);
+		ra = att > 0 ? TupleDescAttr(desc, att - 1) : NULL;
+		if (ra == NULL || ra->atttypid != la->atttypid || ra->atttypmod != la->atttypmod ||
+			ra->attcollation != la->attcollation || ct->nkey >= INDEX_MAX_KEYS)
+		{
+			char	   *qrel = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+														  RelationGetRelationName(rel));
+
+			table_close(logrel, AccessShareLock);
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("key column %s of %s changed while clinic_migrate captures its changes",
+							quote_identifier(name), qrel),
+					 ra == NULL ?
+					 errdetail("The column is gone; the capture log of %s still has it.", qrel) :
+					 errdetail("It is %s now; its capture log holds %s.",
+							   format_type_with_typemod(ra->atttypid, ra->atttypmod),
+							   format_type_with_typemod(la->atttypid, la->atttypmod)),
+					 errhint("Change the key column back, or roll back every tenant whose migration is under way "
+							 "(clinic_migrate.status) before changing it.")));
+		}
+		ct->log_key[ct->nkey] = i;
+		ct->key_att[ct->nkey++] = att;
+	}
+	table_close(logrel, AccessShareLock);
+	if (ct->log_tenant < 0 || ct->log_at < 0 || ct->nkey == 0)
+		elog(ERROR, "clinic_migrate: log table %u of %s is not one of ours",
+			 ct->log_relid, RelationGetRelationName(rel));
+	ct->valid = true;
+	return ct;
+}
+
+/* the plan of the schema a shared table is in, as the settings now say */
+static TenantPlan *
+plan_of(Relation rel)
+{
+	CmSettings	s;
+
+	cm_current_settings(&s);
+	strlcpy(s.source_schema, get_namespace_name(RelationGetNamespace(rel)), NAMEDATALEN);
+	return plan_build(&s, CurrentMemoryContext);
+}
+
+/*
+ * " FROM ONLY <table> a0 JOIN <parent> a1 ON (a0.x = a1.y) ..." for the
+ * first nhops foreign key steps of a child table, with qualified operators.
+ */
+static void
+append_hop_joins(StringInfo sql, PlanTable *pt, int nhops)
+{
+	Oid			child = pt->relid;
+
+	appendStringInfo(sql, " FROM ONLY %s a0", cm_qualified_relname(pt->relid));
+	for (int h = 0; h < nhops; h++)
+	{
+		PlanHop    *hop = &pt->hops[h];
+
+		appendStringInfo(sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+		for (int k = 0; k < hop->nkeys; k++)
+		{
+			char	   *l = psprintf("a%d.%s", h, quote_identifier(get_attname(child, hop->child_att[k], false)));
+			char	   *r = psprintf("a%d.%s", h + 1,
+									 quote_identifier(get_attname(hop->parent, hop->parent_att[k], false)));
+
+			if (k)
+				appendStringInfoString(sql, " AND ");
+			cm_append_eq(sql, r, get_atttype(hop->parent, hop->parent_att[k]),
+						 l, get_atttype(child, hop->child_att[k]));
+		}
+		appendStringInfoChar(sql, ')');
+		child = hop->parent;
+	}
+}
+
+/*
+ * The tenant of a child row: the root's tenant column, found through the
+ * row's foreign key chain with a saved plan.  It runs as the child table's
+ * owner in a security-restricted operation (the writer needs no rights on
+ * the parents, and the owner's own code runs with no more than the owner's
+ * rights), with search_path pinned, and reads with a fresh snapshot, as
+ * the foreign key check does: a REPEATABLE READ writer's own snapshot may
+ * not see a parent that committed after it started.  NULL when the row has
+ * no parent (a NULL key, or a parent deleted in this transaction).
+ */
+static char *
+child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
+{
+	Datum		values[INDEX_MAX_KEYS];
+	char		nulls[INDEX_MAX_KEYS];
+	CmRoleSave	save;
+	char	   *result = NULL;
+
+	SPI_connect();
+	if (ct->tenant_lookup == NULL)
+	{
+		TenantPlan *plan;
+		PlanTable  *pt;
+		PlanTable  *root;
+		StringInfoData sql;
+
+		/* the plan reads the catalogs and clinic_migrate's own tables */
+		cm_owner_begin(&save);
+		plan = plan_of(rel);
+		pt = plan_find(plan, RelationGetRelid(rel));
+		if (pt == NULL || pt->nhops == 0)
+		{
+			cm_role_end(&save);
+			SPI_finish();
+			return NULL;
+		}
+		root = plan_root(plan, pt);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT a%d.%s::pg_catalog.text", pt->nhops,
+						 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
+		/* the row's own foreign key columns are parameters: no a0, start at its parent */
+		appendStringInfo(&sql, " FROM ONLY %s a1", cm_qualified_relname(pt->hops[0].parent));
+		{
+			Oid			child = pt->hops[0].parent;
+
+			for (int h = 1; h < pt->nhops; h++)
+			{
+				PlanHop    *hop = &pt->hops[h];
+
+				appendStringInfo(&sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+				for (int k = 0; k < hop->nkeys; k++)
+				{
+					if (k)
+						appendStringInfoString(&sql, " AND ");
+					cm_append_eq(&sql,
+								 psprintf("a%d.%s", h + 1, quote_identifier(get_attname(hop->parent, hop->parent_att[k], false))),
+								 get_atttype(hop->parent, hop->parent_att[k]),
+								 psprintf("a%d.%s", h, quote_identifier(get_attname(child, hop->child_att[k], false))),
+								 get_atttype(child, hop->child_att[k]));
+				}
+				appendStringInfoChar(&sql, ')');
+				child = hop->parent;
+			}
+		}
+		appendStringInfoString(&sql, " WHERE ");
+		ct->nfk = pt->hops[0].nkeys;
+		for (int k = 0; k < ct->nfk; k++)
+		{
+			ct->fk_att[k] = pt->hops[0].child_att[k];
+			ct->fk_type[k] = get_atttype(pt->relid, ct->fk_att[k]);
+			if (k)
+				appendStringInfoString(&sql, " AND ");
+			cm_append_eq(&sql,
+						 psprintf("a1.%s", quote_identifier(get_attname(pt->hops[0].parent, pt->hops[0].parent_att[k], false))),
+						 get_atttype(pt->hops[0].parent, pt->hops[0].parent_att[k]),
+						 psprintf("$%d", k + 1), ct->fk_type[k]);
+		}
+		ct->tenant_lookup = SPI_prepare(sql.data, ct->nfk, ct->fk_type);
+		if (ct->tenant_lookup == NULL)
+			elog(ERROR, "clinic_migrate: could not prepare the tenant lookup of %s",
+				 RelationGetRelationName(rel));
+		SPI_keepplan(ct->tenant_lookup);
+		cm_role_end(&save);
+	}
+	for (int k = 0; k < ct->nfk; k++)
+	{
+		bool		isnull;
+
+		values[k] = heap_getattr(tuple, ct->fk_att[k], RelationGetDescr(rel), &isnull);
+		nulls[k] = isnull ? 'n' : ' ';
+		if (isnull)
+		{
+			SPI_finish();
+			return NULL;
+		}
+	}
+	/* the lookup itself reads the application's tables: as the table's owner */
+	cm_table_owner_begin(RelationGetRelid(rel), &save);
+	if (SPI_execute_snapshot(ct->tenant_lookup, values, nulls, GetLatestSnapshot(),
+							 InvalidSnapshot, false, false, 1) == SPI_OK_SELECT &&
+		SPI_processed > 0)
+	{
+		char	   *t = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (t)
+			result = MemoryContextStrdup(TopTransactionContext, t);
+	}
+	cm_role_end(&save);
+	SPI_finish();
+	return result;
+}
+
+/*
+ * A deleted child row whose parent is already gone (ON DELETE CASCADE):
+ * it belongs to whichever moving tenant's copy has its key.  Each copy is
+ * read as its owner, in a security-restricted operation.
+ */
+static char *
+child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
+{
+	HASH_SEQ_STATUS seq;
+	MovingTenant *m;
+	char	   *result = NULL;
+
+	if (moving_count == 0)
+		return NULL;
+	SPI_connect();
+	hash_seq_init(&seq, moving);
+	while ((m = hash_seq_search(&seq)) != NULL)
+	{
+		Oid			nsp = get_namespace_oid(m->schema, true);
+		Oid			target = OidIsValid(nsp) ? get_relname_relid(RelationGetRelationName(rel), nsp) : InvalidOid;
+		StringInfoData sql;
+		Datum		values[INDEX_MAX_KEYS];
+		char		nulls[INDEX_MAX_KEYS];
+		Oid			types[INDEX_MAX_KEYS];
+		CmRoleSave	save;
+		int			ret;
+
+		if (!OidIsValid(target) || result || !shared_trigger_acts(m->state))
+			continue;
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT 1 FROM ONLY %s t WHERE ", cm_qualified_relname(target));
+		for (int k = 0; k < ct->nkey; k++)
+		{
+			bool		isnull;
+			Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), ct->key_att[k] - 1);
+
+			values[k] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel), &isnull);
+			nulls[k] = isnull ? 'n' : ' ';
+			types[k] = att->atttypid;
+			if (k)
+				appendStringInfoString(&sql, " AND ");
+			cm_append_eq(&sql, psprintf("t.%s", quote_identifier(NameStr(att->attname))), types[k],
+						 psprintf("$%d", k + 1), types[k]);
+		}
+		cm_table_owner_begin(target, &save);
+		ret = SPI_execute_with_args(sql.data, ct->nkey, types, values, nulls, true, 1);
+		cm_role_end(&save);
+		if (ret == SPI_OK_SELECT && SPI_processed > 0)
+		{
+			hash_seq_term(&seq);
+			result = MemoryContextStrdup(TopTransactionContext, m->tenant);
+			break;
+		}
+	}
+	SPI_finish();
+	return result;
+}
+
+/* the text of a tenant value, as the WHEN clause's ::text has it */
+static char *
+tenant_text(CaptureTable *ct, Datum d)
+{
+	char	   *t = OutputFunctionCall(&ct->tenant_out, d);
+
+	if (ct->tenant_bpchar)
+	{
+		int			len = strlen(t);
+
+		while (len > 0 && t[len - 1] == ' ')
+			t[--len] = '\0';
+	}
+	return t;
+}
+
+static char *
+tuple_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple, bool deleted)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (ct->tenant_att == InvalidAttrNumber)
+	{
+		char	   *t = child_tenant(rel, ct, tuple);
+
+		if (t == NULL && deleted)
+			t = child_tenant_by_copy(rel, ct, tuple);
+		return t;
+	}
+	d = heap_getattr(tuple, ct->tenant_att, RelationGetDescr(rel), &isnull);
+	if (isnull)
+		return NULL;
+	return tenant_text(ct, d);
+}
+
+/* one entry of a log: the tenant, the time, the key values in the log's order */
+static void
+log_insert(Relation logrel, int tenant_pos, int at_pos, const char *tenant,
+		   int nkey, const int *key_pos, const Datum *keys, const bool *keynulls)
+{
+	Datum		values[INDEX_MAX_KEYS + 2];
+	bool		nulls[INDEX_MAX_KEYS + 2];
+	TupleDesc	desc = RelationGetDescr(logrel);
+	HeapTuple	logtup;
+
+	for (int i = 0; i < desc->natts && i < INDEX_MAX_KEYS + 2; i++)
+	{
+		values[i] = (Datum) 0;
+		nulls[i] = true;
+	}
+	values[tenant_pos] = CStringGetTextDatum(tenant);
+	nulls[tenant_pos] = false;
+	/* when the change was made (its transaction's start): capture lag in seconds */
+	values[at_pos] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	nulls[at_pos] = false;
+	for (int k = 0; k < nkey; k++)
+	{
+		values[key_pos[k]] = keys[k];
+		nulls[key_pos[k]] = keynulls[k];
+	}
+	logtup = heap_form_tuple(desc, values, nulls);
+	simple_heap_insert(logrel, logtup);
+	heap_freetuple(logtup);
+}
+
+static void
+log_key(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *tenant)
+{
+	Relation	logrel = table_open(ct->log_relid, RowExclusiveLock);
+	Datum		keys[INDEX_MAX_KEYS];
+	bool		keynulls[INDEX_MAX_KEYS];
+
+	if (RelationGetDescr(logrel)->natts > INDEX_MAX_KEYS + 2)
+		elog(ERROR, "clinic_migrate: log table %s is not one of ours", RelationGetRelationName(logrel));
+	for (int k = 0; k < ct->nkey; k++)
+		keys[k] = heap_getattr(tuple, ct->key_att[k], RelationGetDescr(rel), &keynulls[k]);
+	log_insert(logrel, ct->log_tenant, ct->log_at, tenant, ct->nkey, ct->log_key, keys, keynulls);
+	table_close(logrel, RowExclusiveLock);
+}
+
+/*
+ * The child tables whose rows find their tenant through a row of this
+ * table (their foreign key path passes through it), with the query that
+ * lists the keys of those rows under one row of ours: built the first time
+ * a row of this table changes tenant.
+ */
+static void
+build_descendants(Relation rel, CaptureTable *ct)
+{
+	TenantPlan *plan;
+	Oid			relid = RelationGetRelid(rel);
+	MemoryContext old;
+	CmRoleSave	save;
+	List	   *found = NIL;
+
+	if (ct->descendants_built)
+		return;
+	/* the plan reads the catalogs and clinic_migrate's own tables */
+	cm_owner_begin(&save);
+	plan = plan_of(rel);
+	cm_role_end(&save);
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		if (pt->kind != PLAN_CHILD)
+			continue;
+		for (int h = 0; h < pt->nhops; h++)
+		{
+			PlanHop    *hop = &pt->hops[h];
+			Oid			below = h == 0 ? pt->relid : pt->hops[h - 1].parent;
+			StringInfoData sql;
+			CaptureDescendant *d;
+			Oid			logrel;
+
+			if (hop->parent != relid)
+				continue;
+			logrel = capture_log_relid(pt->relid);
+			if (!OidIsValid(logrel))
+				break;
+			old = MemoryContextSwitchTo(ct->cxt);
+			d = palloc0(sizeof(CaptureDescendant));
+			d->child = pt->relid;
+			d->log_relid = logrel;
+			initStringInfo(&sql);
+			appendStringInfoString(&sql, "SELECT ");
+			cm_append_quoted_list(&sql, plan_key_columns(pt), "a0");
+			append_hop_joins(&sql, pt, h);
+			appendStringInfoString(&sql, " WHERE ");
+			d->nparams = hop->nkeys;
+			for (int k = 0; k < hop->nkeys; k++)
+			{
+				d->param_att[k] = hop->parent_att[k];
+				d->param_type[k] = get_atttype(relid, hop->parent_att[k]);
+				if (k)
+					appendStringInfoString(&sql, " AND ");
+				cm_append_eq(&sql, psprintf("$%d", k + 1), d->param_type[k],
+							 psprintf("a%d.%s", h, quote_identifier(get_attname(below, hop->child_att[k], false))),
+							 get_atttype(below, hop->child_att[k]));
+			}
+			d->sql = sql.data;
+			found = lappend(found, d);
+			MemoryContextSwitchTo(old);
+			break;
+		}
+	}
+	/* only whole: an error above leaves the entry to be built again, not half-built */
+	ct->descendants = found;
+	ct->descendants_built = true;
+}
+
+/*
+ * A row that changed tenant takes the child rows under it along (they find
+ * their tenant through it), and no trigger fires for them: log their keys
+ * for the tenant too, so that replay, and the checks of the cutover pause,
+ * see them.
+ */
+static void
+log_descendants(Relation rel, CaptureTable *ct, HeapTuple tuple, const char *tenant)
+{
+	ListCell   *lc;
+
+	SPI_connect();
+	build_descendants(rel, ct);
+	foreach(lc, ct->descendants)
+	{
+		CaptureDescendant *d = lfirst(lc);
+		Datum		params[INDEX_MAX_KEYS];
+		char		pnulls[INDEX_MAX_KEYS];
+		bool		isnull = false;
+		CmRoleSave	save;
+		int			ret;
+		Relation	logrel;
+		TupleDesc	logdesc;
+		int			tenant_pos = -1,
+					at_pos = -1,
+					nkey = 0;
+		int			key_pos[INDEX_MAX_KEYS];
+
+		for (int k = 0; k < d->nparams; k++)
+		{
+			params[k] = heap_getattr(tuple, d->param_att[k], RelationGetDescr(rel), &isnull);
+			pnulls[k] = isnull ? 'n' : ' ';
+			if (isnull)
+				break;
+		}
+		if (isnull)
+			continue;
+		cm_table_owner_begin(d->child, &save);
+		{
+			/* a fresh snapshot: a REPEATABLE READ writer's own may miss child rows added since */
+			SPIPlanPtr	qp = SPI_prepare(d->sql, d->nparams, d->param_type);
+
+			if (qp == NULL)
+				elog(ERROR, "clinic_migrate: could not prepare the lookup of the rows under a row of %s",
+					 RelationGetRelationName(rel));
+			ret = SPI_execute_snapshot(qp, params, pnulls, GetLatestSnapshot(), InvalidSnapshot,
+									   false, false, 0);
+		}
+		cm_role_end(&save);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: could not list the rows under a row of %s",
+				 RelationGetRelationName(rel));
+		if (SPI_processed == 0)
+			continue;
+
+		logrel = table_open(d->log_relid, RowExclusiveLock);
+		logdesc = RelationGetDescr(logrel);
+		for (int i = 0; i < logdesc->natts; i++)
+		{
+			Form_pg_attribute la = TupleDescAttr(logdesc, i);
+
+			if (la->attisdropped)
+				continue;
+			if (strcmp(NameStr(la->attname), "_cm_tenant") == 0)
+				tenant_pos = i;
+			else if (strcmp(NameStr(la->attname), "_cm_at") == 0)
+				at_pos = i;
+			else if (nkey < SPI_tuptable->tupdesc->natts &&
+					 TupleDescAttr(SPI_tuptable->tupdesc, nkey)->atttypid == la->atttypid)
+				key_pos[nkey++] = i;
+			else
+				nkey = -1;
+			if (nkey < 0)
+				break;
+		}
+		if (tenant_pos < 0 || at_pos < 0 || nkey != SPI_tuptable->tupdesc->natts)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the key of %s changed while clinic_migrate captures its changes",
+							cm_qualified_relname(d->child)),
+					 errhint("Change the key column back, or roll back every tenant whose migration is under way "
+							 "(clinic_migrate.status) before changing it.")));
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			Datum		keys[INDEX_MAX_KEYS];
+			bool		keynulls[INDEX_MAX_KEYS];
+
+			for (int k = 0; k < nkey; k++)
+				keys[k] = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, k + 1, &keynulls[k]);
+			log_insert(logrel, tenant_pos, at_pos, tenant, nkey, key_pos, keys, keynulls);
+		}
+		table_close(logrel, RowExclusiveLock);
+	}
+	SPI_finish();
+}
+
+static bool
+same_key(Relation rel, CaptureTable *ct, HeapTuple a, HeapTuple b)
+{
+	for (int k = 0; k < ct->nkey; k++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), ct->key_att[k] - 1);
+		bool		an,
+					bn;
+		Datum		av = heap_getattr(a, ct->key_att[k], RelationGetDescr(rel), &an);
+		Datum		bv = heap_getattr(b, ct->key_att[k], RelationGetDescr(rel), &bn);
+
+		if (an != bn || (!an && !datumIsEqual(av, bv, att->attbyval, att->attlen)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Take the tenant's write lock before a write of its rows is let through,
+ * then read the set of moving tenants again: cutover and rollback hold the
+ * lock exclusively while they drain and flip, so a writer that waited here
+ * finds the tenant where the flip put it.  Returns the tenant's entry as it
+ * is now, or NULL.
+ */
+static MovingTenant *
+lock_tenant_for_write(MovingTenant *m)
+{
+	char		tenant[CM_MAX_TENANT_LEN + 1];
+
+	/*
+	 * Held already in this transaction: the tenant cannot have been
+	 * switched since (the switch waits for us), the entry is current.
+	 */
+	if (!cm_tenant_write_lock(m->schema_oid, false))
+		return m;
+	strlcpy(tenant, m->tenant, sizeof(tenant));
+	AcceptInvalidationMessages();
+	return moving_find(tenant, strlen(tenant));
+}
+
+static void
+guard_error(Relation rel, MovingTenant *m)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("tenant \"%s\" has moved to schema \"%s\"", m->tenant, m->schema),
+			 errdetail("Its rows in %s.%s no longer take writes.",
+					   quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+					   quote_identifier(RelationGetRelationName(rel))),
+			 errhint("Retry the transaction against schema \"%s\", for example after SELECT clinic_migrate.set_tenant(%s).",
+					 m->schema, quote_literal_cstr(m->tenant))));
+}
+
+/*
+ * What the shared tables' trigger does for one tenant a row belonged or
+ * belongs to: nothing, log the key (capture), or refuse (the tenant has
+ * been cut over).  Returns true if the key is to be logged.
+ */
+static bool
+shared_write_allowed(Relation rel, const char *tenant)
+{
+	MovingTenant *m;
+
+	if (tenant == NULL)
+		return false;
+	m = moving_find(tenant, strlen(tenant));
+	if (m == NULL || !shared_trigger_acts(m->state))
+		return false;
+	m = lock_tenant_for_write(m);
+	if (m == NULL || !shared_trigger_acts(m->state))
+		return false;
+	if (m->state != CM_STATE_CAPTURE)
+		guard_error(rel, m);
+	return true;
+}
+
+/*
+ * The row before (DELETE, UPDATE) and after (INSERT, UPDATE) the change a
+ * row trigger fired for; false for any other event.
+ */
+static bool
+row_images(TriggerData *td, HeapTuple *oldtup, HeapTuple *newtup)
+{
+	*oldtup = NULL;
+	*newtup = NULL;
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		*newtup = td->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		*oldtup = td->tg_trigtuple;
+		*newtup = td->tg_newtuple;
+	}
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		*oldtup = td->tg_trigtuple;
+	else
+		return false;
+	return true;
+}
+
+/*
+ * clinic_migrate.capture(): AFTER ROW trigger on the planned shared tables
+ * (arguments: the log table's OID, the tenant column or nothing for a child
+ * table).
+ */
+PG_FUNCTION_INFO_V1(cm_capture);
+Datum
+cm_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	CaptureTable *ct;
+	HeapTuple	oldtup = NULL;
+	HeapTuple	newtup = NULL;
+	char	   *oldtenant = NULL;
+	char	   *newtenant = NULL;
+	bool		old_log,
+				new_log;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_AFTER(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.capture() must be an AFTER ROW trigger")));
+	if (cm_applying)
+		return PointerGetDatum(NULL);
+	rel = td->tg_relation;
+	ct = capture_table_get(rel, td->tg_trigger);
+
+	if (!row_images(td, &oldtup, &newtup))
+		return PointerGetDatum(NULL);
+
+	if (oldtup)
+		/* deleted, or its parent may be (ON DELETE SET NULL): the copies are asked too */
+		oldtenant = tuple_tenant(rel, ct, oldtup, true);
+	if (newtup)
+		newtenant = tuple_tenant(rel, ct, newtup, false);
+	old_log = shared_write_allowed(rel, oldtenant);
+	/* the same tenant (most UPDATEs): the same answer, asked once */
+	if (oldtenant && newtenant && strcmp(oldtenant, newtenant) == 0)
+		new_log = old_log;
+	else
+		new_log = shared_write_allowed(rel, newtenant);
+
+	/*
+	 * Log the key the row had and the key it has now; an UPDATE that keeps
+	 * both tenant and key logs once.  Replay re-reads the row by key, so
+	 * what changed does not matter, only which keys.
+	 */
+	if (old_log)
+		log_key(rel, ct, oldtup, oldtenant);
+	if (new_log &&
+		!(old_log && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
+		log_key(rel, ct, newtup, newtenant);
+
+	/* a row that changed tenant takes the child rows under it along */
+	if (oldtup && newtup && (old_log || new_log) &&
+		(oldtenant == NULL || newtenant == NULL || strcmp(oldtenant, newtenant) != 0))
+	{
+		if (old_log)
+			log_descendants(rel, ct, newtup, oldtenant);
+		if (new_log)
+			log_descendants(rel, ct, newtup, newtenant);
+	}
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * clinic_migrate.capture_reverse(): AFTER ROW trigger on a cut-over
+ * tenant's tables (arguments: the log table's OID, the tenant column or
+ * '', the tenant).  After cutover it logs the key of every change, which
+ * the sync worker applies to the shared rows so that a rollback loses
+ * nothing.  Before cutover, or once the tenant is rolled back, the schema
+ * is not where the tenant lives: writes are refused.  After finalize it
+ * does nothing.
+ */
+PG_FUNCTION_INFO_V1(cm_capture_reverse);
+Datum
+cm_capture_reverse(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	CaptureTable *ct;
+	const char *tenant;
+	MovingTenant *m;
+	HeapTuple	oldtup = NULL;
+	HeapTuple	newtup = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_AFTER(td->tg_event) || td->tg_trigger->tgnargs < 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.capture_reverse() must be an AFTER ROW trigger with three arguments")));
+	if (cm_applying)
+		return PointerGetDatum(NULL);
+	rel = td->tg_relation;
+	tenant = td->tg_trigger->tgargs[2];
+	m = moving_find(tenant, strlen(tenant));
+	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
+		return PointerGetDatum(NULL);
+	m = lock_tenant_for_write(m);
+	if (m == NULL || m->state == CM_STATE_FINALIZING || m->state == CM_STATE_FINALIZED)
+		return PointerGetDatum(NULL);
+	if (m->state != CM_STATE_CUT_OVER)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("tenant \"%s\" lives in schema \"%s\", not in \"%s\"", m->tenant,
+						m->source_schema, m->schema),
+				 errdetail("Schema \"%s\" is %s.", m->schema,
+						   m->state == CM_STATE_ROLLING_BACK ? "being rolled back"
+						   : "a copy kept in sync until the tenant's cutover"),
+				 errhint("Retry the transaction against schema \"%s\", for example after SELECT clinic_migrate.set_tenant(%s).",
+						 m->source_schema, quote_literal_cstr(m->tenant))));
+
+	ct = capture_table_get(rel, td->tg_trigger);
+	if (!row_images(td, &oldtup, &newtup))
+		return PointerGetDatum(NULL);
+
+	/* a row in the tenant's schema is the tenant's: it must say so */
+	if (newtup && ct->tenant_att != InvalidAttrNumber)
+	{
+		char	   *t = tuple_tenant(rel, ct, newtup, false);
+
+		if (t == NULL || strcmp(t, tenant) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("a row of %s.%s must belong to tenant \"%s\"",
+							quote_identifier(m->schema), quote_identifier(RelationGetRelationName(rel)),
+							tenant),
+					 errdetail("Its %s is %s.", quote_identifier(td->tg_trigger->tgargs[1]),
+							   t ? quote_literal_cstr(t) : "NULL"),
+					 errhint("To move a row to another tenant, delete it here and insert it where that tenant lives.")));
+	}
+	if (oldtup)
+		log_key(rel, ct, oldtup, tenant);
+	if (newtup && !(oldtup && same_key(rel, ct, oldtup, newtup)))
+		log_key(rel, ct, newtup, tenant);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * clinic_migrate.guard_truncate(): BEFORE TRUNCATE trigger on the planned
+ * shared tables (no argument) and on a cut-over tenant's tables (argument:
+ * the tenant).  TRUNCATE fires no row trigger, so neither capture nor
+ * replay could see it: refuse while it would be lost.
+ */
+PG_FUNCTION_INFO_V1(cm_guard_truncate);
+Datum
+cm_guard_truncate(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	MovingTenant *busy = NULL;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.guard_truncate() must be a TRUNCATE trigger")));
+	if (cm_applying)
+		return PointerGetDatum(NULL);
+	rel = td->tg_relation;
+	AcceptInvalidationMessages();
+	if (td->tg_trigger->tgnargs >= 1)
+	{
+		MovingTenant *m = moving_find(td->tg_trigger->tgargs[0], strlen(td->tg_trigger->tgargs[0]));
+
+		if (m && m->state != CM_STATE_FINALIZING && m->state != CM_STATE_FINALIZED)
+			busy = m;
+	}
+	else
+	{
+		HASH_SEQ_STATUS seq;
+		MovingTenant *m;
+
+		if (!moving_valid)
+			moving_load();
+		hash_seq_init(&seq, moving);
+		while ((m = hash_seq_search(&seq)) != NULL)
+		{
+			if (busy == NULL && (m->state == CM_STATE_CAPTURE || m->state == CM_STATE_CUT_OVER ||
+								 m->state == CM_STATE_FINALIZING))
+				busy = m;
+		}
+	}
+	if (busy)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot truncate %s.%s while tenant \"%s\" is being migrated",
+						quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+						quote_identifier(RelationGetRelationName(rel)), busy->tenant),
+				 errdetail("TRUNCATE fires no row trigger: the change could not reach the other copy of the tenant's rows."),
+				 errhint("Delete the rows instead, or finish the migration (finalize_tenant) or roll it back first.")));
+	return PointerGetDatum(NULL);
+}
+
+/* ---- installation ---- */
+
+/* CREATE TRIGGER, then ENABLE ALWAYS (replicas and restores are captured too) */
+static void
+create_trigger(Oid relid, const char *name, const char *def)
+{
+	char	   *qrel = cm_qualified_relname(relid);
+
+	if (OidIsValid(get_trigger_oid(relid, name, true)))
+		return;
+	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s %s; ALTER TABLE %s ENABLE ALWAYS TRIGGER %s",
+							   quote_identifier(name), def, qrel, quote_identifier(name)));
+}
+
+void
+capture_install(TenantPlan *plan)
+{
+	Oid			nsp;
+	LOCKTAG		tag;
+	bool		has_map;
+
+	/*
+	 * One installer at a time in the database: two first migrations would
+	 * both find a log table or trigger missing and both create it.  Then
+	 * look again at the catalogs, which the other may have just changed.
+	 */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 1, CM_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	AcceptInvalidationMessages();
+	nsp = get_namespace_oid(CM_SCHEMA, false);
+	has_map = OidIsValid(get_relname_relid("capture_logs", nsp));
+
+	/*
+	 * The tables that still miss a trigger, locked all at once before the
+	 * first CREATE TRIGGER: never one held while waiting for the next, in
+	 * whatever order the application takes them.
+	 */
+	{
+		List	   *lock = NIL;
+		const char *all[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+		"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
+
+		for (int i = 0; i < plan->ncopied; i++)
+			for (int k = 0; k < 4; k++)
+				if (!OidIsValid(get_trigger_oid(plan->tables[i].relid, all[k], true)))
+				{
+					lock = lappend_oid(lock, plan->tables[i].relid);
+					break;
+				}
+		cm_lock_relations(lock, ShareRowExclusiveLock, false);
+	}
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			logrel = capture_log_relid(pt->relid);
+		char	   *logname = OidIsValid(logrel) ? get_rel_name(logrel) :
+			(has_map ? new_log_name(pt->relid) : psprintf("log_%u", pt->relid));
+		StringInfoData sql;
+		List	   *keys = plan_key_columns(pt);
+		const char *ops[3] = {"INSERT", "UPDATE", "DELETE"};
+		const char *names[3] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+		"clinic_migrate_capture_delete"};
+		char	   *qrel = cm_qualified_relname(pt->relid);
+
+		initStringInfo(&sql);
+		if (!OidIsValid(logrel))
+		{
+			/* the log: the tenant, then the key columns with their own types */
+			appendStringInfo(&sql, "CREATE TABLE %s.%s AS SELECT NULL::pg_catalog.text AS _cm_tenant, "
+							 "NULL::pg_catalog.timestamptz AS _cm_at, ",
+							 CM_SCHEMA, quote_identifier(logname));
+			cm_append_quoted_list(&sql, keys, "s");
+			appendStringInfo(&sql, " FROM %s s WITH NO DATA", qrel);
+			cm_state_exec(sql.data, 0, NULL, NULL, NULL, 0);
+			CommandCounterIncrement();
+			logrel = get_relname_relid(logname, nsp);
+			if (has_map)
+			{
+				Oid			types[2] = {OIDOID, OIDOID};
+				Datum		values[2] = {ObjectIdGetDatum(pt->relid), ObjectIdGetDatum(logrel)};
+
+				cm_state_exec("INSERT INTO clinic_migrate.capture_logs (source_table, log_table) "
+							  "VALUES ($1, $2)", 2, types, values, NULL, 0);
+				CommandCounterIncrement();
+			}
+		}
+		for (int op = 0; op < 3; op++)
+		{
+			const char *when;
+			const char *tcol = quote_identifier(plan->tenant_column);
+
+			if (pt->kind == PLAN_CHILD)
+				when = "clinic_migrate.capturing_any()";
+			else if (op == 0)
+				when = psprintf("clinic_migrate.capturing(NEW.%s::pg_catalog.text)", tcol);
+			else if (op == 1)
+				when = psprintf("clinic_migrate.capturing(OLD.%s::pg_catalog.text) OR clinic_migrate.capturing(NEW.%s::pg_catalog.text)",
+								tcol, tcol);
+			else
+				when = psprintf("clinic_migrate.capturing(OLD.%s::pg_catalog.text)", tcol);
+			create_trigger(pt->relid, names[op],
+						   psprintf("AFTER %s ON %s FOR EACH ROW WHEN (%s) "
+									"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
+									ops[op], qrel, when,
+									quote_literal_cstr(has_map ? logname : psprintf("%u", logrel)),
+									pt->kind == PLAN_CHILD ? "" : ", ",
+									pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));
+		}
+		create_trigger(pt->relid, "clinic_migrate_guard_truncate",
+					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+								"EXECUTE FUNCTION clinic_migrate.guard_truncate()", qrel));
+	}
+}
+
+void
+capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+	bool		has_map = OidIsValid(get_relname_relid("capture_logs", nsp));
+	List	   *lock = NIL;
+
+	/* all the tenant's tables at once, before the first trigger */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (OidIsValid(target) &&
+			(!OidIsValid(get_trigger_oid(target, "clinic_migrate_capture_reverse", true)) ||
+			 !OidIsValid(get_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
+			lock = lappend_oid(lock, target);
+	}
+	cm_lock_relations(lock, ShareRowExclusiveLock, true);
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			logrel = capture_log_relid(pt->relid);
+		char	   *qrel;
+		const char *tcol = pt->tenant_att != InvalidAttrNumber ? plan->tenant_column : "";
+
+		if (!OidIsValid(target) || !OidIsValid(logrel))
+			elog(ERROR, "clinic_migrate: table %s.%s or its log is missing", schema, pt->relname);
+		qrel = cm_qualified_relname(target);
+
+		/*
+		 * Reverse replay writes the shared table as its owner, reading this
+		 * table: when the tenant's table has another owner (a migration role
+		 * that could not give it to the shared table's owner), that owner
+		 * must be able to read it.
+		 */
+		{
+			Oid			shared_owner = cm_rel_owner(pt->relid);
+
+			if (cm_rel_owner(target) != shared_owner &&
+				SPI_execute(psprintf("GRANT SELECT ON %s TO %s", qrel,
+									 quote_identifier(GetUserNameFromId(shared_owner, false))),
+							false, 0) != SPI_OK_UTILITY)
+				elog(ERROR, "clinic_migrate: could not grant SELECT on %s", qrel);
+		}
+		create_trigger(target, "clinic_migrate_capture_reverse",
+					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
+								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",
+								qrel,
+								quote_literal_cstr(has_map ? get_rel_name(logrel) : psprintf("%u", logrel)),
+								quote_literal_cstr(tcol), quote_literal_cstr(tenant)));
+		create_trigger(target, "clinic_migrate_guard_truncate",
+					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+								"EXECUTE FUNCTION clinic_migrate.guard_truncate(%s)",
+								qrel, quote_literal_cstr(tenant)));
+	}
+}
+
+void
+capture_drop_reverse(TenantPlan *plan, const char *schema)
+{
+	const char *names[2] = {"clinic_migrate_capture_reverse", "clinic_migrate_guard_truncate"};
+	List	   *lock = NIL;
+
+	/* DROP TRIGGER locks its table exclusively: all of them at once, first */
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (OidIsValid(target) &&
+			(OidIsValid(get_trigger_oid(target, names[0], true)) ||
+			 OidIsValid(get_trigger_oid(target, names[1], true))))
+			lock = lappend_oid(lock, target);
+	}
+	cm_lock_relations(lock, AccessExclusiveLock, true);
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+		if (!OidIsValid(target))
+			continue;
+		for (int k = 0; k < 2; k++)
+			if (OidIsValid(get_trigger_oid(target, names[k], true)))
+				cm_ddl_with_retry(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[k]),
+										   cm_qualified_relname(target)));
+	}
+}
+
+/* where a tenant's rows live now, and its source schema (see capture.h) */
+const char *
+capture_tenant_location(const char *tenant, const char **source_schema)
+{
+	MovingTenant *m;
+
+	/* a cutover committed a moment ago must be seen now */
+	AcceptInvalidationMessages();
+	m = moving_find(tenant, strlen(tenant));
+	if (source_schema)
+		*source_schema = m ? m->source_schema : cm_source_schema;
+	if (m == NULL)
+		return cm_source_schema;
+	if (cm_state_after_cutover_code(m->state))
+		return m->schema;
+	return m->source_schema;
+}
+
+void
+capture_wait_for_writers(TenantPlan *plan)
+{
+	/*
+	 * Every transaction that holds a lock conflicting with SHARE on a planned
+	 * table may have written it: ROW EXCLUSIVE is what INSERT, UPDATE and
+	 * DELETE take, and they keep it until they end.  Collect them first, then
+	 * wait for each, as CREATE INDEX CONCURRENTLY does.  (A transaction's xmin
+	 * says nothing here: an idle READ COMMITTED transaction that wrote a row
+	 * has none.)  Our own transaction is never among them; autovacuum's SHARE
+	 * UPDATE EXCLUSIVE conflicts too, but it writes no rows, so it is skipped.
+	 */
+	List	   *wait = NIL;
+	ListCell   *lc;
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		LOCKTAG		tag;
+		VirtualTransactionId *vxids;
+
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, plan->tables[i].relid);
+		vxids = GetLockConflicts(&tag, ShareLock, NULL);
+		for (; VirtualTransactionIdIsValid(*vxids); vxids++)
+		{
+			PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
+			VirtualTransactionId *v;
+
+			if (proc && (proc->statusFlags & PROC_IS_AUTOVACUUM))
+				continue;
+			v = palloc(sizeof(VirtualTransactionId));
+			*v = *vxids;
+			wait = lappend(wait, v);
+		}
+	}
+	foreach(lc, wait)
+	{
+		VirtualTransactionId *v = lfirst(lc);
+		CmWorkerShared *sh = cm_worker_shared;
+
+		pgstat_report_activity(STATE_RUNNING,
+							   "clinic_migrate: waiting for transactions older than the capture");
+		/* the session waiting for us waits for it too: pg_blocking_pids names it */
+		if (sh)
+		{
+			PGPROC	   *caller;
+
+			SpinLockAcquire(&sh->mutex);
+			sh->wait_backend = v->backendId;
+			sh->wait_lxid = v->localTransactionId;
+			SpinLockRelease(&sh->mutex);
+			caller = BackendPidGetProc(sh->caller_pid);
+			if (caller)
+				SetLatch(&caller->procLatch);
+		}
+		(void) VirtualXactLock(*v, true);
+		if (sh)
+		{
+			SpinLockAcquire(&sh->mutex);
+			sh->wait_backend = InvalidBackendId;
+			SpinLockRelease(&sh->mutex);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+}

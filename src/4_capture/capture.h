@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ * capture.h
+ *	  Change capture on the shared tables while tenants move.
+ *	  Floor 4 (capture and replay).  May include: floors 1 to 3.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_CAPTURE_H
+#define CM_CAPTURE_H
+
+#include "postgres.h"
+#include "plan.h"
+
+/*
+ * A tenant's state (clinic_migrate.tenants.state) as the triggers see it:
+ *   copying, copied, failed  shared rows authoritative; their changes are logged
+ *   cut_over                 the schema is authoritative; shared rows refuse
+ *                            writes; the schema's changes are logged (reverse)
+ *   finalizing, finalized    the schema is authoritative; shared rows refuse
+ *                            writes; nothing is logged
+ *   rolling_back             shared rows authoritative again; the schema
+ *                            refuses writes until it is dropped
+ */
+#define CM_STATE_NONE			0
+#define CM_STATE_CAPTURE		'c'
+#define CM_STATE_CUT_OVER		'x'
+#define CM_STATE_FINALIZING		'f'
+#define CM_STATE_FINALIZED		'F'
+#define CM_STATE_ROLLING_BACK	'b'
+
+extern char cm_state_code(const char *state);
+
+/* is the tenant's schema where it lives (cut_over, finalizing, finalized)? */
+extern bool cm_state_after_cutover(const char *state);
+#define cm_state_after_cutover_code(c) \
+	((c) == CM_STATE_CUT_OVER || (c) == CM_STATE_FINALIZING || (c) == CM_STATE_FINALIZED)
+
+/*
+ * Set while this backend applies captured changes itself: its own writes
+ * must not be captured again.
+ */
+extern bool cm_applying;
+
+/* name of the log table of a shared table */
+extern Oid	capture_log_relid(Oid source);
+
+/*
+ * Create the log tables and triggers that are missing for the planned
+ * tables.  Each trigger is created in a subtransaction with a short
+ * lock_timeout, retried with back-off, so that it never queues the
+ * application's writers behind a long transaction.
+ */
+extern void capture_install(TenantPlan *plan);
+
+/*
+ * The reverse capture on a tenant's own tables (cutover installs it,
+ * finalize drops it), and their TRUNCATE guard.
+ */
+extern void capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant);
+extern void capture_drop_reverse(TenantPlan *plan, const char *schema);
+
+/* tell every backend that the set of captured tenants changed (at commit) */
+extern void capture_tenants_changed(void);
+
+/*
+ * Wait until every transaction that may have written a planned table before
+ * capture of a tenant began has ended: after that, every write of the
+ * tenant's rows is captured.
+ */
+extern void capture_wait_for_writers(TenantPlan *plan);
+
+/*
+ * Where a tenant's rows live now, from the cache of moving tenants: its
+ * schema once cut over, else its source schema (routing asks); and, if
+ * source_schema is not NULL, the tenant's source schema there.
+ */
+extern const char *capture_tenant_location(const char *tenant, const char **source_schema);
+
+#endif

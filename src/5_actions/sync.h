@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ * sync.h
+ *	  The sync worker: one per database, it keeps every copied tenant's
+ *	  schema up to date with its shared rows (forward), and every cut-over
+ *	  tenant's shared rows up to date with its schema (reverse), until the
+ *	  tenant is cut over, rolled back or finalized.
+ *	  Floor 5 (the actions).  May include: floors 1 to 4.
+ *-------------------------------------------------------------------------
+ */
+#ifndef CM_SYNC_H
+#define CM_SYNC_H
+
+#include "postgres.h"
+
+/*
+ * One replay round of a tenant in the current transaction, in the direction
+ * its state calls for (copied: forward, cut_over: reverse), under the
+ * tenant's apply lock.  SPI connected.  Returns the keys applied; 0 when
+ * the tenant is in neither state.
+ */
+extern int64 cm_sync_tenant_once(const char *tenant);
+
+/*
+ * The same as a transaction of its own (a worker's): the apply lock is
+ * taken before the snapshot, so that in REPEATABLE READ a round never sees
+ * the rows another round just committed as a concurrent change.
+ */
+extern int64 cm_sync_tenant_round(const char *tenant);
+
+#endif
