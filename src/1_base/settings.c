@@ -148,7 +148,7 @@ cm_settings_init(void)
 							 "referenced row checks against every tenant's table.",
 							 &cm_shared_foreign_keys, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.lock_retry_time",
-							"How long a step keeps retrying to lock the application's tables before it fails with 55P03.",
+							"How long a step waits for the application's transactions (to lock its tables, or for those older than a tenant's capture) before it fails with 55P03.",
 							NULL, &cm_lock_retry_time, 60, 0, 86400,
 							PGC_USERSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("clinic_migrate.archive_schema",

@@ -1522,6 +1522,24 @@ capture_tenant_location(const char *tenant, const char **source_schema)
 	return m->source_schema;
 }
 
+/* capture_wait_for_writers gives up on the transaction v: 55P03, naming it */
+static void
+older_writer_error(VirtualTransactionId v)
+{
+	PGPROC	   *proc = BackendIdGetProc(v.backendId);
+	int			pid = proc ? proc->pid : 0;
+	const char *activity = pid ? pgstat_get_backend_current_activity(pid, true) : NULL;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("a transaction that began before the capture is still open after clinic_migrate.lock_retry_time (%d s)",
+					cm_lock_retry_time),
+			 errdetail("The copy must wait for every transaction that may have written the tenant's rows before their capture began: pid %d (%.80s).",
+					   pid, activity ? activity : "?"),
+			 errhint("End that transaction, or wait for it, then run migrate_tenant again: it resumes.  "
+					 "clinic_migrate.lock_retry_time sets how long the copy waits.")));
+}
+
 void
 capture_wait_for_writers(TenantPlan *plan)
 {
@@ -1536,6 +1554,8 @@ capture_wait_for_writers(TenantPlan *plan)
 	 */
 	List	   *wait = NIL;
 	ListCell   *lc;
+	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   (int64) cm_lock_retry_time * 1000);
 
 	for (int i = 0; i < plan->ncopied; i++)
 	{
@@ -1576,7 +1596,21 @@ capture_wait_for_writers(TenantPlan *plan)
 			if (caller)
 				SetLatch(&caller->procLatch);
 		}
-		(void) VirtualXactLock(*v, true);
+		/*
+		 * Polled, not queued for: an idle transaction would hold us for
+		 * ever.  Past lock_retry_time the step fails with 55P03 naming the
+		 * session; nothing is lost (the capture stays, the next run waits
+		 * again for whatever is still open, and resumes).
+		 */
+		while (!VirtualXactLock(*v, false))
+		{
+			if (GetCurrentTimestamp() >= give_up)
+				older_writer_error(*v);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
 		if (sh)
 		{
 			SpinLockAcquire(&sh->mutex);

@@ -13,7 +13,9 @@
 #    script, 4 clients, no retries, as an application role: branch 3 migrates, is
 #    validated, cut over (pgbench stopped: tpcb-like does not route) and rolled back,
 #    with no failed transaction.
-# Both run as the application role "app", with the README's grants for one.
+# 4. An idle transaction older than a tenant's capture: the copy waits for it at most
+#    clinic_migrate.lock_retry_time, then fails with 55P03 naming it; then resumes.
+# All run as the application role "app", with the README's grants for one.
 
 use strict;
 use warnings;
@@ -143,6 +145,52 @@ SELECT count(*) FROM clinic_migrate.finalize_tenant('t3')},
 	  or diag($b{out} . $b{err});
 	is($node->safe_psql('postgres', q{SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't3'}),
 		'finalized', 'child first: t3 is finalized');
+}
+
+# ---- 4. an idle transaction older than the capture: a bounded wait, then 55P03 ----
+# A copy must wait for every transaction that may have written the tenant's rows
+# before its capture began. Behind one left idle in transaction it waits at most
+# clinic_migrate.lock_retry_time, then fails with 55P03 naming the session (0.2
+# waited for ever); the tenant is failed, its writes still captured; run again once
+# that transaction has ended, the copy resumes, and the idle transaction's write is
+# in it.
+{
+	my $app = $node->background_psql('postgres', extra_params => [ '-U', 'app' ]);
+	$app->query_safe('BEGIN');
+	$app->query_safe(
+		q{UPDATE patients SET notes = 'idle' WHERE id = (SELECT min(id) FROM patients WHERE tenant_id = 't4')});
+	my $app_pid = $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'});
+
+	my ($out, $err, $timed_out) = ('', '', 0);
+	my $started = time();
+	my $rc = $node->psql('postgres',
+		q{SET clinic_migrate.lock_retry_time = '2s'; SELECT schema_name FROM clinic_migrate.migrate_tenant('t4')},
+		stdout => \$out, stderr => \$err, timeout => 60, timed_out => \$timed_out,
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	my $waited = time() - $started;
+	ok(!$timed_out, 'idle writer: migrate_tenant does not wait for ever');
+	isnt($rc, 0, 'idle writer: migrate_tenant gives up');
+	like($err, qr/ERROR:  55P03: /, 'idle writer: with SQLSTATE 55P03');
+	like($err, qr/pid $app_pid\b/, 'idle writer: naming the idle session in its detail');
+	like($err, qr/HINT: .*migrate_tenant/, 'idle writer: with a hint');
+	ok($waited < 30, "idle writer: within lock_retry_time, not forever ($waited s)");
+	is( $node->safe_psql(
+			'postgres', q{
+SELECT state, last_error LIKE 'a transaction that began before the capture is still open%',
+       clinic_migrate.capturing('t4')
+FROM clinic_migrate.tenants WHERE tenant_id = 't4'}),
+		'failed|t|t', 'idle writer: t4 is failed with the error, and still captured, to be resumed');
+
+	$app->query_safe('COMMIT');
+	$app->quit;
+	is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t4')}),
+		'tenant_t4', 'idle writer: once it has ended, the copy resumes');
+	is( $node->safe_psql(
+			'postgres', q{
+SELECT clinic_migrate.sync_now('t4') >= 0;
+SELECT count(*) FILTER (WHERE NOT match) FROM clinic_migrate.validate_migration('t4')}),
+		"t\n0", 'idle writer: t4 validates, the idle transaction\'s write included');
 }
 
 # ---- 2. pgbench's TPC-B tables and its tpcb-like script ----
