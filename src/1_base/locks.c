@@ -275,9 +275,12 @@ lock_holders(List *relids)
 
 			if (proc == NULL)
 				continue;
-			appendStringInfo(&buf, "%spid %d on %s (%.80s)", n ? "; " : "", proc->pid,
-							 cm_qualified_relname(lfirst_oid(lc)),
-							 pgstat_get_backend_current_activity(proc->pid, true));
+			/*
+			 * No query text: this error is kept in job_queue and runs, which
+			 * roles that may not see another role's statements can read.
+			 */
+			appendStringInfo(&buf, "%spid %d on %s", n ? "; " : "", proc->pid,
+							 cm_qualified_relname(lfirst_oid(lc)));
 			n++;
 		}
 	}
@@ -406,7 +409,7 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 					 holders ? errdetail("Held by: %s.", holders) :
 					 errdetail("Each attempt waited at most %d ms; nothing was changed.", timeout_ms),
 					 errhint("A long transaction holds a lock on a table this step needs; "
-							 "try again when it has finished (pg_locks shows it), or raise clinic_migrate.lock_retry_time.")));
+							 "try again when it has finished (pg_locks and pg_stat_activity show it), or raise clinic_migrate.lock_retry_time.")));
 		}
 		pgstat_report_activity(STATE_RUNNING,
 							   "clinic_migrate: waiting for a lock (retrying with back-off)");
@@ -430,4 +433,33 @@ cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables)
 		return;
 	run_with_lock_retry(NULL, relids, mode,
 						tenant_tables ? cm_cutover_max_pause : cm_lock_timeout);
+}
+
+static void
+vxact_wait(void *arg)
+{
+	(void) VirtualXactLock(*(VirtualTransactionId *) arg, true);
+}
+
+bool
+cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms)
+{
+	int			nest;
+	char		buf[16];
+	ErrorData  *failed;
+
+	if (timeout_ms <= 0)
+		return VirtualXactLock(vxid, false);
+	nest = NewGUCNestLevel();
+	snprintf(buf, sizeof(buf), "%d", timeout_ms);
+	(void) set_config_option("lock_timeout", buf, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	failed = cm_try_in_subxact(vxact_wait, &vxid);
+	AtEOXact_GUC(true, nest);
+	if (failed == NULL)
+		return true;
+	if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		ReThrowError(failed);
+	FreeErrorData(failed);
+	return false;
 }

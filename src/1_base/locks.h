@@ -12,7 +12,7 @@
 
 #include "postgres.h"
 #include "nodes/pg_list.h"
-#include "storage/lockdefs.h"
+#include "storage/lock.h"
 
 /*
  * The per-tenant migration lock: a session-level advisory lock in a key
@@ -71,5 +71,13 @@ extern void cm_ddl_with_retry(const char *sql);
  * tables (tenant_tables: only that tenant's writers do).
  */
 extern void cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables);
+
+/*
+ * Wait for a transaction to end, as a lock waiter (pg_blocking_pids() of
+ * this session names it), for at most timeout_ms (a lock_timeout in a
+ * subtransaction, which the timeout rolls back); true if it ended.  With
+ * timeout_ms <= 0, only looks.
+ */
+extern bool cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms);
 
 #endif

@@ -1522,20 +1522,22 @@ capture_tenant_location(const char *tenant, const char **source_schema)
 	return m->source_schema;
 }
 
-/* capture_wait_for_writers gives up on the transaction v: 55P03, naming it */
+/*
+ * capture_wait_for_writers gives up on the transaction v: 55P03, naming its
+ * session by pid only (the error is kept in job_queue and runs, which roles
+ * that may not see another role's statements can read).
+ */
 static void
 older_writer_error(VirtualTransactionId v)
 {
 	PGPROC	   *proc = BackendIdGetProc(v.backendId);
-	int			pid = proc ? proc->pid : 0;
-	const char *activity = pid ? pgstat_get_backend_current_activity(pid, true) : NULL;
 
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 			 errmsg("a transaction that began before the capture is still open after clinic_migrate.lock_retry_time (%d s)",
 					cm_lock_retry_time),
-			 errdetail("The copy must wait for every transaction that may have written the tenant's rows before their capture began: pid %d (%.80s).",
-					   pid, activity ? activity : "?"),
+			 errdetail("The copy must wait for every transaction that may have written the tenant's rows before their capture began: pid %d has been open since before it.",
+					   proc ? proc->pid : 0),
 			 errhint("End that transaction, or wait for it, then run migrate_tenant again: it resumes.  "
 					 "clinic_migrate.lock_retry_time sets how long the copy waits.")));
 }
@@ -1597,19 +1599,25 @@ capture_wait_for_writers(TenantPlan *plan)
 				SetLatch(&caller->procLatch);
 		}
 		/*
-		 * Polled, not queued for: an idle transaction would hold us for
-		 * ever.  Past lock_retry_time the step fails with 55P03 naming the
+		 * Not for ever: an idle transaction would hold us as long as it
+		 * lives.  Past lock_retry_time the step fails with 55P03 naming the
 		 * session; nothing is lost (the capture stays, the next run waits
 		 * again for whatever is still open, and resumes).
 		 */
-		while (!VirtualXactLock(*v, false))
+		for (;;)
 		{
-			if (GetCurrentTimestamp() >= give_up)
+			long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), give_up);
+
+			/* a second at a time: a stop request (cm_got_sigterm) is seen */
+			if (cm_wait_for_vxact(*v, (int) Min(left, 1000)))
+				break;
+			if (cm_got_sigterm)
+				ereport(ERROR,
+						(errcode(ERRCODE_ADMIN_SHUTDOWN),
+						 errmsg("migration stopped by request while it waited for transactions older than its capture"),
+						 errhint("Run clinic_migrate.migrate_tenant() again to resume.")));
+			if (left <= 0)
 				older_writer_error(*v);
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 20,
-							 PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
 		}
 		if (sh)
 		{

@@ -299,36 +299,6 @@ progress_notice(CmWorkerShared *sh, const char *tenant)
 					snap.tables_done, snap.tables_total, snap.schema, snap.current_table)));
 }
 
-static void
-vxact_wait(void *arg)
-{
-	(void) VirtualXactLock(*(VirtualTransactionId *) arg, true);
-}
-
-/*
- * Wait, as the worker does, for a transaction older than the capture, so
- * that pg_blocking_pids() of the caller names it; for a second at a time
- * (a lock_timeout in a subtransaction), since the worker gives up on it
- * after lock_retry_time and we must then look at the worker again.
- */
-static void
-follow_older_writer(VirtualTransactionId vxid)
-{
-	int			nest = NewGUCNestLevel();
-	ErrorData  *failed;
-
-	(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	failed = cm_try_in_subxact(vxact_wait, &vxid);
-	AtEOXact_GUC(true, nest);
-	if (failed != NULL)
-	{
-		if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			ReThrowError(failed);
-		FreeErrorData(failed);
-	}
-}
-
 /*
  * The worker's state; and where the worker waits for a transaction, or is
  * held at a pause point (tests), wait for the same thing, so that the
@@ -351,8 +321,14 @@ follow_worker(CmWorkerShared *sh)
 		return st;
 	if (point[0] != '\0')
 		cm_pause_point_follow(point);
+	/*
+	 * Wait, as the worker does, for a transaction older than the capture, so
+	 * that pg_blocking_pids() of the caller names it; a second at a time,
+	 * since the worker gives up on it after lock_retry_time and we must then
+	 * look at the worker again.
+	 */
 	if (VirtualTransactionIdIsValid(vxid))
-		follow_older_writer(vxid);
+		(void) cm_wait_for_vxact(vxid, 1000);
 	return st;
 }
 

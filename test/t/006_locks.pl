@@ -158,9 +158,35 @@ SELECT count(*) FROM clinic_migrate.finalize_tenant('t3')},
 	my $app = $node->background_psql('postgres', extra_params => [ '-U', 'app' ]);
 	$app->query_safe('BEGIN');
 	$app->query_safe(
-		q{UPDATE patients SET notes = 'idle' WHERE id = (SELECT min(id) FROM patients WHERE tenant_id = 't4')});
+		q{UPDATE patients SET notes = 'idle secret' WHERE id = (SELECT min(id) FROM patients WHERE tenant_id = 't4')});
 	my $app_pid = $node->safe_psql('postgres',
 		q{SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'});
+
+	# A cancelled caller stops its worker while it waits, at once: the tenant is free.
+	my %m = (stdout => '', stderr => '');
+	$m{h} = IPC::Run::start(
+		[
+			'psql', '-XAtq', '-d', $node->connstr('postgres'),
+			'-c', q{SET clinic_migrate.lock_retry_time = '120s'},
+			'-c', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t4')}
+		],
+		'<', \undef, '>', \$m{stdout}, '2>', \$m{stderr},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	ok( ClinicTest::poll(
+			q{
+SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'clinic_migrate'
+                 AND query LIKE 'clinic_migrate: waiting for transactions older than the capture%')}),
+		'idle writer: the worker waits for the idle transaction');
+	my $cancelled_at = time();
+	$node->safe_psql('postgres',
+		q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+          WHERE backend_type = 'client backend' AND query LIKE '%migrate_tenant(''t4'')%'});
+	eval { $m{h}->finish; };
+	like($m{stderr}, qr/canceling statement due to user request/, 'idle writer: the caller is cancelled');
+	ok( ClinicTest::poll(q{SELECT NOT clinic_migrate.migration_active('t4')}),
+		'idle writer: its worker stops and frees the tenant');
+	my $stopped_in = time() - $cancelled_at;
+	ok($stopped_in < 15, "idle writer: within seconds of the cancel ($stopped_in s), not when the idle transaction ends");
 
 	my ($out, $err, $timed_out) = ('', '', 0);
 	my $started = time();
@@ -173,6 +199,7 @@ SELECT count(*) FROM clinic_migrate.finalize_tenant('t3')},
 	isnt($rc, 0, 'idle writer: migrate_tenant gives up');
 	like($err, qr/ERROR:  55P03: /, 'idle writer: with SQLSTATE 55P03');
 	like($err, qr/pid $app_pid\b/, 'idle writer: naming the idle session in its detail');
+	unlike($err, qr/idle secret/, 'idle writer: but not its statement, which is kept in runs and job_queue');
 	like($err, qr/HINT: .*migrate_tenant/, 'idle writer: with a hint');
 	ok($waited < 30, "idle writer: within lock_retry_time, not forever ($waited s)");
 	is( $node->safe_psql(
