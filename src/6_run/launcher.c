@@ -718,17 +718,9 @@ start_job(int64 job, const char *tenant, CmAction action, Oid run_as, Oid sessio
 	sh->archive = archive;
 	sh->wait_backend = InvalidBackendId;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "clinic_migrate", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "cm_action_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate job " INT64_FORMAT " (%s)", job,
-			 cm_action_name(action));
-	strlcpy(worker.bgw_type, "clinic_migrate", BGW_MAXLEN);
-	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
-	worker.bgw_notify_pid = MyProcPid;
+	cm_action_worker_define(&worker, seg,
+							psprintf("clinic_migrate job " INT64_FORMAT " (%s)", job,
+									 cm_action_name(action)));
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
 		dsm_detach(seg);

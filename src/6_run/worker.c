@@ -333,6 +333,21 @@ follow_worker(CmWorkerShared *sh)
 }
 
 void
+cm_action_worker_define(BackgroundWorker *worker, dsm_segment *seg, const char *name)
+{
+	memset(worker, 0, sizeof(*worker));
+	worker->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker->bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker->bgw_library_name, "clinic_migrate", BGW_MAXLEN);
+	strlcpy(worker->bgw_function_name, "cm_action_worker_main", BGW_MAXLEN);
+	strlcpy(worker->bgw_name, name, BGW_MAXLEN);
+	strlcpy(worker->bgw_type, "clinic_migrate", BGW_MAXLEN);
+	worker->bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
+	worker->bgw_notify_pid = MyProcPid;
+}
+
+void
 cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 {
 	dsm_segment *seg;
@@ -350,18 +365,10 @@ cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result)
 	sh->state = CMW_STARTING;
 	sh->wait_backend = InvalidBackendId;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "clinic_migrate", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "cm_action_worker_main", BGW_MAXLEN);
 	/* clip the id on a character boundary: names show up in logs */
-	snprintf(worker.bgw_name, BGW_MAXLEN, "clinic_migrate %s tenant %.*s",
-			 cm_action_name(req->action), pg_mbcliplen(tenant, strlen(tenant), 50), tenant);
-	strlcpy(worker.bgw_type, "clinic_migrate", BGW_MAXLEN);
-	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(seg));
-	worker.bgw_notify_pid = MyProcPid;
+	cm_action_worker_define(&worker, seg,
+							psprintf("clinic_migrate %s tenant %.*s", cm_action_name(req->action),
+									 pg_mbcliplen(tenant, strlen(tenant), 50), tenant));
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 		ereport(ERROR,

@@ -13,6 +13,8 @@
 #include "postgres.h"
 #include "storage/spin.h"
 #include "storage/lock.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
 
 #include "runstate.h"
 
@@ -28,6 +30,13 @@ extern void cm_worker_request_init(CmWorkerShared *req, CmAction action, const c
  */
 extern void cm_run_in_worker(CmWorkerShared *req, CmWorkerShared *result);
 
+
+/*
+ * The definition of an action worker for the request in seg (a DSM segment
+ * holding a CmWorkerShared), which notifies this process of its start and
+ * exit; name is what logs and pg_stat_activity call it.
+ */
+extern void cm_action_worker_define(BackgroundWorker *worker, dsm_segment *seg, const char *name);
 
 /* start the database's sync worker unless one runs; false if none could start */
 extern bool cm_start_sync_worker(void);
