@@ -162,6 +162,27 @@ SELECT count(*) FROM clinic_migrate.finalize_tenant('t3')},
 	my $app_pid = $node->safe_psql('postgres',
 		q{SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'});
 
+	my ($out, $err, $timed_out) = ('', '', 0);
+	my $started = time();
+	my $rc = $node->psql('postgres',
+		q{SET clinic_migrate.lock_retry_time = '2s'; SELECT schema_name FROM clinic_migrate.migrate_tenant('t4')},
+		stdout => \$out, stderr => \$err, timeout => 60, timed_out => \$timed_out,
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	my $waited = time() - $started;
+	ok(!$timed_out, 'idle writer: migrate_tenant does not wait for ever');
+	isnt($rc, 0, 'idle writer: migrate_tenant gives up');
+	like($err, qr/ERROR:  55P03: /, 'idle writer: with SQLSTATE 55P03');
+	like($err, qr/pid $app_pid\b/, 'idle writer: naming the idle session in its detail');
+	unlike($err, qr/idle secret/, 'idle writer: but not its statement, which is kept in runs and job_queue');
+	like($err, qr/HINT: .*migrate_tenant/, 'idle writer: with a hint');
+	ok($waited < 30, "idle writer: within lock_retry_time, not forever ($waited s)");
+	is( $node->safe_psql(
+			'postgres', q{
+SELECT state, last_error LIKE 'a transaction that began before the capture is still open%',
+       clinic_migrate.capturing('t4')
+FROM clinic_migrate.tenants WHERE tenant_id = 't4'}),
+		'failed|t|t', 'idle writer: t4 is failed with the error, and still captured, to be resumed');
+
 	# A cancelled caller stops its worker while it waits, at once: the tenant is free.
 	my %m = (stdout => '', stderr => '');
 	$m{h} = IPC::Run::start(
@@ -187,27 +208,6 @@ SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'clinic_migra
 		'idle writer: its worker stops and frees the tenant');
 	my $stopped_in = time() - $cancelled_at;
 	ok($stopped_in < 15, "idle writer: within seconds of the cancel ($stopped_in s), not when the idle transaction ends");
-
-	my ($out, $err, $timed_out) = ('', '', 0);
-	my $started = time();
-	my $rc = $node->psql('postgres',
-		q{SET clinic_migrate.lock_retry_time = '2s'; SELECT schema_name FROM clinic_migrate.migrate_tenant('t4')},
-		stdout => \$out, stderr => \$err, timeout => 60, timed_out => \$timed_out,
-		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-	my $waited = time() - $started;
-	ok(!$timed_out, 'idle writer: migrate_tenant does not wait for ever');
-	isnt($rc, 0, 'idle writer: migrate_tenant gives up');
-	like($err, qr/ERROR:  55P03: /, 'idle writer: with SQLSTATE 55P03');
-	like($err, qr/pid $app_pid\b/, 'idle writer: naming the idle session in its detail');
-	unlike($err, qr/idle secret/, 'idle writer: but not its statement, which is kept in runs and job_queue');
-	like($err, qr/HINT: .*migrate_tenant/, 'idle writer: with a hint');
-	ok($waited < 30, "idle writer: within lock_retry_time, not forever ($waited s)");
-	is( $node->safe_psql(
-			'postgres', q{
-SELECT state, last_error LIKE 'a transaction that began before the capture is still open%',
-       clinic_migrate.capturing('t4')
-FROM clinic_migrate.tenants WHERE tenant_id = 't4'}),
-		'failed|t|t', 'idle writer: t4 is failed with the error, and still captured, to be resumed');
 
 	$app->query_safe('COMMIT');
 	$app->quit;
