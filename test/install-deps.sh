@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing clinic_migrate needs on Debian 12: PostgreSQL 15
-# server and headers (PGXS), the TAP test modules, pg_cron, pgbench. Safe to re-run;
+# server and headers (PGXS), the TAP test modules, pg_cron, pgbench, pgbouncer (the
+# row level security test runs behind it). Safe to re-run;
 # does nothing when everything is already there. Needs root (or sudo).
 set -euo pipefail
 pkgs=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
-      postgresql-15-cron make gcc libc6-dev)
+      postgresql-15-cron pgbouncer make gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

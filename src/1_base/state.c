@@ -25,6 +25,8 @@
 #include "utils/snapmgr.h"
 #include "utils/guc.h"
 #include "utils/syscache.h"
+#include "utils/lsyscache.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 
 #include "settings.h"
@@ -296,4 +298,25 @@ cm_bgworker_session(const char *appname)
 	SetConfigOption("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname(appname);
+}
+
+bool
+cm_rls_table_before(Oid relid, bool *rls, bool *force)
+{
+	Oid			t = OIDOID;
+	Datum		v = ObjectIdGetDatum(relid);
+	bool		isnull;
+	Oid			nsp = get_namespace_oid("clinic_migrate", true);
+
+	/* the library may be newer than the extension's SQL (before ALTER EXTENSION UPDATE) */
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_rls", nsp)))
+		return false;
+	cm_state_exec("SELECT r.rls_before, r.force_before FROM clinic_migrate.tenant_rls r "
+				  "WHERE r.table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+				  1, &t, &v, NULL, 0);
+	if (SPI_processed == 0)
+		return false;
+	*rls = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*force = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
 }

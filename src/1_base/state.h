@@ -90,4 +90,14 @@ extern void cm_begin_txn(void);
 extern void cm_begin_txn_read_committed(void);
 extern void cm_end_txn(void);
 
+/*
+ * The policies enable_tenant_rls (policies.c) puts on a shared table, by
+ * name, and the table's own row level security flags before it changed
+ * them, when it did: the clone copies the table's own, not these.  SPI
+ * connected.
+ */
+#define CM_RLS_POLICY		"clinic_migrate_tenant"
+#define CM_RLS_OPEN_POLICY	"clinic_migrate_open"
+extern bool cm_rls_table_before(Oid relid, bool *rls, bool *force);
+
 #endif

@@ -715,32 +715,40 @@ void
 plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 					const char *alias, int param)
 {
+	plan_append_belongs_to(buf, plan, pt, alias, "a", psprintf("$%d", param));
+}
+
+void
+plan_append_belongs_to(StringInfo buf, TenantPlan *plan, PlanTable *pt,
+					   const char *alias, const char *hop_prefix, const char *tenant)
+{
 	PlanTable  *root = plan_root(plan, pt);
 	Oid			child = pt->relid;
 
 	if (pt->nhops == 0)
 	{
 		cm_append_eq(buf, psprintf("%s.%s", alias, quote_identifier(plan_attname(root->relid, root->tenant_att))),
-					 root->tenant_type, psprintf("$%d", param), root->tenant_type);
+					 root->tenant_type, tenant, root->tenant_type);
 		return;
 	}
 	appendStringInfoString(buf, "EXISTS (SELECT 1 FROM ");
 	for (int h = 0; h < pt->nhops; h++)
-		appendStringInfo(buf, "%s%s a%d", h ? ", " : "", cm_qualified_relname(pt->hops[h].parent), h + 1);
+		appendStringInfo(buf, "%s%s %s%d", h ? ", " : "", cm_qualified_relname(pt->hops[h].parent),
+						 hop_prefix, h + 1);
 	appendStringInfoString(buf, " WHERE ");
 	for (int h = 0; h < pt->nhops; h++)
 	{
 		PlanHop    *hop = &pt->hops[h];
-		char		calias[NAMEDATALEN + 16];
+		char	   *calias;
 
 		if (h == 0)
-			strlcpy(calias, alias, sizeof(calias));
+			calias = pstrdup(alias);
 		else
-			snprintf(calias, sizeof(calias), "a%d", h);
+			calias = psprintf("%s%d", hop_prefix, h);
 		for (int k = 0; k < hop->nkeys; k++)
 		{
 			cm_append_eq(buf,
-						 psprintf("a%d.%s", h + 1, quote_identifier(plan_attname(hop->parent, hop->parent_att[k]))),
+						 psprintf("%s%d.%s", hop_prefix, h + 1, quote_identifier(plan_attname(hop->parent, hop->parent_att[k]))),
 						 get_atttype(hop->parent, hop->parent_att[k]),
 						 psprintf("%s.%s", calias, quote_identifier(plan_attname(child, hop->child_att[k]))),
 						 get_atttype(child, hop->child_att[k]));
@@ -748,8 +756,8 @@ plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 		}
 		child = hop->parent;
 	}
-	cm_append_eq(buf, psprintf("a%d.%s", pt->nhops, quote_identifier(plan_attname(root->relid, root->tenant_att))),
-				 root->tenant_type, psprintf("$%d", param), root->tenant_type);
+	cm_append_eq(buf, psprintf("%s%d.%s", hop_prefix, pt->nhops, quote_identifier(plan_attname(root->relid, root->tenant_att))),
+				 root->tenant_type, tenant, root->tenant_type);
 	appendStringInfoChar(buf, ')');
 }
 

@@ -113,6 +113,15 @@ extern int	plan_append_batch_rows(StringInfo buf, TenantPlan *plan, PlanTable *p
 extern void plan_append_belongs(StringInfo buf, TenantPlan *plan, PlanTable *pt,
 								const char *alias, int param);
 
+/*
+ * The same with any SQL expression of the tenant column's type for the
+ * tenant, and the foreign key chain's tables aliased hop_prefix1..N (a
+ * policy's expression names its own table by alias = the table's name).
+ */
+extern void plan_append_belongs_to(StringInfo buf, TenantPlan *plan, PlanTable *pt,
+								   const char *alias, const char *hop_prefix,
+								   const char *tenant);
+
 /* alias of the root table in plan_append_tenant_rows' SQL */
 extern const char *plan_root_alias(PlanTable *pt);
 

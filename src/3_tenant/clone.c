@@ -367,13 +367,14 @@ clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
 static void
 clone_table_properties(Oid src, const char *schema, const char *qtarget)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(src)};
+	Oid			types[2] = {OIDOID, BOOLOID};
+	Datum		values[2] = {ObjectIdGetDatum(src), BoolGetDatum(false)};
 	HeapTuple	ctup;
 	Form_pg_class cls;
 	Oid			owner;
 	bool		rls,
 				force_rls;
+	bool		ours;
 	StringInfoData sql;
 	int			ret,
 				n;
@@ -387,6 +388,9 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	rls = cls->relrowsecurity;
 	force_rls = cls->relforcerowsecurity;
 	ReleaseSysCache(ctup);
+	/* the table's own flags and policies, not those of enable_tenant_rls */
+	ours = cm_rls_table_before(src, &rls, &force_rls);
+	values[1] = BoolGetDatum(ours);
 	initStringInfo(&sql);
 
 	/* the table comment (LIKE copies column, constraint and index comments) */
@@ -492,8 +496,10 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 								"  (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END, ', ') "
 								"     FROM unnest(p.polroles) r), "
 								"  pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid) "
-								"FROM pg_policy p WHERE p.polrelid = $1 ORDER BY p.polname",
-								1, types, values, NULL, true, 0);
+								"FROM pg_policy p WHERE p.polrelid = $1 "
+								"  AND NOT ($2 AND p.polname IN (" "'" CM_RLS_POLICY "', '" CM_RLS_OPEN_POLICY "')) "
+								"ORDER BY p.polname",
+								2, types, values, NULL, true, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
 	for (int i = 0; ret == SPI_OK_SELECT && i < n; i++)

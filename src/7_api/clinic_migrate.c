@@ -26,6 +26,7 @@
 
 #include "settings.h"
 #include "launcher.h"
+#include "policies.h"
 
 PG_MODULE_MAGIC;
 
@@ -35,6 +36,7 @@ void
 _PG_init(void)
 {
 	cm_settings_init();
+	cm_policies_init();
 	cm_launcher_init();
 	MarkGUCPrefixReserved("clinic_migrate");
 }

@@ -1,0 +1,629 @@
+/*-------------------------------------------------------------------------
+ * policies.c
+ *	  Row-level security for the tenants that stay in the shared tables.
+ *
+ *	  Every planned shared table (tenant and child kinds) gets one
+ *	  RESTRICTIVE policy, clinic_migrate_tenant, for the application roles
+ *	  named: a row is admitted only when its tenant (its tenant column, or
+ *	  the tenant column at the end of its foreign key chain) is the
+ *	  session's current tenant, app.current_tenant as set_tenant sets it,
+ *	  read as the tenant column's type.  No current tenant is NULL: no rows.
+ *	  A restrictive policy only narrows what the table's permissive ones
+ *	  allow, so a table that had no row level security before gets a
+ *	  permissive clinic_migrate_open policy for PUBLIC too: every other role
+ *	  reads and writes as before.  FORCE ROW LEVEL SECURITY where the
+ *	  table's owner is one of the roles.  What clinic_migrate changed is
+ *	  recorded in clinic_migrate.tenant_rls, so that disabling restores the
+ *	  table's own flags exactly, and the clone copies the table's own
+ *	  policies, not these.
+ *
+ *	  In permissive mode the policy is "<belongs> OR tenant_rls_audit(t)":
+ *	  the audit function is called only for rows that enforcing would hide,
+ *	  counts them per role and table in shared memory, and admits them.
+ *
+ *	  clinic_migrate's own reads run as the tables' owner with
+ *	  SECURITY_NOFORCE_RLS and row_security off (state.c): these policies
+ *	  never hide a row from them, and any other policy fails the statement
+ *	  instead of hiding rows.
+ *
+ *	  Floor 5 (the actions).  May call: floors 1 to 4.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_policy.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "settings.h"
+#include "util.h"
+#include "locks.h"
+#include "state.h"
+#include "plan.h"
+#include "policies.h"
+
+/* the session's tenant, as the policy reads it (set_tenant sets it) */
+#define CM_TENANT_SETTING "app.current_tenant"
+
+/* ---------------------------------------------------------------------
+ * The audit counters of the permissive mode
+ * ---------------------------------------------------------------------
+ */
+#define AUDIT_MAX_ENTRIES 1024
+
+typedef struct AuditKey
+{
+	Oid			db;
+	Oid			role;
+	Oid			relid;
+} AuditKey;
+
+typedef struct AuditEntry
+{
+	AuditKey	key;
+	pg_atomic_uint64 other_tenant;
+	pg_atomic_uint64 no_tenant;
+	pg_atomic_uint64 last;
+} AuditEntry;
+
+typedef struct AuditShared
+{
+	LWLock	   *lock;
+	pg_atomic_uint64 overflow;
+} AuditShared;
+
+static AuditShared *audit_shared = NULL;
+static HTAB *audit_hash = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+audit_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(AuditShared)) +
+						   hash_estimate_size(AUDIT_MAX_ENTRIES, sizeof(AuditEntry)));
+	RequestNamedLWLockTranche("clinic_migrate_rls_audit", 1);
+}
+
+static void
+audit_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	audit_shared = ShmemInitStruct("clinic_migrate_rls_audit", sizeof(AuditShared), &found);
+	if (!found)
+	{
+		audit_shared->lock = &(GetNamedLWLockTranche("clinic_migrate_rls_audit"))->lock;
+		pg_atomic_init_u64(&audit_shared->overflow, 0);
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(AuditKey);
+	info.entrysize = sizeof(AuditEntry);
+	audit_hash = ShmemInitHash("clinic_migrate_rls_audit_hash", AUDIT_MAX_ENTRIES, AUDIT_MAX_ENTRIES,
+							   &info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+cm_policies_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = audit_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = audit_shmem_startup;
+}
+
+static void
+audit_count(Oid relid, bool no_tenant)
+{
+	AuditKey	key;
+	AuditEntry *e;
+
+	if (audit_hash == NULL)
+		return;
+	memset(&key, 0, sizeof(key));
+	key.db = MyDatabaseId;
+	key.role = GetUserId();
+	key.relid = relid;
+	LWLockAcquire(audit_shared->lock, LW_SHARED);
+	e = hash_search(audit_hash, &key, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		bool		found;
+
+		LWLockRelease(audit_shared->lock);
+		LWLockAcquire(audit_shared->lock, LW_EXCLUSIVE);
+		e = hash_search(audit_hash, &key, HASH_ENTER_NULL, &found);
+		if (e == NULL)
+		{
+			pg_atomic_fetch_add_u64(&audit_shared->overflow, 1);
+			LWLockRelease(audit_shared->lock);
+			return;
+		}
+		if (!found)
+		{
+			pg_atomic_init_u64(&e->other_tenant, 0);
+			pg_atomic_init_u64(&e->no_tenant, 0);
+			pg_atomic_init_u64(&e->last, 0);
+		}
+	}
+	pg_atomic_fetch_add_u64(no_tenant ? &e->no_tenant : &e->other_tenant, 1);
+	pg_atomic_write_u64(&e->last, (uint64) GetCurrentTimestamp());
+	LWLockRelease(audit_shared->lock);
+}
+
+/* forget this database's counters (a new mode or set of tables starts afresh) */
+static void
+audit_reset(void)
+{
+	HASH_SEQ_STATUS seq;
+	AuditEntry *e;
+
+	if (audit_hash == NULL)
+		return;
+	LWLockAcquire(audit_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, audit_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.db == MyDatabaseId)
+			(void) hash_search(audit_hash, &e->key, HASH_REMOVE, NULL);
+	pg_atomic_write_u64(&audit_shared->overflow, 0);
+	LWLockRelease(audit_shared->lock);
+}
+
+bool
+cm_rls_audit_rows(CmRlsAuditRow **rows, int *n, int64 *overflow)
+{
+	HASH_SEQ_STATUS seq;
+	AuditEntry *e;
+	int			cap = 16;
+
+	*rows = NULL;
+	*n = 0;
+	*overflow = 0;
+	if (audit_hash == NULL)
+		return false;
+	*rows = palloc(sizeof(CmRlsAuditRow) * cap);
+	LWLockAcquire(audit_shared->lock, LW_SHARED);
+	hash_seq_init(&seq, audit_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		CmRlsAuditRow *r;
+
+		if (e->key.db != MyDatabaseId)
+			continue;
+		if (*n == cap)
+		{
+			cap *= 2;
+			*rows = repalloc(*rows, sizeof(CmRlsAuditRow) * cap);
+		}
+		r = &(*rows)[(*n)++];
+		r->role = e->key.role;
+		r->relid = e->key.relid;
+		r->other_tenant = (int64) pg_atomic_read_u64(&e->other_tenant);
+		r->no_tenant = (int64) pg_atomic_read_u64(&e->no_tenant);
+		r->last = (TimestampTz) pg_atomic_read_u64(&e->last);
+	}
+	*overflow = (int64) pg_atomic_read_u64(&audit_shared->overflow);
+	LWLockRelease(audit_shared->lock);
+	return true;
+}
+
+/*
+ * clinic_migrate.tenant_rls_audit(table): called by the permissive mode's
+ * policy for a row that the enforcing policy would hide; counts it for the
+ * current role and admits it.  Granted to PUBLIC (the policy runs as the
+ * application's role): it reads nothing and can only add to its caller's
+ * own counters.
+ */
+PG_FUNCTION_INFO_V1(cm_tenant_rls_audit);
+Datum
+cm_tenant_rls_audit(PG_FUNCTION_ARGS)
+{
+	const char *tenant;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(true);
+	tenant = GetConfigOption(CM_TENANT_SETTING, true, false);
+	audit_count(PG_GETARG_OID(0), tenant == NULL || tenant[0] == '\0');
+	PG_RETURN_BOOL(true);
+}
+
+/* ---------------------------------------------------------------------
+ * The policies
+ * ---------------------------------------------------------------------
+ */
+
+/* what clinic_migrate.tenant_rls says of a table */
+typedef struct RlsRecord
+{
+	Oid			relid;
+	bool		rls_before;
+	bool		force_before;
+	bool		covered;		/* covered by this call */
+} RlsRecord;
+
+static List *
+read_records(void)
+{
+	List	   *recs = NIL;
+
+	cm_state_exec("SELECT r.table_name::pg_catalog.oid, r.rls_before, r.force_before "
+				  "FROM clinic_migrate.tenant_rls r", 0, NULL, NULL, NULL, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		RlsRecord  *r = palloc0(sizeof(RlsRecord));
+		bool		isnull;
+
+		r->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		r->rls_before = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		r->force_before = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+		recs = lappend(recs, r);
+	}
+	return recs;
+}
+
+static RlsRecord *
+find_record(List *recs, Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, recs)
+	{
+		RlsRecord  *r = lfirst(lc);
+
+		if (r->relid == relid)
+			return r;
+	}
+	return NULL;
+}
+
+static void
+rel_flags(Oid relid, bool *rls, bool *force)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "clinic_migrate: cache lookup failed for relation %u", relid);
+	*rls = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity;
+	*force = ((Form_pg_class) GETSTRUCT(tup))->relforcerowsecurity;
+	ReleaseSysCache(tup);
+}
+
+static bool
+has_policy(Oid relid, const char *name)
+{
+	Relation	rel = table_open(PolicyRelationId, AccessShareLock);
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&key[0], Anum_pg_policy_polrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[1], Anum_pg_policy_polname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(name));
+	scan = systable_beginscan(rel, PolicyPolrelidPolnameIndexId, true, NULL, 2, key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+static void
+exec_ddl(const char *sql)
+{
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "clinic_migrate: row level security statement failed");
+}
+
+static void
+ddl(const char *fmt, Oid relid, const char *extra)
+{
+	exec_ddl(psprintf(fmt, cm_qualified_relname(relid), extra ? extra : ""));
+}
+
+/* take clinic_migrate's policies off a table and restore its own flags */
+static void
+uncover(RlsRecord *r)
+{
+	bool		rls;
+	bool		force;
+
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(r->relid)))
+		return;
+	if (has_policy(r->relid, CM_RLS_POLICY))
+		ddl("DROP POLICY " CM_RLS_POLICY " ON %s%s", r->relid, NULL);
+	if (has_policy(r->relid, CM_RLS_OPEN_POLICY))
+		ddl("DROP POLICY " CM_RLS_OPEN_POLICY " ON %s%s", r->relid, NULL);
+	rel_flags(r->relid, &rls, &force);
+	if (force != r->force_before)
+		ddl("ALTER TABLE %s %sFORCE ROW LEVEL SECURITY", r->relid, r->force_before ? "" : "NO ");
+	if (rls != r->rls_before)
+		ddl("ALTER TABLE %s %s ROW LEVEL SECURITY", r->relid, r->rls_before ? "ENABLE" : "DISABLE");
+}
+
+/* the policy's expression: the row belongs to the session's tenant */
+static char *
+policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce)
+{
+	PlanTable  *root = plan_root(plan, pt);
+	StringInfoData buf;
+	char	   *tenant;
+
+	tenant = psprintf("(NULLIF(pg_catalog.current_setting(%s, true), ''::pg_catalog.text))::%s",
+					  quote_literal_cstr(CM_TENANT_SETTING),
+					  format_type_be_qualified(root->tenant_type));
+	initStringInfo(&buf);
+	if (!enforce)
+		appendStringInfoChar(&buf, '(');
+	plan_append_belongs_to(&buf, plan, pt, quote_identifier(pt->relname), "clinic_migrate_p", tenant);
+	if (!enforce)
+		appendStringInfo(&buf, " OR clinic_migrate.tenant_rls_audit(%s::pg_catalog.regclass))",
+						 quote_literal_cstr(cm_qualified_relname(pt->relid)));
+	return buf.data;
+}
+
+static char *
+role_list(List *roles)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, roles)
+		appendStringInfo(&buf, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 quote_identifier(GetUserNameFromId(lfirst_oid(lc), false)));
+	return buf.data;
+}
+
+static void
+check_one_owner(List *tables)
+{
+	ListCell   *lc;
+	Oid			first = InvalidOid;
+	Oid			owner0 = InvalidOid;
+
+	foreach(lc, tables)
+	{
+		PlanTable  *pt = lfirst(lc);
+		Oid			owner = cm_rel_owner(pt->relid);
+
+		if (!OidIsValid(first))
+		{
+			first = pt->relid;
+			owner0 = owner;
+		}
+		else if (owner != owner0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("tenant row level security needs the planned tables to have one owner"),
+					 errdetail("Table %s is owned by role \"%s\", table %s by role \"%s\".",
+							   cm_qualified_relname(first), GetUserNameFromId(owner0, false),
+							   cm_qualified_relname(pt->relid), GetUserNameFromId(owner, false)),
+					 errhint("A child table's tenant is found through its parents, as their owner; "
+							 "give them one owner with ALTER TABLE ... OWNER TO.")));
+	}
+}
+
+static List *
+covered_tables(TenantPlan *plan)
+{
+	List	   *tables = NIL;
+
+	for (int i = 0; i < plan->ntables; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		if (pt->kind == PLAN_TENANT || pt->kind == PLAN_CHILD)
+			tables = lappend(tables, pt);
+	}
+	if (tables == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("no table of schema \"%s\" holds tenant rows", plan->source_schema),
+				 errhint("Check clinic_migrate.plan() and the settings source_schema and tenant_column.")));
+	return tables;
+}
+
+static void
+record(Oid relid, const char *mode, List *roles, bool rls_before, bool force_before)
+{
+	Oid			types[5] = {OIDOID, TEXTOID, OIDARRAYOID, BOOLOID, BOOLOID};
+	Datum		values[5];
+	Datum	   *oids = palloc(sizeof(Datum) * list_length(roles));
+	ListCell   *lc;
+
+	foreach(lc, roles)
+		oids[foreach_current_index(lc)] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = CStringGetTextDatum(mode);
+	values[2] = PointerGetDatum(construct_array(oids, list_length(roles), OIDOID,
+												sizeof(Oid), true, TYPALIGN_INT));
+	values[3] = BoolGetDatum(rls_before);
+	values[4] = BoolGetDatum(force_before);
+	cm_state_exec("INSERT INTO clinic_migrate.tenant_rls AS r "
+				  "(table_name, mode, roles, rls_before, force_before, since, enabled_by) "
+				  "VALUES ($1::pg_catalog.regclass, $2, $3::pg_catalog.regrole[], $4, $5, pg_catalog.clock_timestamp(), "
+				  "        pg_catalog.session_user()) "
+				  "ON CONFLICT (table_name) DO UPDATE SET mode = EXCLUDED.mode, roles = EXCLUDED.roles, "
+				  "  since = CASE WHEN r.mode OPERATOR(pg_catalog.=) EXCLUDED.mode THEN r.since "
+				  "               ELSE EXCLUDED.since END, enabled_by = EXCLUDED.enabled_by",
+				  5, types, values, NULL, 0);
+}
+
+static void
+unrecord(Oid relid)
+{
+	Oid			t = OIDOID;
+	Datum		v = ObjectIdGetDatum(relid);
+
+	cm_state_exec("DELETE FROM clinic_migrate.tenant_rls "
+				  "WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+				  1, &t, &v, NULL, 0);
+}
+
+static void
+cover(TenantPlan *plan, PlanTable *pt, RlsRecord *rec, List *roles, const char *mode, bool enforce)
+{
+	bool		rls;
+	bool		force;
+	bool		rls_before;
+	bool		force_before;
+	bool		want_force;
+
+	rel_flags(pt->relid, &rls, &force);
+	rls_before = rec ? rec->rls_before : rls;
+	force_before = rec ? rec->force_before : force;
+	want_force = force_before || list_member_oid(roles, cm_rel_owner(pt->relid));
+
+	if (rec == NULL && (has_policy(pt->relid, CM_RLS_POLICY) || has_policy(pt->relid, CM_RLS_OPEN_POLICY)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table %s already has a policy named \"%s\" or \"%s\"",
+						cm_qualified_relname(pt->relid), CM_RLS_POLICY, CM_RLS_OPEN_POLICY),
+				 errdetail("clinic_migrate did not create it, and uses those names for its own."),
+				 errhint("Rename that policy with ALTER POLICY ... RENAME TO.")));
+	if (has_policy(pt->relid, CM_RLS_POLICY))
+		ddl("DROP POLICY " CM_RLS_POLICY " ON %s%s", pt->relid, NULL);
+	if (!rls)
+		ddl("ALTER TABLE %s ENABLE ROW LEVEL SECURITY%s", pt->relid, NULL);
+	if (force != want_force)
+		ddl("ALTER TABLE %s %sFORCE ROW LEVEL SECURITY", pt->relid, want_force ? "" : "NO ");
+	if (!rls_before && !has_policy(pt->relid, CM_RLS_OPEN_POLICY))
+		ddl("CREATE POLICY " CM_RLS_OPEN_POLICY " ON %s AS PERMISSIVE FOR ALL TO PUBLIC "
+			"USING (true) WITH CHECK (true)%s", pt->relid, NULL);
+	{
+		char	   *expr = policy_expr(plan, pt, enforce);
+
+		exec_ddl(psprintf("CREATE POLICY " CM_RLS_POLICY " ON %s AS RESTRICTIVE FOR ALL TO %s "
+						  "USING (%s) WITH CHECK (%s)",
+						  cm_qualified_relname(pt->relid), role_list(roles), expr, expr));
+		exec_ddl(psprintf("COMMENT ON POLICY " CM_RLS_POLICY " ON %s IS %s",
+						  cm_qualified_relname(pt->relid),
+						  quote_literal_cstr(enforce ?
+											 "clinic_migrate: a row only for the session's tenant (app.current_tenant)" :
+											 "clinic_migrate, permissive: rows of other tenants are counted by tenant_rls_report(), not hidden")));
+	}
+	record(pt->relid, mode, roles, rls_before, force_before);
+}
+
+static List *
+lock_list(List *tables, List *recs)
+{
+	List	   *relids = NIL;
+	ListCell   *lc;
+
+	foreach(lc, tables)
+		relids = list_append_unique_oid(relids, ((PlanTable *) lfirst(lc))->relid);
+	foreach(lc, recs)
+	{
+		RlsRecord  *r = lfirst(lc);
+
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(r->relid)))
+			relids = list_append_unique_oid(relids, r->relid);
+	}
+	return relids;
+}
+
+int
+cm_rls_enable(List *roles, const char *mode)
+{
+	bool		enforce;
+	CmSettings	s;
+	TenantPlan *plan;
+	List	   *tables;
+	List	   *recs;
+	ListCell   *lc;
+	int			nest;
+
+	if (strcmp(mode, "enforce") == 0)
+		enforce = true;
+	else if (strcmp(mode, "permissive") == 0)
+		enforce = false;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown row level security mode \"%s\"", mode),
+				 errhint("Use 'permissive' (every row still visible, hidden ones counted) or 'enforce'.")));
+	cm_current_settings(&s);
+	plan = plan_build(&s, CurrentMemoryContext);
+	tables = covered_tables(plan);
+	check_one_owner(tables);
+	recs = read_records();
+
+	/* every table at once, or none: then the DDL below never waits */
+	cm_lock_relations(lock_list(tables, recs), AccessExclusiveLock, false);
+
+	nest = cm_pin_search_path();
+	foreach(lc, tables)
+	{
+		PlanTable  *pt = lfirst(lc);
+		RlsRecord  *rec = find_record(recs, pt->relid);
+
+		if (rec)
+			rec->covered = true;
+		cover(plan, pt, rec, roles, mode, enforce);
+	}
+	foreach(lc, recs)
+	{
+		RlsRecord  *r = lfirst(lc);
+
+		if (r->covered)
+			continue;
+		uncover(r);
+		unrecord(r->relid);
+	}
+	AtEOXact_GUC(true, nest);
+	audit_reset();
+	return list_length(tables);
+}
+
+int
+cm_rls_disable(void)
+{
+	List	   *recs = read_records();
+	ListCell   *lc;
+	int			nest;
+
+	if (recs == NIL)
+		return 0;
+	cm_lock_relations(lock_list(NIL, recs), AccessExclusiveLock, false);
+	nest = cm_pin_search_path();
+	foreach(lc, recs)
+	{
+		RlsRecord  *r = lfirst(lc);
+
+		uncover(r);
+		unrecord(r->relid);
+	}
+	AtEOXact_GUC(true, nest);
+	audit_reset();
+	return list_length(recs);
+}
