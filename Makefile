@@ -24,7 +24,7 @@ PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
             -Wno-sign-compare -Wno-cast-function-type
 
-REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security upgrade upgrade_0_2
+REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security rls upgrade upgrade_0_2 upgrade_0_3
 REGRESS_OPTS = --inputdir=. --temp-config=test/clinic_migrate.conf \
                --temp-instance=./tmp_check_regress
 

@@ -468,6 +468,16 @@ SELECT clinic_migrate.rollback_tenant('a');
 SELECT pg_catalog.count(*) AS queued FROM clinic_migrate.enqueue(ARRAY['c'], 'migrate');
 SELECT clinic_migrate.pause_queue(), clinic_migrate.resume_queue();
 SELECT severity, alert FROM clinic_migrate.alerts() ORDER BY 1, 2;
+-- tenant row level security: the DDL runs as the caller, who owns no table
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_attacker']);
+SELECT clinic_migrate.disable_tenant_rls() AS tables;
+-- the permissive policy's audit: counts for its caller only, reads nothing
+SELECT clinic_migrate.tenant_rls_audit('sec.visits') AS admitted;
+SELECT role, table_name, rows_of_other_tenants, rows_without_tenant FROM clinic_migrate.tenant_rls_report();
+SET client_min_messages = warning;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS candidates FROM clinic_migrate.candidates;
+SELECT pg_catalog.count(*) AS queued FROM clinic_migrate.enqueue_candidates(1000000000, 1);
+RESET client_min_messages;
 :check
 
 --
@@ -484,6 +494,20 @@ SELECT clinic_migrate.rollback_tenant('a');
 SELECT clinic_migrate.create_tenant_schema('a');
 SELECT clinic_migrate.schema_name_for('a');
 SELECT tenant_id, state FROM clinic_migrate.status ORDER BY tenant_id;
+-- the policies are built with the search_path pinned: nothing of evil's in them
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_attacker'], 'permissive') AS tables;
+SELECT pg_catalog.count(*) AS policies_naming_evil FROM pg_catalog.pg_policy p
+WHERE pg_catalog.pg_get_expr(p.polqual, p.polrelid) OPERATOR(pg_catalog.~) 'evil';
+SET client_min_messages = warning;
+SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS estimated FROM clinic_migrate.tenant_estimates();
+RESET client_min_messages;
+:attack
+SELECT pg_catalog.count(*) AS visits_seen FROM sec.visits;
+RESET SESSION AUTHORIZATION;
+SET search_path = evil, pg_catalog, pg_temp;
+SELECT role, table_name, GREATEST(rows_of_other_tenants, rows_without_tenant) OPERATOR(pg_catalog.>) 0 AS counted
+FROM clinic_migrate.tenant_rls_report();
+SELECT clinic_migrate.disable_tenant_rls() AS tables;
 :check
 
 --
@@ -504,6 +528,9 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.capture_lag(text)', 'clinic_migrate.capture_lag_seconds(text)',
     'clinic_migrate.capture_reverse()', 'clinic_migrate.capturing(text)', 'clinic_migrate.capturing_any()',
     'clinic_migrate.create_tenant_schema(text)', 'clinic_migrate.cutover(text)',
+    'clinic_migrate.disable_tenant_rls()', 'clinic_migrate.enable_tenant_rls(name[],text)',
+    'clinic_migrate.enqueue_candidates(bigint,integer)', 'clinic_migrate.tenant_estimates()',
+    'clinic_migrate.tenant_rls_audit(regclass)', 'clinic_migrate.tenant_rls_report()',
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',

@@ -1,6 +1,6 @@
 --
 -- upgrade: a tenant moved half-way under version 0.1 finishes its move after
--- ALTER EXTENSION clinic_migrate UPDATE (0.1 -> 0.2 -> 0.3), in a database of its own.
+-- ALTER EXTENSION clinic_migrate UPDATE (0.1 -> 0.2 -> 0.3 -> 0.4), in a database of its own.
 --
 \set from '0.1'
 \ir sql/upgrade_start.psql

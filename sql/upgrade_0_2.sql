@@ -1,6 +1,6 @@
 --
 -- upgrade_0_2: a tenant moved half-way under version 0.2 finishes its move after
--- ALTER EXTENSION clinic_migrate UPDATE (0.2 -> 0.3), in a database of its own.
+-- ALTER EXTENSION clinic_migrate UPDATE (0.2 -> 0.3 -> 0.4), in a database of its own.
 --
 \set from '0.2'
 \ir sql/upgrade_start.psql

@@ -403,32 +403,35 @@ role_list(List *roles)
 	return buf.data;
 }
 
+/*
+ * A child table's tenant is found through its parents, as the child's owner
+ * (capture, copy): with row level security on the parents, an owner that
+ * is not theirs would be refused by them.
+ */
 static void
-check_one_owner(List *tables)
+check_chain_owners(List *tables)
 {
 	ListCell   *lc;
-	Oid			first = InvalidOid;
-	Oid			owner0 = InvalidOid;
 
 	foreach(lc, tables)
 	{
 		PlanTable  *pt = lfirst(lc);
 		Oid			owner = cm_rel_owner(pt->relid);
 
-		if (!OidIsValid(first))
+		for (int h = 0; h < pt->nhops; h++)
 		{
-			first = pt->relid;
-			owner0 = owner;
+			Oid			powner = cm_rel_owner(pt->hops[h].parent);
+
+			if (powner != owner)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("tenant row level security needs a child table and the tables it reaches its tenant through to have one owner"),
+						 errdetail("Table %s is owned by role \"%s\", table %s by role \"%s\".",
+								   cm_qualified_relname(pt->relid), GetUserNameFromId(owner, false),
+								   cm_qualified_relname(pt->hops[h].parent), GetUserNameFromId(powner, false)),
+						 errhint("clinic_migrate reads a child row's parents as the child's owner; "
+								 "give them one owner with ALTER TABLE ... OWNER TO.")));
 		}
-		else if (owner != owner0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("tenant row level security needs the planned tables to have one owner"),
-					 errdetail("Table %s is owned by role \"%s\", table %s by role \"%s\".",
-							   cm_qualified_relname(first), GetUserNameFromId(owner0, false),
-							   cm_qualified_relname(pt->relid), GetUserNameFromId(owner, false)),
-					 errhint("A child table's tenant is found through its parents, as their owner; "
-							 "give them one owner with ALTER TABLE ... OWNER TO.")));
 	}
 }
 
@@ -575,7 +578,7 @@ cm_rls_enable(List *roles, const char *mode)
 	cm_current_settings(&s);
 	plan = plan_build(&s, CurrentMemoryContext);
 	tables = covered_tables(plan);
-	check_one_owner(tables);
+	check_chain_owners(tables);
 	recs = read_records();
 
 	/* every table at once, or none: then the DDL below never waits */
