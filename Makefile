@@ -11,8 +11,8 @@ OBJS = src/1_base/settings.o src/1_base/util.o src/1_base/runstate.o src/1_base/
        src/2_catalog/plan.o \
        src/3_tenant/clone.o \
        src/4_capture/capture.o src/4_capture/apply.o \
-       src/5_actions/sync.o src/5_actions/validate.o src/5_actions/rollback.o \
-       src/5_actions/copy.o src/5_actions/cutover.o src/5_actions/policies.o \
+       src/5_actions/policies.o src/5_actions/sync.o src/5_actions/validate.o \
+       src/5_actions/rollback.o src/5_actions/copy.o src/5_actions/cutover.o \
        src/6_run/jobs.o src/6_run/worker.o src/6_run/launcher.o \
        src/7_api/moves.o src/7_api/queue.o src/7_api/routing.o src/7_api/shared.o src/7_api/clinic_migrate.o
 PG_CPPFLAGS = $(addprefix -I$(srcdir)/,$(FLOORS))

@@ -51,6 +51,7 @@
 #include "runstate.h"
 #include "clone.h"
 #include "copy.h"
+#include "policies.h"
 #include "plan.h"
 #include "state.h"
 
@@ -748,6 +749,8 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 	clone_tenant_info(tenant, &info);
 	if (strcmp(info.state, "schema_created") == 0)
 		(void) clone_reset_if_empty(tenant, schema);
+	/* the tenant policies of the shared tables, on the tenant's own */
+	cm_rls_cover_tenant(plan, tenant);
 	strlcpy(sh->schema, schema, NAMEDATALEN);
 	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "

@@ -15,7 +15,10 @@
  *	  table's owner is one of the roles.  What clinic_migrate changed is
  *	  recorded in clinic_migrate.tenant_rls, so that disabling restores the
  *	  table's own flags exactly, and the clone copies the table's own
- *	  policies, not these.
+ *	  policies, not these.  The tables of the tenants' schemas get the same
+ *	  policies, comparing the session's tenant with the schema's tenant
+ *	  (every row there is its own): a session of another tenant that names
+ *	  the schema reads nothing either.
  *
  *	  In permissive mode the policy is "<belongs> OR tenant_rls_audit(t)":
  *	  the audit function is called only for rows that enforcing would hide,
@@ -35,6 +38,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_policy.h"
@@ -287,6 +291,10 @@ read_records(void)
 		r->force_before = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 		recs = lappend(recs, r);
 	}
+	/* a tenant's schema dropped by rollback takes its tables with it */
+	cm_state_exec("DELETE FROM clinic_migrate.tenant_rls r WHERE NOT EXISTS "
+				  "(SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r.table_name)",
+				  0, NULL, NULL, NULL, 0);
 	return recs;
 }
 
@@ -493,58 +501,129 @@ unrecord(Oid relid)
 }
 
 static void
-cover(TenantPlan *plan, PlanTable *pt, RlsRecord *rec, List *roles, const char *mode, bool enforce)
+cover(Oid relid, const char *expr, RlsRecord *rec, List *roles, const char *mode, bool enforce)
 {
 	bool		rls;
 	bool		force;
 	bool		rls_before;
 	bool		force_before;
 	bool		want_force;
+	char	   *qrel = cm_qualified_relname(relid);
 
-	rel_flags(pt->relid, &rls, &force);
+	rel_flags(relid, &rls, &force);
 	rls_before = rec ? rec->rls_before : rls;
 	force_before = rec ? rec->force_before : force;
-	want_force = force_before || list_member_oid(roles, cm_rel_owner(pt->relid));
+	want_force = force_before || list_member_oid(roles, cm_rel_owner(relid));
 
-	if (rec == NULL && (has_policy(pt->relid, CM_RLS_POLICY) || has_policy(pt->relid, CM_RLS_OPEN_POLICY)))
+	if (rec == NULL && (has_policy(relid, CM_RLS_POLICY) || has_policy(relid, CM_RLS_OPEN_POLICY)))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("table %s already has a policy named \"%s\" or \"%s\"",
-						cm_qualified_relname(pt->relid), CM_RLS_POLICY, CM_RLS_OPEN_POLICY),
+						qrel, CM_RLS_POLICY, CM_RLS_OPEN_POLICY),
 				 errdetail("clinic_migrate did not create it, and uses those names for its own."),
 				 errhint("Rename that policy with ALTER POLICY ... RENAME TO.")));
-	if (has_policy(pt->relid, CM_RLS_POLICY))
-		ddl("DROP POLICY " CM_RLS_POLICY " ON %s%s", pt->relid, NULL);
+	if (has_policy(relid, CM_RLS_POLICY))
+		ddl("DROP POLICY " CM_RLS_POLICY " ON %s%s", relid, NULL);
 	if (!rls)
-		ddl("ALTER TABLE %s ENABLE ROW LEVEL SECURITY%s", pt->relid, NULL);
+		ddl("ALTER TABLE %s ENABLE ROW LEVEL SECURITY%s", relid, NULL);
 	if (force != want_force)
-		ddl("ALTER TABLE %s %sFORCE ROW LEVEL SECURITY", pt->relid, want_force ? "" : "NO ");
-	if (!rls_before && !has_policy(pt->relid, CM_RLS_OPEN_POLICY))
+		ddl("ALTER TABLE %s %sFORCE ROW LEVEL SECURITY", relid, want_force ? "" : "NO ");
+	if (!rls_before && !has_policy(relid, CM_RLS_OPEN_POLICY))
 		ddl("CREATE POLICY " CM_RLS_OPEN_POLICY " ON %s AS PERMISSIVE FOR ALL TO PUBLIC "
-			"USING (true) WITH CHECK (true)%s", pt->relid, NULL);
-	{
-		char	   *expr = policy_expr(plan, pt, enforce);
+			"USING (true) WITH CHECK (true)%s", relid, NULL);
+	exec_ddl(psprintf("CREATE POLICY " CM_RLS_POLICY " ON %s AS RESTRICTIVE FOR ALL TO %s "
+					  "USING (%s) WITH CHECK (%s)", qrel, role_list(roles), expr, expr));
+	exec_ddl(psprintf("COMMENT ON POLICY " CM_RLS_POLICY " ON %s IS %s", qrel,
+					  quote_literal_cstr(enforce ?
+										 "clinic_migrate: a row only for the session's tenant (app.current_tenant)" :
+										 "clinic_migrate, permissive: rows of other tenants are counted by tenant_rls_report(), not hidden")));
+	record(relid, mode, roles, rls_before, force_before);
+}
 
-		exec_ddl(psprintf("CREATE POLICY " CM_RLS_POLICY " ON %s AS RESTRICTIVE FOR ALL TO %s "
-						  "USING (%s) WITH CHECK (%s)",
-						  cm_qualified_relname(pt->relid), role_list(roles), expr, expr));
-		exec_ddl(psprintf("COMMENT ON POLICY " CM_RLS_POLICY " ON %s IS %s",
-						  cm_qualified_relname(pt->relid),
-						  quote_literal_cstr(enforce ?
-											 "clinic_migrate: a row only for the session's tenant (app.current_tenant)" :
-											 "clinic_migrate, permissive: rows of other tenants are counted by tenant_rls_report(), not hidden")));
+/*
+ * A tenant's own table (its schema's copy of a shared table): every row is
+ * the tenant's, so the policy compares the session's tenant with it.
+ */
+static char *
+tenant_table_expr(PlanTable *root, Oid relid, const char *tenant, bool enforce)
+{
+	StringInfoData buf;
+	char	   *type = format_type_be_qualified(root->tenant_type);
+
+	initStringInfo(&buf);
+	if (!enforce)
+		appendStringInfoChar(&buf, '(');
+	cm_append_eq(&buf, psprintf("(NULLIF(pg_catalog.current_setting(%s, true), ''::pg_catalog.text))::%s",
+								quote_literal_cstr(CM_TENANT_SETTING), type),
+				 root->tenant_type, psprintf("%s::%s", quote_literal_cstr(tenant), type), root->tenant_type);
+	if (!enforce)
+		appendStringInfo(&buf, " OR clinic_migrate.tenant_rls_audit(%s::pg_catalog.regclass))",
+						 quote_literal_cstr(cm_qualified_relname(relid)));
+	return buf.data;
+}
+
+/* a table of a tenant's schema, and the shared table it copies */
+typedef struct TenantTable
+{
+	char	   *tenant;
+	Oid			source;
+	Oid			target;
+} TenantTable;
+
+/* the existing tables of the tenants' schemas (of one tenant, if not NULL) */
+static List *
+tenant_tables(TenantPlan *plan, const char *tenant)
+{
+	List	   *out = NIL;
+	Oid			t = TEXTOID;
+	Datum		v = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
+
+	cm_state_exec("SELECT tt.tenant_id, tt.source_table::pg_catalog.oid, tt.target_table::pg_catalog.oid "
+				  "FROM clinic_migrate.tenant_tables tt "
+				  "WHERE ($1::pg_catalog.text IS NULL OR tt.tenant_id OPERATOR(pg_catalog.=) $1) "
+				  "  AND EXISTS (SELECT FROM pg_catalog.pg_class c "
+				  "              WHERE c.oid OPERATOR(pg_catalog.=) tt.target_table::pg_catalog.oid) "
+				  "ORDER BY tt.tenant_id, tt.position",
+				  1, &t, &v, tenant ? NULL : "n", 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		TenantTable *tt = palloc0(sizeof(TenantTable));
+		bool		isnull;
+		PlanTable  *pt;
+
+		tt->tenant = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		tt->source = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		tt->target = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
+		pt = plan_find(plan, tt->source);
+		if (pt == NULL || (pt->kind != PLAN_TENANT && pt->kind != PLAN_CHILD))
+			continue;			/* its shared table is no longer planned */
+		out = lappend(out, tt);
 	}
-	record(pt->relid, mode, roles, rls_before, force_before);
+	return out;
+}
+
+static void
+cover_tenant_table(TenantPlan *plan, TenantTable *tt, List *recs, List *roles, const char *mode,
+				   bool enforce)
+{
+	RlsRecord  *rec = find_record(recs, tt->target);
+	PlanTable  *root = plan_root(plan, plan_find(plan, tt->source));
+
+	if (rec)
+		rec->covered = true;
+	cover(tt->target, tenant_table_expr(root, tt->target, tt->tenant, enforce), rec, roles, mode, enforce);
 }
 
 static List *
-lock_list(List *tables, List *recs)
+lock_list(List *tables, List *ttables, List *recs)
 {
 	List	   *relids = NIL;
 	ListCell   *lc;
 
 	foreach(lc, tables)
 		relids = list_append_unique_oid(relids, ((PlanTable *) lfirst(lc))->relid);
+	foreach(lc, ttables)
+		relids = list_append_unique_oid(relids, ((TenantTable *) lfirst(lc))->target);
 	foreach(lc, recs)
 	{
 		RlsRecord  *r = lfirst(lc);
@@ -562,6 +641,7 @@ cm_rls_enable(List *roles, const char *mode)
 	CmSettings	s;
 	TenantPlan *plan;
 	List	   *tables;
+	List	   *ttables;
 	List	   *recs;
 	ListCell   *lc;
 	int			nest;
@@ -580,9 +660,10 @@ cm_rls_enable(List *roles, const char *mode)
 	tables = covered_tables(plan);
 	check_chain_owners(tables);
 	recs = read_records();
+	ttables = tenant_tables(plan, NULL);
 
 	/* every table at once, or none: then the DDL below never waits */
-	cm_lock_relations(lock_list(tables, recs), AccessExclusiveLock, false);
+	cm_lock_relations(lock_list(tables, ttables, recs), AccessExclusiveLock, false);
 
 	nest = cm_pin_search_path();
 	foreach(lc, tables)
@@ -592,8 +673,11 @@ cm_rls_enable(List *roles, const char *mode)
 
 		if (rec)
 			rec->covered = true;
-		cover(plan, pt, rec, roles, mode, enforce);
+		cover(pt->relid, policy_expr(plan, pt, enforce), rec, roles, mode, enforce);
 	}
+	/* the tenants' schemas: the copies of those tables */
+	foreach(lc, ttables)
+		cover_tenant_table(plan, lfirst(lc), recs, roles, mode, enforce);
 	foreach(lc, recs)
 	{
 		RlsRecord  *r = lfirst(lc);
@@ -605,7 +689,7 @@ cm_rls_enable(List *roles, const char *mode)
 	}
 	AtEOXact_GUC(true, nest);
 	audit_reset();
-	return list_length(tables);
+	return list_length(tables) + list_length(ttables);
 }
 
 int
@@ -617,7 +701,7 @@ cm_rls_disable(void)
 
 	if (recs == NIL)
 		return 0;
-	cm_lock_relations(lock_list(NIL, recs), AccessExclusiveLock, false);
+	cm_lock_relations(lock_list(NIL, NIL, recs), AccessExclusiveLock, false);
 	nest = cm_pin_search_path();
 	foreach(lc, recs)
 	{
@@ -629,4 +713,58 @@ cm_rls_disable(void)
 	AtEOXact_GUC(true, nest);
 	audit_reset();
 	return list_length(recs);
+}
+
+void
+cm_rls_cover_tenant(TenantPlan *plan, const char *tenant)
+{
+	List	   *recs;
+	List	   *ttables;
+	List	   *roles = NIL;
+	List	   *relids = NIL;
+	char	   *mode;
+	bool		isnull;
+	ListCell   *lc;
+	int			nest;
+	Oid			nsp = get_namespace_oid("clinic_migrate", true);
+
+	/* the library may be newer than the extension's SQL (before ALTER EXTENSION UPDATE) */
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_rls", nsp)))
+		return;
+	cm_state_exec("SELECT r.mode, r.roles::pg_catalog.oid[] FROM clinic_migrate.tenant_rls r "
+				  "ORDER BY r.since DESC LIMIT 1", 0, NULL, NULL, NULL, 0);
+	if (SPI_processed == 0)
+		return;					/* no tenant policies */
+	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	{
+		ArrayType  *arr = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		Datum	   *elems;
+		int			n;
+
+		deconstruct_array(arr, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+			roles = lappend_oid(roles, DatumGetObjectId(elems[i]));
+	}
+	recs = read_records();
+	ttables = tenant_tables(plan, tenant);
+	foreach(lc, ttables)
+	{
+		TenantTable *tt = lfirst(lc);
+
+		/* only where the shared table carries them */
+		if (find_record(recs, tt->source) != NULL)
+			relids = lappend_oid(relids, tt->target);
+	}
+	if (relids == NIL)
+		return;
+	cm_lock_relations(relids, AccessExclusiveLock, true);
+	nest = cm_pin_search_path();
+	foreach(lc, ttables)
+	{
+		TenantTable *tt = lfirst(lc);
+
+		if (find_record(recs, tt->source) != NULL)
+			cover_tenant_table(plan, tt, recs, roles, mode, strcmp(mode, "enforce") == 0);
+	}
+	AtEOXact_GUC(true, nest);
 }

@@ -13,6 +13,7 @@
 #include "nodes/pg_list.h"
 
 #include "state.h"
+#include "plan.h"
 
 /* shared memory for the audit counters (from _PG_init) */
 extern void cm_policies_init(void);
@@ -26,6 +27,13 @@ extern void cm_policies_init(void);
  * SPI connected.  Returns the number of tables covered.
  */
 extern int	cm_rls_enable(List *roles, const char *mode);
+
+/*
+ * The tenant's schema gets them too (its tables: a row only when the
+ * session's tenant is this tenant), where the shared tables carry them:
+ * after the clone, before the copy.  SPI connected.
+ */
+extern void cm_rls_cover_tenant(TenantPlan *plan, const char *tenant);
 
 /* Take every policy of cm_rls_enable off and restore each table's own row
  * level security flags.  SPI connected.  Returns the number of tables. */

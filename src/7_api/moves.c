@@ -47,6 +47,7 @@
 #include "cutover.h"
 #include "worker.h"
 #include "launcher.h"
+#include "policies.h"
 
 /*
  * clinic_migrate.plan(): the plan as a table, every table of the source
@@ -148,6 +149,13 @@ cm_create_tenant_schema(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	schema = clone_create_schema(&tenant);
+	{
+		CmSettings	s;
+
+		/* the tenant policies of the shared tables, on the tenant's own */
+		cm_current_settings(&s);
+		cm_rls_cover_tenant(plan_build(&s, CurrentMemoryContext), tenant);
+	}
 	namestrcpy(result, schema);	/* before SPI_finish frees schema */
 	SPI_finish();
 	PG_RETURN_NAME(result);
