@@ -7,6 +7,7 @@
 -- policies, not clinic_migrate's.
 CREATE TABLE clinic_migrate.tenant_rls (
     table_name    regclass PRIMARY KEY,
+    source_schema name NOT NULL,
     mode          text NOT NULL CHECK (mode IN ('permissive', 'enforce')),
     roles         regrole[] NOT NULL,
     rls_before    boolean NOT NULL,

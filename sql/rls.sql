@@ -181,6 +181,46 @@ SELECT tenant_id, action, state FROM clinic_migrate.job_queue ORDER BY job_id;
 SELECT count(*) AS jobs FROM clinic_migrate.enqueue_candidates(50, 2);
 SELECT clinic_migrate.enqueue_candidates(NULL, 2);
 
+-- a role with the owner's rights is the owner for PostgreSQL: FORCE holds it
+CREATE ROLE regress_rls_web IN ROLE regress_rls_app;
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_rls_web']) AS tables;
+SELECT relname, relforcerowsecurity FROM pg_class
+WHERE relname IN ('accounts', 'branches') AND relnamespace = 'public'::regnamespace ORDER BY 1;
+SET ROLE regress_rls_web;
+SELECT count(*) AS branches_without_tenant FROM branches;
+RESET ROLE;
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_rls_app']) AS tables;
+SELECT relname, relforcerowsecurity FROM pg_class
+WHERE relname IN ('accounts', 'branches') AND relnamespace = 'public'::regnamespace ORDER BY 1;
+
+-- the policies of another source schema are its own: enabling there leaves public's
+CREATE SCHEMA other;
+CREATE TABLE other.tenants (tenant_id integer PRIMARY KEY);
+CREATE TABLE other.items (tenant_id integer NOT NULL REFERENCES other.tenants, id integer PRIMARY KEY);
+SET clinic_migrate.source_schema = other;
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_rls_app'], 'permissive') AS tables;
+SELECT source_schema, count(*) AS tables, min(mode) AS mode FROM clinic_migrate.tenant_rls GROUP BY 1 ORDER BY 1;
+SELECT clinic_migrate.disable_tenant_rls() AS tables;
+RESET clinic_migrate.source_schema;
+SELECT source_schema, count(*) AS tables, min(mode) AS mode FROM clinic_migrate.tenant_rls GROUP BY 1 ORDER BY 1;
+DROP SCHEMA other CASCADE;
+
+-- the audit counts only tables that carry the tenant policy: made-up ones are not kept
+SELECT count(*) AS admitted FROM generate_series(1, 5000) g
+WHERE clinic_migrate.tenant_rls_audit(g::oid::regclass);
+SELECT count(*) AS counters FROM clinic_migrate.tenant_rls_report();
+
+-- the estimates show the tenant column's values: only to who may read it
+GRANT USAGE ON SCHEMA clinic_migrate TO regress_rls_report;
+GRANT EXECUTE ON FUNCTION clinic_migrate.tenant_estimates() TO regress_rls_report;
+GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO regress_rls_report;
+REVOKE SELECT ON branches FROM regress_rls_report;
+SET ROLE regress_rls_report;
+\set VERBOSITY default
+SELECT count(*) FROM clinic_migrate.tenant_estimates();
+\set VERBOSITY terse
+RESET ROLE;
+
 -- disable: every table as it was before, ledgers with its own policy
 SELECT clinic_migrate.disable_tenant_rls() AS tables;
 SELECT clinic_migrate.disable_tenant_rls() AS tables;
@@ -193,4 +233,4 @@ SELECT count(*) AS recorded FROM clinic_migrate.tenant_rls;
 \c :regress_db
 SET client_min_messages = warning;
 DROP DATABASE regress_clinic_rls WITH (FORCE);
-DROP ROLE regress_rls_app, regress_rls_report, regress_rls_other;
+DROP ROLE regress_rls_web, regress_rls_app, regress_rls_report, regress_rls_other;

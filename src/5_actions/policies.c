@@ -55,7 +55,9 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -129,8 +131,9 @@ audit_shmem_startup(void)
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(AuditKey);
 	info.entrysize = sizeof(AuditEntry);
+	/* fixed size: a full table refuses new entries, it never takes more memory */
 	audit_hash = ShmemInitHash("clinic_migrate_rls_audit_hash", AUDIT_MAX_ENTRIES, AUDIT_MAX_ENTRIES,
-							   &info, HASH_ELEM | HASH_BLOBS);
+							   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -247,13 +250,80 @@ cm_rls_audit_rows(CmRlsAuditRow **rows, int *n, int64 *overflow)
  * application's role): it reads nothing and can only add to its caller's
  * own counters.
  */
+static bool has_policy(Oid relid, const char *name);
+
+/*
+ * Does the table carry the tenant policy?  Looked up once per table and
+ * backend: only those tables are counted, so that a caller cannot fill the
+ * counters with made-up tables.
+ */
+typedef struct AuditedTable
+{
+	Oid			relid;
+	bool		ours;
+} AuditedTable;
+
+static HTAB *audited = NULL;
+
+/* CREATE and DROP POLICY invalidate the table's relcache entry: look again */
+static void
+audited_invalidate(Datum arg, Oid relid)
+{
+	if (audited == NULL)
+		return;
+	if (!OidIsValid(relid))
+	{
+		hash_destroy(audited);
+		audited = NULL;
+	}
+	else
+		(void) hash_search(audited, &relid, HASH_REMOVE, NULL);
+}
+
+static bool
+audited_table(Oid relid)
+{
+	static bool registered = false;
+	bool		found;
+	AuditedTable *e;
+
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(audited_invalidate, (Datum) 0);
+		registered = true;
+	}
+	if (audited == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(Oid);
+		info.entrysize = sizeof(AuditedTable);
+		info.hcxt = TopMemoryContext;
+		audited = hash_create("clinic_migrate audited tables", 64, &info,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(audited, &relid, HASH_FIND, NULL);
+	if (e == NULL)
+	{
+		bool		ours = SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)) &&
+			has_policy(relid, CM_RLS_POLICY);
+
+		if (hash_get_num_entries(audited) >= 4096)
+			return ours;		/* not cached past that: a caller's made-up OIDs */
+		e = hash_search(audited, &relid, HASH_ENTER, &found);
+		e->ours = ours;
+	}
+	return e->ours;
+}
+
 PG_FUNCTION_INFO_V1(cm_tenant_rls_audit);
 Datum
 cm_tenant_rls_audit(PG_FUNCTION_ARGS)
 {
 	const char *tenant;
 
-	if (PG_ARGISNULL(0))
+	if (PG_ARGISNULL(0) || audit_hash == NULL || !audited_table(PG_GETARG_OID(0)))
 		PG_RETURN_BOOL(true);
 	tenant = GetConfigOption(CM_TENANT_SETTING, true, false);
 	audit_count(PG_GETARG_OID(0), tenant == NULL || tenant[0] == '\0');
@@ -275,12 +345,15 @@ typedef struct RlsRecord
 } RlsRecord;
 
 static List *
-read_records(void)
+read_records(const char *source_schema)
 {
 	List	   *recs = NIL;
+	Oid			t = NAMEOID;
+	Datum		v = CStringGetDatum(source_schema);
 
 	cm_state_exec("SELECT r.table_name::pg_catalog.oid, r.rls_before, r.force_before "
-				  "FROM clinic_migrate.tenant_rls r", 0, NULL, NULL, NULL, 0);
+				  "FROM clinic_migrate.tenant_rls r WHERE r.source_schema OPERATOR(pg_catalog.=) $1",
+				  1, &t, &v, NULL, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		RlsRecord  *r = palloc0(sizeof(RlsRecord));
@@ -319,7 +392,10 @@ rel_flags(Oid relid, bool *rls, bool *force)
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 
 	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "clinic_migrate: cache lookup failed for relation %u", relid);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("a table of the plan (OID %u) was dropped while its locks were awaited", relid),
+				 errhint("Nothing was changed; run it again.")));
 	*rls = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity;
 	*force = ((Form_pg_class) GETSTRUCT(tup))->relforcerowsecurity;
 	ReleaseSysCache(tup);
@@ -443,6 +519,29 @@ check_chain_owners(List *tables)
 	}
 }
 
+/* tables with the tenant column that stay open: partitioned, excluded */
+static void
+warn_uncovered(TenantPlan *plan)
+{
+	StringInfoData names;
+
+	initStringInfo(&names);
+	for (int i = 0; i < plan->ntables; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		if ((pt->kind == PLAN_UNSUPPORTED || pt->kind == PLAN_EXCLUDED) &&
+			get_attnum(pt->relid, plan->tenant_column) != InvalidAttrNumber)
+			appendStringInfo(&names, "%s%s (%s)", names.len ? ", " : "",
+							 cm_qualified_relname(pt->relid), plan_kind_name(pt->kind));
+	}
+	if (names.len)
+		ereport(WARNING,
+				(errmsg("tables with the tenant column that get no tenant policy: %s", names.data),
+				 errdetail("Every role reads all of their rows."),
+				 errhint("Partitioned tables are not planned; excluded ones are kept out by exclude_table().")));
+}
+
 static List *
 covered_tables(TenantPlan *plan)
 {
@@ -466,8 +565,8 @@ covered_tables(TenantPlan *plan)
 static void
 record(Oid relid, const char *mode, List *roles, bool rls_before, bool force_before)
 {
-	Oid			types[5] = {OIDOID, TEXTOID, OIDARRAYOID, BOOLOID, BOOLOID};
-	Datum		values[5];
+	Oid			types[6] = {OIDOID, TEXTOID, OIDARRAYOID, BOOLOID, BOOLOID, NAMEOID};
+	Datum		values[6];
 	Datum	   *oids = palloc(sizeof(Datum) * list_length(roles));
 	ListCell   *lc;
 
@@ -479,14 +578,15 @@ record(Oid relid, const char *mode, List *roles, bool rls_before, bool force_bef
 												sizeof(Oid), true, TYPALIGN_INT));
 	values[3] = BoolGetDatum(rls_before);
 	values[4] = BoolGetDatum(force_before);
+	values[5] = CStringGetDatum(cm_source_schema);
 	cm_state_exec("INSERT INTO clinic_migrate.tenant_rls AS r "
-				  "(table_name, mode, roles, rls_before, force_before, since, enabled_by) "
-				  "VALUES ($1::pg_catalog.regclass, $2, $3::pg_catalog.regrole[], $4, $5, pg_catalog.clock_timestamp(), "
-				  "        pg_catalog.session_user()) "
-				  "ON CONFLICT (table_name) DO UPDATE SET mode = EXCLUDED.mode, roles = EXCLUDED.roles, "
+				  "(table_name, source_schema, mode, roles, rls_before, force_before, since, enabled_by) "
+				  "VALUES ($1::pg_catalog.regclass, $6, $2, $3::pg_catalog.regrole[], $4, $5, "
+				  "        pg_catalog.clock_timestamp(), pg_catalog.session_user()) "
+				  "ON CONFLICT (table_name) DO UPDATE SET source_schema = EXCLUDED.source_schema, mode = EXCLUDED.mode, roles = EXCLUDED.roles, "
 				  "  since = CASE WHEN r.mode OPERATOR(pg_catalog.=) EXCLUDED.mode THEN r.since "
 				  "               ELSE EXCLUDED.since END, enabled_by = EXCLUDED.enabled_by",
-				  5, types, values, NULL, 0);
+				  6, types, values, NULL, 0);
 }
 
 static void
@@ -498,6 +598,21 @@ unrecord(Oid relid)
 	cm_state_exec("DELETE FROM clinic_migrate.tenant_rls "
 				  "WHERE table_name OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
 				  1, &t, &v, NULL, 0);
+}
+
+/*
+ * Is one of the roles the owner, or a member with its rights?  PostgreSQL
+ * treats such a role as the owner, whom policies hold only with FORCE.
+ */
+static bool
+holds_owner(List *roles, Oid owner)
+{
+	ListCell   *lc;
+
+	foreach(lc, roles)
+		if (has_privs_of_role(lfirst_oid(lc), owner))
+			return true;
+	return false;
 }
 
 static void
@@ -513,7 +628,7 @@ cover(Oid relid, const char *expr, RlsRecord *rec, List *roles, const char *mode
 	rel_flags(relid, &rls, &force);
 	rls_before = rec ? rec->rls_before : rls;
 	force_before = rec ? rec->force_before : force;
-	want_force = force_before || list_member_oid(roles, cm_rel_owner(relid));
+	want_force = force_before || holds_owner(roles, cm_rel_owner(relid));
 
 	if (rec == NULL && (has_policy(relid, CM_RLS_POLICY) || has_policy(relid, CM_RLS_OPEN_POLICY)))
 		ereport(ERROR,
@@ -659,7 +774,8 @@ cm_rls_enable(List *roles, const char *mode)
 	plan = plan_build(&s, CurrentMemoryContext);
 	tables = covered_tables(plan);
 	check_chain_owners(tables);
-	recs = read_records();
+	warn_uncovered(plan);
+	recs = read_records(plan->source_schema);
 	ttables = tenant_tables(plan, NULL);
 
 	/* every table at once, or none: then the DDL below never waits */
@@ -695,7 +811,7 @@ cm_rls_enable(List *roles, const char *mode)
 int
 cm_rls_disable(void)
 {
-	List	   *recs = read_records();
+	List	   *recs = read_records(cm_source_schema);
 	ListCell   *lc;
 	int			nest;
 
@@ -731,8 +847,14 @@ cm_rls_cover_tenant(TenantPlan *plan, const char *tenant)
 	/* the library may be newer than the extension's SQL (before ALTER EXTENSION UPDATE) */
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_rls", nsp)))
 		return;
-	cm_state_exec("SELECT r.mode, r.roles::pg_catalog.oid[] FROM clinic_migrate.tenant_rls r "
-				  "ORDER BY r.since DESC LIMIT 1", 0, NULL, NULL, NULL, 0);
+	{
+		Oid			t = NAMEOID;
+		Datum		v = CStringGetDatum(plan->source_schema);
+
+		cm_state_exec("SELECT r.mode, r.roles::pg_catalog.oid[] FROM clinic_migrate.tenant_rls r "
+					  "WHERE r.source_schema OPERATOR(pg_catalog.=) $1 "
+					  "ORDER BY r.since DESC LIMIT 1", 1, &t, &v, NULL, 0);
+	}
 	if (SPI_processed == 0)
 		return;					/* no tenant policies */
 	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -745,7 +867,7 @@ cm_rls_cover_tenant(TenantPlan *plan, const char *tenant)
 		for (int i = 0; i < n; i++)
 			roles = lappend_oid(roles, DatumGetObjectId(elems[i]));
 	}
-	recs = read_records();
+	recs = read_records(plan->source_schema);
 	ttables = tenant_tables(plan, tenant);
 	foreach(lc, ttables)
 	{

@@ -210,6 +210,64 @@ rel_tuples(Oid relid)
 	return t;
 }
 
+static ArrayType *
+est_array(Datum *values, bool *nulls, int n, Oid type)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int16		len;
+	bool		byval;
+	char		align;
+
+	get_typlenbyvalalign(type, &len, &byval, &align);
+	return construct_md_array(values, nulls, 1, dims, lbs, type, len, byval, align);
+}
+
+static void
+need_column_select(Oid relid, AttrNumber att)
+{
+	if (pg_attribute_aclcheck(relid, att, GetUserId(), ACL_SELECT) != ACLCHECK_OK &&
+		pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for column %s of table %s",
+						quote_identifier(plan_attname(relid, att)), cm_qualified_relname(relid)),
+				 errdetail("The estimates show the values of the tenant column."),
+				 errhint("GRANT SELECT (%s) ON %s TO %s;", quote_identifier(plan_attname(relid, att)),
+						 cm_qualified_relname(relid), quote_identifier(GetUserNameFromId(GetUserId(), false)))));
+}
+
+/*
+ * The registry's tenants, read as the caller (who must be allowed to), each
+ * written by its type's output function: no cast a user defined runs.
+ */
+static Datum
+registry_tenants(PlanTable *reg)
+{
+	StringInfoData sql;
+	Datum	   *ids;
+	uint64		n;
+	int			nest;
+	const char *col;
+
+	if (reg == NULL || reg->tenant_att == InvalidAttrNumber)
+		return PointerGetDatum(construct_empty_array(TEXTOID));
+	need_column_select(reg->relid, reg->tenant_att);
+	col = quote_identifier(plan_attname(reg->relid, reg->tenant_att));
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT r.%s FROM %s r WHERE r.%s IS NOT NULL", col,
+					 cm_qualified_relname(reg->relid), col);
+	nest = cm_pin_search_path();
+	if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: registry query failed");
+	AtEOXact_GUC(true, nest);
+	n = SPI_processed;
+	ids = palloc(sizeof(Datum) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		ids[i] = CStringGetTextDatum(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	return PointerGetDatum(est_array(ids, NULL, (int) n, TEXTOID));
+}
+
 /*
  * One table's estimates: for each tenant among the most common values of
  * its root's tenant column, freq x rows (child tables: the root's
@@ -231,6 +289,8 @@ estimate_table(Estimates *e, TenantPlan *plan, PlanTable *pt)
 	int			nmcv = 0;
 	HeapTuple	stat;
 
+	/* the statistics show the column's values: as pg_stats, only to who may read it */
+	need_column_select(root->relid, root->tenant_att);
 	if (rows < 0 || root_rows < 0)
 	{
 		e->unanalyzed = lappend(e->unanalyzed, cm_qualified_relname(rows < 0 ? pt->relid : root->relid));
@@ -273,19 +333,6 @@ estimate_table(Estimates *e, TenantPlan *plan, PlanTable *pt)
 		est_add(e, pt->relid, NULL, 0, bpr);
 }
 
-static ArrayType *
-est_array(Datum *values, bool *nulls, int n, Oid type)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		len;
-	bool		byval;
-	char		align;
-
-	get_typlenbyvalalign(type, &len, &byval, &align);
-	return construct_md_array(values, nulls, 1, dims, lbs, type, len, byval, align);
-}
-
 /*
  * clinic_migrate.tenant_estimates(): every tenant known (the registry's,
  * clinic_migrate's, and those the statistics list), with its state and an
@@ -303,8 +350,8 @@ cm_tenant_estimates(PG_FUNCTION_ARGS)
 	PlanTable  *reg;
 	Estimates	e;
 	StringInfoData sql;
-	Oid			types[4] = {OIDARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID};
-	Datum		values[4];
+	Oid			types[5] = {OIDARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID};
+	Datum		values[5];
 	SPITupleTable *tt;
 	uint64		n;
 
@@ -332,6 +379,8 @@ cm_tenant_estimates(PG_FUNCTION_ARGS)
 	values[1] = PointerGetDatum(est_array(e.tenant, e.tenant_null, e.n, TEXTOID));
 	values[2] = PointerGetDatum(est_array(e.nrows, NULL, e.n, FLOAT8OID));
 	values[3] = PointerGetDatum(est_array(e.bpr, NULL, e.n, FLOAT8OID));
+	reg = OidIsValid(plan->registry) ? plan_find(plan, plan->registry) : NULL;
+	values[4] = registry_tenants(reg);
 
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
@@ -343,22 +392,17 @@ cm_tenant_estimates(PG_FUNCTION_ARGS)
 						   "         FROM s x JOIN s o ON o.tab = x.tab AND o.tenant IS NULL "
 						   "         WHERE x.tenant IS NOT NULL GROUP BY x.tenant), "
 						   "known AS (SELECT spec.tenant FROM spec "
-						   "          UNION SELECT t.tenant_id FROM clinic_migrate.tenants t");
-	reg = OidIsValid(plan->registry) ? plan_find(plan, plan->registry) : NULL;
-	if (reg != NULL && reg->tenant_att != InvalidAttrNumber)
-		appendStringInfo(&sql, " UNION SELECT r.%s::pg_catalog.text FROM %s r WHERE r.%s IS NOT NULL",
-						 quote_identifier(plan_attname(reg->relid, reg->tenant_att)),
-						 cm_qualified_relname(reg->relid),
-						 quote_identifier(plan_attname(reg->relid, reg->tenant_att)));
-	appendStringInfoString(&sql,
-						   ") SELECT k.tenant, coalesce(t.state, 'shared'), "
+						   "          UNION SELECT t.tenant_id FROM clinic_migrate.tenants t "
+						   "          UNION SELECT pg_catalog.unnest($5)) "
+						   "SELECT k.tenant, coalesce(t.state, 'shared'), "
 						   "  pg_catalog.round(base.r + coalesce(spec.dr, 0))::bigint, "
 						   "  pg_catalog.round(base.b + coalesce(spec.db, 0))::bigint, "
 						   "  spec.tenant IS NOT NULL "
 						   "FROM known k CROSS JOIN base LEFT JOIN spec ON spec.tenant = k.tenant "
 						   "LEFT JOIN clinic_migrate.tenants t ON t.tenant_id = k.tenant "
 						   "ORDER BY 3 DESC, 1");
-	cm_state_exec(sql.data, 4, types, values, NULL, 0);
+	/* arrays and clinic_migrate's own table only: nothing of a user's runs here */
+	cm_state_exec(sql.data, 5, types, values, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
 	for (uint64 i = 0; i < n; i++)
