@@ -668,9 +668,12 @@ tenant_table_expr(PlanTable *root, Oid relid, const char *tenant, bool enforce)
 	initStringInfo(&buf);
 	if (!enforce)
 		appendStringInfoChar(&buf, '(');
+	/* a subquery: an InitPlan, the setting read once per query, not per row */
+	appendStringInfoString(&buf, "(SELECT ");
 	cm_append_eq(&buf, psprintf("(NULLIF(pg_catalog.current_setting(%s, true), ''::pg_catalog.text))::%s",
 								quote_literal_cstr(CM_TENANT_SETTING), type),
 				 root->tenant_type, psprintf("%s::%s", quote_literal_cstr(tenant), type), root->tenant_type);
+	appendStringInfoChar(&buf, ')');
 	if (!enforce)
 		appendStringInfo(&buf, " OR clinic_migrate.tenant_rls_audit(%s::pg_catalog.regclass))",
 						 quote_literal_cstr(cm_qualified_relname(relid)));
