@@ -25,6 +25,10 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+#include "utils/syscache.h"
+#include "catalog/objectaddress.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/dependency.h"
 
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -1502,6 +1506,86 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 				cm_ddl_with_retry(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[k]),
 										   cm_qualified_relname(target)));
 	}
+}
+
+/*
+ * The shared tables' capture triggers cost every write of every tenant
+ * their WHEN clause, moving or not: when no tenant needs them (none is
+ * copying, copied, failed with its capture on, cut over, rolling back or
+ * finalizing), they go.  Only while no other session installs them (the
+ * installer's lock, taken without waiting: an installer goes first), and
+ * with every table locked at once, as the installer does.  They are
+ * dropped as the objects clinic_migrate made (performDeletion), whoever
+ * the acting role: DROP TRIGGER would want the tables' owner.  A finalized
+ * tenant's shared rows are gone; writes that name it in the shared tables
+ * are no longer refused once the triggers are.  Returns the number of
+ * tables.  SPI connected, in a transaction of its own.
+ */
+int
+capture_uninstall_if_unused(void)
+{
+	const char *names[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+	"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
+	LOCKTAG		tag;
+	Oid			nsp;
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	nsp = get_namespace_oid(CM_SCHEMA, true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("capture_logs", nsp)))
+		return 0;
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 1, CM_LOCK_FIELD4);
+	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return 0;
+	AcceptInvalidationMessages();
+	/* a fresh snapshot, taken after the lock: an installer's state is seen */
+	CommandCounterIncrement();
+	cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE state IN "
+				  "('copying', 'copied', 'failed', 'cut_over', 'rolling_back', 'finalizing') LIMIT 1",
+				  0, NULL, NULL, NULL, 0);
+	if (SPI_processed > 0)
+		return 0;
+	cm_state_exec("SELECT l.source_table::pg_catalog.oid FROM clinic_migrate.capture_logs l",
+				  0, NULL, NULL, NULL, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+			continue;
+		for (int k = 0; k < 4; k++)
+			if (OidIsValid(get_trigger_oid(relid, names[k], true)))
+			{
+				tables = lappend_oid(tables, relid);
+				break;
+			}
+	}
+	if (tables == NIL)
+		return 0;
+	/* DROP TRIGGER locks its table exclusively: all of them at once, first */
+	cm_lock_relations(tables, AccessExclusiveLock, false);
+	foreach(lc, tables)
+	{
+		Oid			relid = lfirst_oid(lc);
+
+		for (int k = 0; k < 4; k++)
+		{
+			Oid			trig = get_trigger_oid(relid, names[k], true);
+			ObjectAddress obj;
+
+			if (!OidIsValid(trig))
+				continue;
+			ObjectAddressSet(obj, TriggerRelationId, trig);
+			performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+		}
+	}
+	CommandCounterIncrement();
+	ereport(LOG,
+			(errmsg("clinic_migrate: no tenant is moving: capture triggers dropped from %d shared tables",
+					list_length(tables))));
+	return list_length(tables);
 }
 
 /* where a tenant's rows live now, and its source schema (see capture.h) */

@@ -58,6 +58,12 @@ extern void capture_install(TenantPlan *plan);
 extern void capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant);
 extern void capture_drop_reverse(TenantPlan *plan, const char *schema);
 
+/*
+ * Drop the shared tables' capture triggers when no tenant needs them (see
+ * capture.c); the number of tables.  SPI connected.
+ */
+extern int	capture_uninstall_if_unused(void);
+
 /* tell every backend that the set of captured tenants changed (at commit) */
 extern void capture_tenants_changed(void);
 

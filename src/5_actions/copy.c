@@ -753,6 +753,14 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 	cm_rls_cover_tenant(plan, tenant);
 	strlcpy(sh->schema, schema, NAMEDATALEN);
 	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
+
+	/*
+	 * The triggers again, under the installer's lock until this commit: a
+	 * sync worker that found no tenant needing them may have taken them
+	 * off since copy_install_capture (cm_capture_cleanup); it cannot once
+	 * the tenant is 'copying'.  Nothing to do when they are all there.
+	 */
+	capture_install(plan);
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "
 						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE clock_timestamp() END, "
 						 "completed_at = NULL WHERE tenant_id = $1 AND state <> 'copied'",

@@ -516,6 +516,8 @@ cm_rollback_cutover(CmWorkerShared *sh, int64 *run_id)
 	cm_registry_sync(tenant, "rolled_back", source);
 	cm_run_finish(*run_id, "completed", 0, NULL, NULL);
 	end_txn();
+	/* the last tenant to need the shared tables' triggers takes them off */
+	(void) cm_capture_cleanup();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -958,6 +960,8 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 	}
 	end_txn();
 	sh->did = true;
+	/* the last tenant to need the shared tables' triggers takes them off */
+	(void) cm_capture_cleanup();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 

@@ -95,3 +95,31 @@ cm_sync_tenant_round(const char *tenant)
 	return applied;
 }
 
+int
+cm_capture_cleanup(void)
+{
+	volatile int n = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		cm_begin_txn_read_committed();
+		n = capture_uninstall_if_unused();
+		cm_end_txn();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errmsg("clinic_migrate: the capture triggers stay for now: %s", edata->message),
+				 errdetail("No tenant needs them; the next rollback, finalize or idle sync worker tries again.")));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return n;
+}

@@ -27,4 +27,11 @@ extern int64 cm_sync_tenant_once(const char *tenant);
  */
 extern int64 cm_sync_tenant_round(const char *tenant);
 
+/*
+ * Drop the shared tables' capture triggers if no tenant needs them, in a
+ * transaction of its own (none may be open); a failure (the tables busy
+ * past lock_retry_time) is logged and leaves them.  The number of tables.
+ */
+extern int	cm_capture_cleanup(void);
+
 #endif

@@ -691,7 +691,11 @@ cm_sync_worker_main(Datum main_arg)
 		/* nobody to keep in sync for a while: free the slot */
 		idle = any ? 0 : idle + 1;
 		if (idle >= 3)
+		{
+			/* and the shared tables' capture triggers, if no tenant needs them */
+			(void) cm_capture_cleanup();
 			break;
+		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 cm_sync_interval, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

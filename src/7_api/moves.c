@@ -478,6 +478,15 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
 
 	did = cm_rollback_in_session(tenant);
 	SPI_finish();
+
+	/*
+	 * Not here, in the caller's transaction, which could hold every shared
+	 * table's lock for as long as it stays open: the database's sync worker
+	 * takes the capture triggers off when it finds no tenant that needs
+	 * them (cm_capture_cleanup).
+	 */
+	if (did)
+		(void) cm_start_sync_worker();
 	PG_RETURN_BOOL(did);
 }
 
