@@ -41,6 +41,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_policy.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -453,6 +454,48 @@ uncover(RlsRecord *r)
 		ddl("ALTER TABLE %s %s ROW LEVEL SECURITY", r->relid, r->rls_before ? "ENABLE" : "DISABLE");
 }
 
+/*
+ * A child whose foreign key to its root includes the root's tenant column
+ * (FOREIGN KEY (tenant_id, account_id) REFERENCES accounts) carries its
+ * tenant in its own row: the policy compares that column, with no lookup
+ * of the parent per row.  Only for a validated key, and with its other
+ * columns NOT NULL, so that the row references a parent, as the EXISTS
+ * form requires.  False when the child has no such key.
+ */
+static bool
+append_tenant_in_key(StringInfo buf, PlanTable *root, PlanTable *pt, const char *tenant)
+{
+	PlanHop    *hop;
+	HeapTuple	tup;
+	bool		validated;
+	int			tk = -1;
+
+	if (pt->nhops != 1 || pt->hops[0].parent != root->relid)
+		return false;
+	hop = &pt->hops[0];
+	for (int k = 0; k < hop->nkeys; k++)
+		if (hop->parent_att[k] == root->tenant_att)
+			tk = k;
+	if (tk < 0)
+		return false;
+	tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(hop->conoid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	validated = ((Form_pg_constraint) GETSTRUCT(tup))->convalidated;
+	ReleaseSysCache(tup);
+	if (!validated || get_atttype(pt->relid, hop->child_att[tk]) != root->tenant_type)
+		return false;
+	appendStringInfoChar(buf, '(');
+	cm_append_eq(buf, quote_identifier(plan_attname(pt->relid, hop->child_att[tk])),
+				 root->tenant_type, tenant, root->tenant_type);
+	for (int k = 0; k < hop->nkeys; k++)
+		if (k != tk)
+			appendStringInfo(buf, " AND %s IS NOT NULL",
+							 quote_identifier(plan_attname(pt->relid, hop->child_att[k])));
+	appendStringInfoChar(buf, ')');
+	return true;
+}
+
 /* the policy's expression: the row belongs to the session's tenant */
 static char *
 policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce)
@@ -467,7 +510,8 @@ policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce)
 	initStringInfo(&buf);
 	if (!enforce)
 		appendStringInfoChar(&buf, '(');
-	plan_append_belongs_to(&buf, plan, pt, quote_identifier(pt->relname), "clinic_migrate_p", tenant);
+	if (!append_tenant_in_key(&buf, root, pt, tenant))
+		plan_append_belongs_to(&buf, plan, pt, quote_identifier(pt->relname), "clinic_migrate_p", tenant);
 	if (!enforce)
 		appendStringInfo(&buf, " OR clinic_migrate.tenant_rls_audit(%s::pg_catalog.regclass))",
 						 quote_literal_cstr(cm_qualified_relname(pt->relid)));
