@@ -36,6 +36,16 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION clinic_migrate.disable_tenant_rls() IS
 'take the tenant policies off and restore each table''s own row level security flags';
 
+-- The session's tenant as the tenant column's type (the argument's), NULL when
+-- none is set: what the tenant policies compare with.  No SET clause: it runs
+-- in the application's statements and names nothing.
+CREATE FUNCTION clinic_migrate.current_tenant(type_of anyelement)
+RETURNS anyelement
+AS 'MODULE_PATHNAME', 'cm_current_tenant'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION clinic_migrate.current_tenant(anyelement) IS
+'the session''s tenant (app.current_tenant, set by set_tenant) as the argument''s type; NULL when none is set';
+
 -- Called by the permissive mode's policy, as the application's role, for a
 -- row that enforcing would hide: counts it and admits it.  No SET clause:
 -- it runs in the application's statements and names nothing.
@@ -92,4 +102,5 @@ COMMENT ON FUNCTION clinic_migrate.enqueue_candidates(bigint, integer) IS
 REVOKE ALL ON FUNCTION clinic_migrate.enable_tenant_rls(name[], text), clinic_migrate.disable_tenant_rls(),
     clinic_migrate.tenant_rls_report(), clinic_migrate.tenant_estimates(),
     clinic_migrate.enqueue_candidates(bigint, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION clinic_migrate.tenant_rls_audit(regclass) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION clinic_migrate.tenant_rls_audit(regclass), clinic_migrate.current_tenant(anyelement)
+    TO PUBLIC;

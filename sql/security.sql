@@ -474,6 +474,9 @@ SELECT clinic_migrate.disable_tenant_rls() AS tables;
 -- the permissive policy's audit: counts for its caller only, and only tables
 -- that carry the tenant policy (none here), reads nothing
 SELECT clinic_migrate.tenant_rls_audit('sec.visits') AS admitted;
+-- what the tenant policies compare with: the session's own setting, typed
+SELECT clinic_migrate.current_tenant(NULL::text) AS tenant;
+SELECT clinic_migrate.current_tenant(NULL::int) AS not_an_int;
 SELECT role, table_name, rows_of_other_tenants, rows_without_tenant FROM clinic_migrate.tenant_rls_report();
 SET client_min_messages = warning;
 SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AS candidates FROM clinic_migrate.candidates;
@@ -528,8 +531,8 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.alerts()', 'clinic_migrate.cancel(bigint)', 'clinic_migrate.capture()',
     'clinic_migrate.capture_lag(text)', 'clinic_migrate.capture_lag_seconds(text)',
     'clinic_migrate.capture_reverse()', 'clinic_migrate.capturing(text)', 'clinic_migrate.capturing_any()',
-    'clinic_migrate.create_tenant_schema(text)', 'clinic_migrate.cutover(text)',
-    'clinic_migrate.disable_tenant_rls()', 'clinic_migrate.enable_tenant_rls(name[],text)',
+    'clinic_migrate.create_tenant_schema(text)', 'clinic_migrate.current_tenant(anyelement)',
+    'clinic_migrate.cutover(text)', 'clinic_migrate.disable_tenant_rls()', 'clinic_migrate.enable_tenant_rls(name[],text)',
     'clinic_migrate.enqueue_candidates(bigint,integer)', 'clinic_migrate.tenant_estimates()',
     'clinic_migrate.tenant_rls_audit(regclass)', 'clinic_migrate.tenant_rls_report()',
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',

@@ -12,7 +12,7 @@ SELECT p.oid::regprocedure AS function,
 FROM pg_proc p
 WHERE p.pronamespace = 'clinic_migrate'::regnamespace
   AND p.proname IN ('enable_tenant_rls', 'disable_tenant_rls', 'tenant_rls_audit', 'tenant_rls_report',
-                    'tenant_estimates', 'enqueue_candidates')
+                    'tenant_estimates', 'enqueue_candidates', 'current_tenant')
 ORDER BY p.proname;
 SELECT has_table_privilege('public', 'clinic_migrate.candidates', 'SELECT') AS public_reads_candidates,
        'clinic_migrate.tenant_rls'::regclass::oid = ANY (e.extconfig) AS tenant_rls_dumped

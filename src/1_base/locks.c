@@ -365,10 +365,11 @@ lock_attempt(void *arg)
  * locked first in the next one, so the order learns the writers' order and
  * the same cycle does not come back.
  */
-static void
-run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms)
+static bool
+run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms, int max_attempts)
 {
 	int			delay_ms = 10;
+	int			attempts = 0;
 	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   (int64) cm_lock_retry_time * 1000);
 	LockAttempt attempt = {sql, list_copy(relids), mode, timeout_ms, 0};
@@ -386,7 +387,7 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 			ErrorData  *failed = cm_try_in_subxact(lock_attempt, &attempt);
 
 			if (failed == NULL)
-				return;
+				return true;
 			if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
 				ReThrowError(failed);
 			FreeErrorData(failed);
@@ -398,6 +399,8 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 				attempt.relids = lcons_oid(first, attempt.relids);
 			}
 		}
+		if (max_attempts > 0 && ++attempts >= max_attempts)
+			return false;
 		if (GetCurrentTimestamp() >= give_up)
 		{
 			char	   *holders = relids != NIL ? lock_holders(relids) : NULL;
@@ -423,7 +426,7 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 void
 cm_ddl_with_retry(const char *sql)
 {
-	run_with_lock_retry(sql, NIL, NoLock, cm_lock_timeout);
+	(void) run_with_lock_retry(sql, NIL, NoLock, cm_lock_timeout, 0);
 }
 
 void
@@ -431,8 +434,16 @@ cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables)
 {
 	if (relids == NIL)
 		return;
-	run_with_lock_retry(NULL, relids, mode,
-						tenant_tables ? cm_cutover_max_pause : cm_lock_timeout);
+	(void) run_with_lock_retry(NULL, relids, mode,
+							   tenant_tables ? cm_cutover_max_pause : cm_lock_timeout, 0);
+}
+
+bool
+cm_try_lock_relations(List *relids, LOCKMODE mode, int attempts)
+{
+	if (relids == NIL)
+		return true;
+	return run_with_lock_retry(NULL, relids, mode, cm_lock_timeout, Max(attempts, 1));
 }
 
 static void

@@ -73,6 +73,13 @@ extern void cm_ddl_with_retry(const char *sql);
 extern void cm_lock_relations(List *relids, LOCKMODE mode, bool tenant_tables);
 
 /*
+ * The same for work that can wait for a better moment: at most that many
+ * attempts (each clinic_migrate.lock_timeout, with back-off between them);
+ * false, with nothing held, when they all failed.
+ */
+extern bool cm_try_lock_relations(List *relids, LOCKMODE mode, int attempts);
+
+/*
  * Wait for a transaction to end, as a lock waiter (pg_blocking_pids() of
  * this session names it), for at most timeout_ms (a lock_timeout in a
  * subtransaction, which the timeout rolls back); true if it ended.  With

@@ -1519,7 +1519,8 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
  * the acting role: DROP TRIGGER would want the tables' owner.  A finalized
  * tenant's shared rows are gone; writes that name it in the shared tables
  * are no longer refused once the triggers are.  Returns the number of
- * tables.  SPI connected, in a transaction of its own.
+ * tables, or -1 when they were busy (try again later).  SPI connected, in
+ * a transaction of its own.
  */
 int
 capture_uninstall_if_unused(void)
@@ -1564,8 +1565,14 @@ capture_uninstall_if_unused(void)
 	}
 	if (tables == NIL)
 		return 0;
-	/* DROP TRIGGER locks its table exclusively: all of them at once, first */
-	cm_lock_relations(tables, AccessExclusiveLock, false);
+
+	/*
+	 * DROP TRIGGER locks its table exclusively: all of them at once, first,
+	 * in a few short attempts only.  This can wait for a quieter moment;
+	 * an installer waiting for the lock we hold cannot.
+	 */
+	if (!cm_try_lock_relations(tables, AccessExclusiveLock, 3))
+		return -1;
 	foreach(lc, tables)
 	{
 		Oid			relid = lfirst_oid(lc);

@@ -60,7 +60,7 @@ extern void capture_drop_reverse(TenantPlan *plan, const char *schema);
 
 /*
  * Drop the shared tables' capture triggers when no tenant needs them (see
- * capture.c); the number of tables.  SPI connected.
+ * capture.c); the number of tables, -1 when they were busy.  SPI connected.
  */
 extern int	capture_uninstall_if_unused(void);
 

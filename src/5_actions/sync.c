@@ -119,6 +119,7 @@ cm_capture_cleanup(void)
 				(errmsg("clinic_migrate: the capture triggers stay for now: %s", edata->message),
 				 errdetail("No tenant needs them; the next rollback, finalize or idle sync worker tries again.")));
 		FreeErrorData(edata);
+		n = -1;
 	}
 	PG_END_TRY();
 	return n;

@@ -30,7 +30,8 @@ extern int64 cm_sync_tenant_round(const char *tenant);
 /*
  * Drop the shared tables' capture triggers if no tenant needs them, in a
  * transaction of its own (none may be open); a failure (the tables busy
- * past lock_retry_time) is logged and leaves them.  The number of tables.
+ * in a few short attempts) leaves them.  The number of tables, -1 when
+ * they are still there for want of locks or of an error (logged).
  */
 extern int	cm_capture_cleanup(void);
 

@@ -692,9 +692,13 @@ cm_sync_worker_main(Datum main_arg)
 		idle = any ? 0 : idle + 1;
 		if (idle >= 3)
 		{
-			/* and the shared tables' capture triggers, if no tenant needs them */
-			(void) cm_capture_cleanup();
-			break;
+			/*
+			 * And the shared tables' capture triggers, if no tenant needs
+			 * them: tables busy now are tried again a round later, for a
+			 * while, then left to the next rollback or finalize.
+			 */
+			if (cm_capture_cleanup() >= 0 || idle >= 30)
+				break;
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 cm_sync_interval, PG_WAIT_EXTENSION);

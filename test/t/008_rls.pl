@@ -489,7 +489,7 @@ is( $node->safe_psql(
 SELECT string_agg(DISTINCT pg_get_expr(polqual, polrelid), ' | ')
 FROM pg_policy WHERE polname = 'clinic_migrate_tenant'
   AND polrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'tenant_t3'::regnamespace)}),
-	"( SELECT (NULLIF(current_setting('app.current_tenant'::text, true), ''::text) = 't3'::text))",
+	"( SELECT (clinic_migrate.current_tenant(NULL::text) = 't3'::text))",
 	'migrate t3: the tables of tenant_t3 get the tenant policy for t3, not the shared tables\' form');
 is( $node->safe_psql(
 		'postgres', q{
