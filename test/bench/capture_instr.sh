@@ -14,9 +14,10 @@
 #   created    CREATE EXTENSION, nothing migrated
 #   capture    t1 copied and in sync (capture triggers on; replay is not counted: no
 #              sync worker runs in a single-user backend)
-#   rolled     t1 rolled back: nobody moves
+#   rolled     t1 rolled back: nobody moves (the sync worker has taken the capture
+#              triggers off; the script waits for that)
 #   cut over   t1 migrated and cut over (its shared rows refuse writes: t2 only)
-#   finalized  t1 finalized (t2 only)
+#   finalized  t1 finalized (t2 only; nobody moves: finalize took the triggers off)
 # Prints instructions per UPDATE and the ratio to the baseline.
 #
 #   sudo bash test/bench/capture_instr.sh [--updates 200] [--port 5495]
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --updates) updates="${2:?}"; shift 2 ;;
     --port) port="${2:?}"; shift 2 ;;
-    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) cm_die "unknown argument: $1" ;;
   esac
 done
@@ -121,11 +122,20 @@ measure created t2 t1
 q -q -c "SELECT schema_name FROM clinic_migrate.migrate_tenant('t1')" -c "SELECT clinic_migrate.sync_now('t1')" >/dev/null
 measure capture t2 t1
 q -q -c "SELECT clinic_migrate.rollback_tenant('t1')" >/dev/null
+# nobody moves: the database's sync worker takes the capture triggers off when it
+# goes idle (a rollback in the caller's session leaves that to it); wait for it
+for _ in $(seq 1 600); do
+  [ "$(q -At -c "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.patients'::regclass
+                 AND tgname LIKE 'clinic\_migrate\_%'")" = 0 ] && break
+  sleep 0.1
+done
+say "after the rollback: $(q -At -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'clinic\_migrate\_%'") capture triggers left"
 measure rolled t2 t1
 q -q -c "SELECT schema_name FROM clinic_migrate.migrate_tenant('t1')" -c "SELECT clinic_migrate.sync_now('t1')" \
   -c "SELECT schema_name FROM clinic_migrate.cutover('t1')" >/dev/null
 measure cutover t2
 q -q -c "SELECT schema_name FROM clinic_migrate.finalize_tenant('t1', true)" >/dev/null
+say "after the finalize: $(q -At -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'clinic\_migrate\_%'") capture triggers left"
 measure finalized t2
 
 base_t2=${result[none,t2]}
