@@ -921,6 +921,28 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 		plan = clone_plan_for_tenant(&t, &s, cxt);
 		MemoryContextSwitchTo(old);
 	}
+
+	/*
+	 * Both steps below lock tables of the tenant's schema exclusively (the
+	 * sequences' tables, then the triggers'): all of them at once, first.
+	 * Locked in two requests, the first set was held while the second
+	 * waited, and a writer of the tenant holding a table of the second and
+	 * waiting for one of the first was never found out (each attempt gives
+	 * up before deadlock_timeout): finalize waited lock_retry_time and
+	 * failed, 003_cutover_stress under load.
+	 */
+	{
+		List	   *all = NIL;
+
+		for (int i = 0; i < plan->ncopied; i++)
+		{
+			Oid			target = clone_target_relid(schema, plan->tables[i].relname);
+
+			if (OidIsValid(target))
+				all = lappend_oid(all, target);
+		}
+		cm_lock_relations(all, AccessExclusiveLock, true);
+	}
 	clone_restore_sequences(plan, schema);
 	capture_drop_reverse(plan, schema);
 	end_txn();
