@@ -174,12 +174,26 @@ DELETE FROM staff WHERE tenant_id = 't2' AND staff_no = 8;
 SELECT clinic_migrate.rollback_tenant('t2');
 SELECT * FROM clinic_migrate.finalize_tenant('t2');
 
+-- a trigger that only has the capture's name is not taken for it: the move
+-- stops before changing anything, and the trigger is left alone
+CREATE FUNCTION regress_decoy() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+CREATE TRIGGER clinic_migrate_capture_insert AFTER INSERT ON staff
+    FOR EACH ROW EXECUTE FUNCTION regress_decoy();
+SELECT schema_name FROM clinic_migrate.migrate_tenant('t1');
+SELECT tgname, tgfoid::regproc FROM pg_trigger
+WHERE tgrelid = 'public.staff'::regclass AND tgname LIKE 'clinic\_migrate\_%';
+DROP TRIGGER clinic_migrate_capture_insert ON staff;
+DROP FUNCTION regress_decoy();
 -- t1 without an archive: its staff point at each other (one forward), its
 -- nurses and wards at each other (a cycle); its rows simply go
 SELECT schema_name FROM clinic_migrate.migrate_tenant('t1');
 -- and the next migration puts the capture triggers back
 SELECT count(*) AS capture_triggers_on_staff FROM pg_trigger
 WHERE tgrelid = 'public.staff'::regclass AND tgname LIKE 'clinic\_migrate\_%';
+-- but not the refusal of writes that name the finalized t2: it ended with
+-- finalize, whether the triggers are on or off
+INSERT INTO staff VALUES ('t2', 9, NULL, 'Later');
+DELETE FROM staff WHERE tenant_id = 't2' AND staff_no = 9;
 SELECT schema_name, attempts FROM clinic_migrate.cutover('t1');
 SELECT * FROM clinic_migrate.finalize_tenant('t1', archive => false);
 SELECT count(*) AS t1_rows_left

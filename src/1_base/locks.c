@@ -376,7 +376,11 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 
 	for (;;)
 	{
-		if (relids != NIL && clear_autovacuum(relids, mode))
+		/*
+		 * A step that may give up (max_attempts) is one that can wait for a
+		 * quieter moment: it never cancels an autovacuum.
+		 */
+		if (relids != NIL && max_attempts == 0 && clear_autovacuum(relids, mode))
 		{
 			/* an anti-wraparound vacuum: never queue behind it, wait it out */
 			pgstat_report_activity(STATE_RUNNING,

@@ -30,16 +30,19 @@
 #include "catalog/pg_trigger.h"
 #include "catalog/dependency.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "parser/parse_func.h"
 #include "parser/parse_relation.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
@@ -298,7 +301,7 @@ static inline bool
 shared_trigger_acts(char state)
 {
 	return state == CM_STATE_CAPTURE || state == CM_STATE_CUT_OVER ||
-		state == CM_STATE_FINALIZING || state == CM_STATE_FINALIZED;
+		state == CM_STATE_FINALIZING;
 }
 
 /*
@@ -1305,16 +1308,87 @@ cm_guard_truncate(PG_FUNCTION_ARGS)
 
 /* ---- installation ---- */
 
+/* the function a trigger of ours calls, by its name in our schema */
+static Oid
+trigger_func_oid(const char *trigname)
+{
+	const char *func;
+
+	if (strcmp(trigname, "clinic_migrate_guard_truncate") == 0)
+		func = "guard_truncate";
+	else if (strcmp(trigname, "clinic_migrate_capture_reverse") == 0)
+		func = "capture_reverse";
+	else
+		func = "capture";
+	return LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString(pstrdup(func))),
+						  0, NULL, false);
+}
+
+/*
+ * The trigger named name on relid, when it is ours: it calls our function.
+ * Anyone with TRIGGER on a table may create a trigger with our name (our
+ * functions they may not call): a decoy would stand in for the capture,
+ * and cleanup would drop someone else's trigger.  foreign says what to do
+ * with a trigger of our name that is not ours: raise an error (install),
+ * or pass it by (drop).
+ */
+static Oid
+our_trigger_oid(Oid relid, const char *name, bool error_if_foreign)
+{
+	Relation	tgrel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			trig = InvalidOid;
+	Oid			func = InvalidOid;
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key[0], Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[1], Anum_pg_trigger_tgname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(name));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 2, key);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+
+		trig = tg->oid;
+		func = tg->tgfoid;
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	if (!OidIsValid(trig) || func == trigger_func_oid(name))
+		return trig;
+	if (error_if_foreign)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table %s has a trigger named \"%s\" that is not clinic_migrate's",
+						cm_qualified_relname(relid), name),
+				 errdetail("Names beginning with clinic_migrate_ are kept for the triggers that capture a moving tenant's changes."),
+				 errhint("Drop or rename that trigger, then run the migration again: it resumes.")));
+	return InvalidOid;
+}
+
 /* CREATE TRIGGER, then ENABLE ALWAYS (replicas and restores are captured too) */
 static void
 create_trigger(Oid relid, const char *name, const char *def)
 {
-	char	   *qrel = cm_qualified_relname(relid);
+	Relation	rel;
 
-	if (OidIsValid(get_trigger_oid(relid, name, true)))
+	if (OidIsValid(our_trigger_oid(relid, name, true)))
 		return;
-	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s %s; ALTER TABLE %s ENABLE ALWAYS TRIGGER %s",
-							   quote_identifier(name), def, qrel, quote_identifier(name)));
+	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s %s", quote_identifier(name), def));
+	CommandCounterIncrement();
+
+	/*
+	 * ENABLE ALWAYS from C: ALTER TABLE would want the table's owner, where
+	 * CREATE TRIGGER, run as the caller above, wanted only the TRIGGER
+	 * right (README, Privileges).  The trigger is ours; the lock is held.
+	 */
+	rel = table_open(relid, ShareRowExclusiveLock);
+	EnableDisableTrigger(rel, name, TRIGGER_FIRES_ALWAYS, false, ShareRowExclusiveLock);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
 }
 
 void
@@ -1347,7 +1421,7 @@ capture_install(TenantPlan *plan)
 
 		for (int i = 0; i < plan->ncopied; i++)
 			for (int k = 0; k < 4; k++)
-				if (!OidIsValid(get_trigger_oid(plan->tables[i].relid, all[k], true)))
+				if (!OidIsValid(our_trigger_oid(plan->tables[i].relid, all[k], true)))
 				{
 					lock = lappend_oid(lock, plan->tables[i].relid);
 					break;
@@ -1431,8 +1505,8 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
 
 		if (OidIsValid(target) &&
-			(!OidIsValid(get_trigger_oid(target, "clinic_migrate_capture_reverse", true)) ||
-			 !OidIsValid(get_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
+			(!OidIsValid(our_trigger_oid(target, "clinic_migrate_capture_reverse", true)) ||
+			 !OidIsValid(our_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
 			lock = lappend_oid(lock, target);
 	}
 	cm_lock_relations(lock, ShareRowExclusiveLock, true);
@@ -1489,8 +1563,8 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 		Oid			target = clone_target_relid(schema, plan->tables[i].relname);
 
 		if (OidIsValid(target) &&
-			(OidIsValid(get_trigger_oid(target, names[0], true)) ||
-			 OidIsValid(get_trigger_oid(target, names[1], true))))
+			(OidIsValid(our_trigger_oid(target, names[0], false)) ||
+			 OidIsValid(our_trigger_oid(target, names[1], false))))
 			lock = lappend_oid(lock, target);
 	}
 	cm_lock_relations(lock, AccessExclusiveLock, true);
@@ -1502,7 +1576,7 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 		if (!OidIsValid(target))
 			continue;
 		for (int k = 0; k < 2; k++)
-			if (OidIsValid(get_trigger_oid(target, names[k], true)))
+			if (OidIsValid(our_trigger_oid(target, names[k], false)))
 				cm_ddl_with_retry(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[k]),
 										   cm_qualified_relname(target)));
 	}
@@ -1539,7 +1613,13 @@ capture_uninstall_if_unused(void)
 	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
 		return 0;
 	AcceptInvalidationMessages();
-	/* a fresh snapshot, taken after the lock: an installer's state is seen */
+
+	/*
+	 * Each statement below takes a fresh snapshot (read committed, SPI not
+	 * read-only), after the lock: the state an installer committed before
+	 * releasing it is seen.
+	 */
+	Assert(!IsolationUsesXactSnapshot());
 	CommandCounterIncrement();
 	cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE state IN "
 				  "('copying', 'copied', 'failed', 'cut_over', 'rolling_back', 'finalizing') LIMIT 1",
@@ -1557,7 +1637,7 @@ capture_uninstall_if_unused(void)
 		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
 			continue;
 		for (int k = 0; k < 4; k++)
-			if (OidIsValid(get_trigger_oid(relid, names[k], true)))
+			if (OidIsValid(our_trigger_oid(relid, names[k], false)))
 			{
 				tables = lappend_oid(tables, relid);
 				break;
@@ -1579,7 +1659,7 @@ capture_uninstall_if_unused(void)
 
 		for (int k = 0; k < 4; k++)
 		{
-			Oid			trig = get_trigger_oid(relid, names[k], true);
+			Oid			trig = our_trigger_oid(relid, names[k], false);
 			ObjectAddress obj;
 
 			if (!OidIsValid(trig))

@@ -602,5 +602,42 @@ GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO rb_atk;
 		'cut_over', "$dc: t4 is still cut over");
 }
 
+# D. A migration role with only the README's grants (TRIGGER on the shared tables,
+# not their owner) moves a tenant whose shared tables have no capture trigger yet:
+# it creates them, and they fire always (ALTER TABLE ... ENABLE ALWAYS would have
+# wanted the owner).
+{
+	my $dd = 'D (a migration role installs the capture)';
+	$node->safe_psql(
+		'postgres', q{
+CREATE SCHEMA mig;
+CREATE TABLE mig.tenants (tenant_id text PRIMARY KEY);
+CREATE TABLE mig.items (tenant_id text NOT NULL REFERENCES mig.tenants, id integer NOT NULL,
+                        PRIMARY KEY (tenant_id, id));
+INSERT INTO mig.tenants VALUES ('m1'), ('m2');
+INSERT INTO mig.items SELECT 'm' || (1 + i % 2), i FROM generate_series(1, 10) i;
+GRANT USAGE ON SCHEMA mig TO migrator, app_rw;
+GRANT SELECT, TRIGGER, DELETE ON ALL TABLES IN SCHEMA mig TO migrator;
+GRANT REFERENCES ON mig.tenants TO migrator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mig.items TO app_rw;
+});
+	my $capture = q{SELECT count(*) || ' ' || coalesce(string_agg(DISTINCT tgenabled::text, ','), '-')
+FROM pg_trigger WHERE tgrelid = 'mig.items'::regclass AND tgname LIKE 'clinic\_migrate\_%'};
+	is($node->safe_psql('postgres', $capture), '0 -', "$dd: no capture trigger on mig.items");
+	$node->safe_psql('postgres', q{SELECT clinic_migrate.pause_queue()});
+	my ($rc, $out, $err) = as_role('migrator', q{
+SET clinic_migrate.source_schema = mig;
+SET clinic_migrate.schema_template = 'mig_%s';
+SELECT schema_name FROM clinic_migrate.migrate_tenant('m1');
+});
+	$node->safe_psql('postgres', q{SELECT clinic_migrate.resume_queue()});
+	is($out, 'mig_m1', "$dd: the migrator moved m1") or diag($err);
+	is($node->safe_psql('postgres', $capture), '4 A', "$dd: its capture triggers fire always");
+	($rc, $out, $err) = as_role('app_rw', q{UPDATE mig.items SET id = id + 100 WHERE tenant_id = 'm1' AND id = 2});
+	is($rc, 0, "$dd: the application writes m1's shared row") or diag($err);
+	ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM mig_m1.items WHERE id = 102}),
+		"$dd: the copy has the write");
+}
+
 $node->stop;
 done_testing();
