@@ -244,8 +244,13 @@ cm_tenant_record_error(const char *tenant, const char *msg)
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(msg);
-	cm_state_exec("UPDATE clinic_migrate.tenants SET state = 'failed', last_error = $2 "
-				  "WHERE tenant_id = $1",
+	/*
+	 * Only a copy under way fails: a tenant whose run was refused before
+	 * it began copying (schema_created, copied, cut over by the time a
+	 * queued job ran) keeps its state, with the error.
+	 */
+	cm_state_exec("UPDATE clinic_migrate.tenants SET last_error = $2, state = CASE WHEN state "
+				  "IN ('copying', 'failed') THEN 'failed' ELSE state END WHERE tenant_id = $1",
 				  2, types, values, NULL, 0);
 }
 

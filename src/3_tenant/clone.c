@@ -106,6 +106,37 @@ clone_tenant_info(const char *tenant, TenantInfo *info)
 	}
 }
 
+/*
+ * A tenant may be copied (again) only before its cutover: once cut over
+ * (or finalizing, finalized, rolling back) its rows live in its schema, and
+ * a copy would set it back to 'copying', routing its writes to the shared
+ * rows again.  The caller checks this, and so does the worker, under the
+ * tenant's lock: a queued job may run after a cutover made meanwhile.
+ */
+void
+clone_check_movable(const char *tenant)
+{
+	TenantInfo	info;
+
+	clone_tenant_info(tenant, &info);
+	if (!info.exists)
+		return;
+	if (strcmp(info.state, "cut_over") == 0 || strcmp(info.state, "finalizing") == 0 ||
+		strcmp(info.state, "finalized") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is already cut over to schema \"%s\"", tenant, info.schema_name),
+				 errdetail("Its state is %s.", info.state),
+				 errhint("Nothing is left to copy; clinic_migrate.status shows where it is.")));
+	if (strcmp(info.state, "rolling_back") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" is being rolled back", tenant),
+				 errdetail("Its state is %s.", info.state),
+				 errhint("Let the rollback finish (clinic_migrate.rollback_tenant('%s') resumes it), then migrate again.",
+						 tenant)));
+}
+
 void
 clone_settings_for_tenant(const char *tenant, CmSettings *s)
 {

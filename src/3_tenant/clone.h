@@ -24,6 +24,7 @@ typedef struct TenantInfo
 } TenantInfo;
 
 extern void clone_tenant_info(const char *tenant, TenantInfo *info);
+extern void clone_check_movable(const char *tenant);
 
 /* settings with the tenant's recorded source schema and tenant column */
 extern void clone_settings_for_tenant(const char *tenant, CmSettings *s);

@@ -635,6 +635,7 @@ copy_install_capture(CmWorkerShared *sh, const char *tenant, CmSettings *s, Memo
 
 	begin_txn();
 	plan = clone_plan_for_tenant((char **) &tenant, s, cxt);
+	clone_check_movable(tenant);
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
@@ -741,6 +742,7 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 
 	begin_txn();
 	plan = clone_plan_for_tenant((char **) &tenant, s, cxt);
+	clone_check_movable(tenant);
 	clone_tenant_info(tenant, &info);
 	*resumed = cm_runs_mark_interrupted(tenant) > 0 ||
 		(info.exists && strcmp(info.state, "copying") == 0);
@@ -754,11 +756,16 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 	strlcpy(sh->schema, schema, NAMEDATALEN);
 	*run_id = cm_run_start(tenant, sh->schema, "migrate", sh->started_by, MyProcPid);
 
+	/* the tables and their rows to copy, before any lock below */
+	*tables = copy_load_tables(tenant, plan, cxt, ntables, rows_before);
+
 	/*
 	 * The triggers again, under the installer's lock until this commit: a
 	 * sync worker that found no tenant needing them may have taken them
 	 * off since copy_install_capture (cm_capture_cleanup); it cannot once
-	 * the tenant is 'copying'.  Nothing to do when they are all there.
+	 * the tenant is 'copying'.  Nothing to do when they are all there;
+	 * else the shared tables' locks are held only to this commit, just
+	 * after.
 	 */
 	capture_install(plan);
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "
@@ -768,7 +775,6 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 	/* from this commit on, every backend captures the tenant's writes */
 	capture_tenants_changed();
 	cm_registry_sync(tenant, "copying", s->source_schema);
-	*tables = copy_load_tables(tenant, plan, cxt, ntables, rows_before);
 	end_txn();
 	return plan;
 }

@@ -180,19 +180,11 @@ check_migration(char *tenant)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		TenantInfo	info;
-
 		cm_current_settings(&s);
 		SPI_connect();
 		plan = clone_plan_for_tenant(&tenant, &s, CurrentMemoryContext);
 		tenant = MemoryContextStrdup(cxt, tenant);
-		clone_tenant_info(tenant, &info);
-		if (info.exists && cm_state_after_cutover(info.state))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("tenant \"%s\" is already cut over to schema \"%s\"", tenant, info.schema_name),
-					 errdetail("Its state is %s.", info.state),
-					 errhint("Nothing is left to copy; clinic_migrate.status shows where it is.")));
+		clone_check_movable(tenant);
 		plan_check_copyable(plan);
 		clone_check_privileges(plan, tenant);
 		clone_check_tenant_exists(plan, tenant);

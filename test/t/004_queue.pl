@@ -288,5 +288,24 @@ like(
 	}
 }
 
+# 9. a migrate job queued before a cutover made meanwhile: the worker looks
+# at the state again under the tenant's lock and refuses; the tenant stays
+# cut over, its writes still go to its schema.
+is($node->safe_psql('postgres', 'SELECT clinic_migrate.pause_queue()'), 't', 'pause_queue');
+my $jm = $node->safe_psql('postgres', q{SELECT * FROM clinic_migrate.enqueue(ARRAY['t1'])});
+is( $node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.cutover('t1')}),
+	'tenant_t1', 't1 cut over while its migrate job waits');
+is($node->safe_psql('postgres', 'SELECT clinic_migrate.resume_queue()'), 't', 'resume_queue');
+is($node->safe_psql('postgres', "SELECT clinic_migrate.wait($jm, interval '60 seconds')"),
+	'failed', 'the stale migrate job fails');
+is( $node->safe_psql(
+		'postgres', "SELECT sqlstate, error FROM clinic_migrate.job_queue WHERE job_id = $jm"),
+	'55000|tenant "t1" is already cut over to schema "tenant_t1"',
+	'it says why');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT state, last_error IS NULL, clinic_migrate.tenant_schema('t1') FROM clinic_migrate.tenants WHERE tenant_id = 't1'}),
+	'cut_over|t|tenant_t1', 't1 is still cut over, untouched');
+
 $node->stop;
 done_testing();
