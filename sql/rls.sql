@@ -205,6 +205,33 @@ RESET clinic_migrate.source_schema;
 SELECT source_schema, count(*) AS tables, min(mode) AS mode FROM clinic_migrate.tenant_rls GROUP BY 1 ORDER BY 1;
 DROP SCHEMA other CASCADE;
 
+-- a child whose key names the tenant in another collation than its root's:
+-- 'T3' references 't3' case-insensitively, so the policy asks the parent
+CREATE COLLATION regress_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE SCHEMA ci;
+CREATE TABLE ci.tenants (tenant_id text COLLATE regress_ci PRIMARY KEY);
+CREATE TABLE ci.accounts (tenant_id text COLLATE regress_ci NOT NULL REFERENCES ci.tenants,
+                          id integer NOT NULL, PRIMARY KEY (tenant_id, id));
+CREATE TABLE ci.entries (id integer PRIMARY KEY, account_tenant text, account_id integer,
+                         FOREIGN KEY (account_tenant, account_id) REFERENCES ci.accounts);
+INSERT INTO ci.tenants VALUES ('t3'), ('t4');
+INSERT INTO ci.accounts VALUES ('t3', 1), ('t4', 2);
+INSERT INTO ci.entries VALUES (1, 'T3', 1), (2, 't4', 2);
+GRANT USAGE ON SCHEMA ci TO regress_rls_app;
+GRANT SELECT ON ALL TABLES IN SCHEMA ci TO regress_rls_app;
+SET clinic_migrate.source_schema = ci;
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_rls_app']) AS tables;
+SET ROLE regress_rls_app;
+BEGIN;
+SELECT clinic_migrate.set_tenant('t3', true) IS NOT NULL AS routed;
+SELECT id, account_tenant FROM ci.entries ORDER BY id;
+ROLLBACK;
+RESET ROLE;
+SELECT clinic_migrate.disable_tenant_rls() AS tables;
+RESET clinic_migrate.source_schema;
+DROP SCHEMA ci CASCADE;
+DROP COLLATION regress_ci;
+
 -- the audit counts only tables that carry the tenant policy: made-up ones are not kept
 SELECT count(*) AS admitted FROM generate_series(1, 5000) g
 WHERE clinic_migrate.tenant_rls_audit(g::oid::regclass);

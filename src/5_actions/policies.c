@@ -60,6 +60,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -282,6 +283,34 @@ audited_invalidate(Datum arg, Oid relid)
 		(void) hash_search(audited, &relid, HASH_REMOVE, NULL);
 }
 
+/*
+ * Is the table one that enable_tenant_rls recorded?  Anyone may name a
+ * policy of a table of theirs clinic_migrate_tenant: the record, which only
+ * enable_tenant_rls writes, is what says the policy is ours.  Read from C:
+ * the caller (the application's role) may not read the records.
+ */
+static bool
+recorded_table(Oid relid)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	Oid			records = OidIsValid(nsp) ? get_relname_relid("tenant_rls", nsp) : InvalidOid;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	bool		found;
+
+	if (!OidIsValid(records))
+		return false;
+	rel = table_open(records, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, InvalidOid, false,
+							  ActiveSnapshotSet() ? GetActiveSnapshot() : NULL, 1, &key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
 static bool
 audited_table(Oid relid)
 {
@@ -309,7 +338,8 @@ audited_table(Oid relid)
 	if (e == NULL)
 	{
 		bool		ours = SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)) &&
-			has_policy(relid, CM_RLS_POLICY);
+			get_rel_persistence(relid) == RELPERSISTENCE_PERMANENT &&
+			has_policy(relid, CM_RLS_POLICY) && recorded_table(relid);
 
 		if (hash_get_num_entries(audited) >= 4096)
 			return ours;		/* not cached past that: a caller's made-up OIDs */
@@ -519,8 +549,27 @@ append_tenant_in_key(StringInfo buf, PlanTable *root, PlanTable *pt, const char 
 		return false;
 	validated = ((Form_pg_constraint) GETSTRUCT(tup))->convalidated;
 	ReleaseSysCache(tup);
-	if (!validated || get_atttype(pt->relid, hop->child_att[tk]) != root->tenant_type)
+	if (!validated)
 		return false;
+
+	/*
+	 * The key matched under the root column's collation: the child's value
+	 * equals the root's only in that sense ('T3' may reference 't3' under a
+	 * case-insensitive one).  Compared in the same collation, the column
+	 * says the same as the parent would; in another, it need not.
+	 */
+	{
+		Oid			ctype,
+					rtype,
+					ccoll,
+					rcoll;
+		int32		typmod;
+
+		get_atttypetypmodcoll(pt->relid, hop->child_att[tk], &ctype, &typmod, &ccoll);
+		get_atttypetypmodcoll(root->relid, root->tenant_att, &rtype, &typmod, &rcoll);
+		if (ctype != root->tenant_type || ccoll != rcoll)
+			return false;
+	}
 	appendStringInfoChar(buf, '(');
 	cm_append_eq(buf, quote_identifier(plan_attname(pt->relid, hop->child_att[tk])),
 				 root->tenant_type, tenant, root->tenant_type);
