@@ -421,6 +421,14 @@ SELECT clinic_migrate.sync_now('x') >= 0 AS replayed;
 SELECT clinic_migrate.capture_lag('x') AS lag;
 SELECT label FROM atk.items WHERE tenant_id OPERATOR(pg_catalog.=) 'x' ORDER BY id;
 SELECT body FROM atk.item_notes WHERE note_id OPERATOR(pg_catalog.=) 10;
+-- its deploy reaches x's copy (the event trigger: the change runs again as
+-- the attacker, the bookkeeping as the owner with search_path pinned)
+ALTER TABLE atk.items ADD COLUMN color pg_catalog.text DEFAULT 'red',
+                      ADD CONSTRAINT color_set CHECK (color IS NOT NULL);
+CREATE INDEX items_color ON atk.items (color);
+ALTER TABLE atk.items RENAME COLUMN color TO colour;
+SELECT pg_catalog.count(*) AS colour_columns FROM pg_catalog.pg_attribute
+WHERE attname OPERATOR(pg_catalog.=) 'colour' AND NOT attisdropped;
 SELECT clinic_migrate.rollback_tenant('x');
 SELECT clinic_migrate.tenant_schema('x');
 -- y: to the end
@@ -537,6 +545,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.tenant_rls_audit(regclass)', 'clinic_migrate.tenant_rls_report()',
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
+    'clinic_migrate.follow_ddl()',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',
     'clinic_migrate.metrics()', 'clinic_migrate.migrate_tenant(text)', 'clinic_migrate.migration_active(text)',

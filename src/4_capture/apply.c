@@ -184,6 +184,13 @@ take_logged_keys(PlanTable *pt, const char *tenant)
 	StringInfoData sql;
 
 	ensure_keys_table(pt);
+
+	/*
+	 * Emptied at commit, but two rounds may share a transaction (SELECT
+	 * sync_now(t) FROM ... for several tenants): the keys of the round
+	 * before would be taken for this tenant's.
+	 */
+	cm_state_exec(psprintf("DELETE FROM %s", keys_relname(pt)), 0, NULL, NULL, NULL, 0);
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "WITH d AS (DELETE FROM %s WHERE _cm_tenant OPERATOR(pg_catalog.=) $1 RETURNING ",
 					 log_relname(pt));

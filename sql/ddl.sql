@@ -1,0 +1,137 @@
+--
+-- ddl: the application's schema changes follow the tenants that are moving
+-- (the event trigger clinic_migrate.follow_ddl), in a database of its own:
+-- what is carried to the copies, what is refused, what stays the shared
+-- table's own.
+--
+SELECT current_database() AS regress_db \gset
+SET client_min_messages = warning;
+CREATE DATABASE regress_clinic_ddl;
+\c regress_clinic_ddl
+CREATE EXTENSION clinic_migrate;
+RESET client_min_messages;
+SET clinic_migrate.progress_interval = 0;
+\pset null '(null)'
+
+-- the application's tables belong to its owner role, which deploys
+CREATE ROLE regress_ddl_owner;
+GRANT CREATE ON SCHEMA public TO regress_ddl_owner;
+SET ROLE regress_ddl_owner;
+CREATE TABLE tenants (tenant_id text PRIMARY KEY);
+CREATE TABLE patients (tenant_id text NOT NULL REFERENCES tenants, id integer NOT NULL,
+                       name text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE visits (id serial PRIMARY KEY, tenant_id text NOT NULL, patient_id integer NOT NULL,
+                     FOREIGN KEY (tenant_id, patient_id) REFERENCES patients);
+CREATE TABLE clinics (code text PRIMARY KEY);
+INSERT INTO tenants VALUES ('t1'), ('t2'), ('t3');
+INSERT INTO patients SELECT 't' || (1 + i % 3), i, 'patient ' || i FROM generate_series(1, 30) i;
+INSERT INTO visits (tenant_id, patient_id) SELECT tenant_id, id FROM patients;
+INSERT INTO clinics VALUES ('north'), ('south');
+RESET ROLE;
+SELECT clinic_migrate.exclude_table('clinics', 'reference data');
+
+-- t1 copied and in sync, t2 cut over, t3 not moving
+SELECT schema_name FROM clinic_migrate.migrate_tenant('t1');
+SELECT schema_name FROM clinic_migrate.migrate_tenant('t2');
+SELECT schema_name FROM clinic_migrate.cutover('t2');
+
+-- a deploy: ADD COLUMN with a constant default, a backfill of t1, a new
+-- foreign key to a table that stays shared and one to a table each copy has
+SET ROLE regress_ddl_owner;
+ALTER TABLE patients ADD COLUMN insurance text DEFAULT 'none',
+                     ADD COLUMN clinic text REFERENCES clinics;
+UPDATE patients SET insurance = 'gold', clinic = 'north' WHERE tenant_id = 't1' AND id = 3;
+ALTER TABLE visits ADD COLUMN referred_by integer,
+                   ADD CONSTRAINT visits_referral FOREIGN KEY (tenant_id, referred_by) REFERENCES patients;
+RESET ROLE;
+SELECT n.nspname, c.relname, string_agg(a.attname, ', ' ORDER BY a.attnum) AS columns
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname IN ('patients', 'visits') AND n.nspname IN ('public', 'tenant_t1', 'tenant_t2')
+  AND a.attnum > 0 AND NOT a.attisdropped
+GROUP BY 1, 2 ORDER BY 2, 1;
+SELECT conrelid::regclass AS copy, confrelid::regclass AS points_at
+FROM pg_constraint WHERE conname IN ('patients_clinic_fkey', 'visits_referral') ORDER BY 1::text;
+SELECT clinic_migrate.sync_now('t1') > 0 AS replayed;
+SELECT id, insurance, clinic FROM tenant_t1.patients WHERE id IN (3, 6) ORDER BY id;
+SELECT table_name, source_rows, match FROM clinic_migrate.validate_migration('t1') ORDER BY 1;
+
+-- a volatile default: the copy of t1 takes the shared rows' values; t2 (cut
+-- over) keeps its own schema's, where its rows live
+ALTER TABLE patients ADD COLUMN registered timestamptz NOT NULL DEFAULT clock_timestamp();
+SELECT count(*) AS differing FROM public.patients s JOIN tenant_t1.patients t USING (tenant_id, id)
+WHERE s.registered IS DISTINCT FROM t.registered;
+SELECT table_name, source_rows, match FROM clinic_migrate.validate_migration('t1') ORDER BY 1;
+
+-- more of a deploy: types, defaults, NOT NULL, a CHECK, an index, renames
+ALTER TABLE patients ALTER COLUMN insurance TYPE varchar(20),
+                     ALTER COLUMN insurance SET DEFAULT 'basic',
+                     ALTER COLUMN name SET NOT NULL,
+                     ADD CONSTRAINT insurance_named CHECK (insurance <> '');
+CREATE INDEX patients_insurance ON patients (insurance);
+ALTER TABLE patients RENAME COLUMN insurance TO plan;
+ALTER TABLE patients RENAME CONSTRAINT insurance_named TO plan_named;
+ALTER TABLE patients DROP COLUMN registered;
+SELECT n.nspname, format_type(a.atttypid, a.atttypmod) AS type,
+       (SELECT attnotnull FROM pg_attribute WHERE attrelid = c.oid AND attname = 'name') AS name_not_null,
+       pg_get_expr(d.adbin, d.adrelid) AS plan_default,
+       (SELECT conname FROM pg_constraint WHERE conrelid = c.oid AND contype = 'c') AS "check",
+       (SELECT count(*) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+        WHERE i.indrelid = c.oid AND ic.relname = 'patients_insurance') AS index
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'plan'
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+WHERE c.relname = 'patients' AND n.nspname IN ('public', 'tenant_t1', 'tenant_t2') ORDER BY 1;
+SELECT count(*) AS registered_columns_left FROM pg_attribute
+WHERE attname = 'registered' AND NOT attisdropped;
+
+-- the application writes t2 where it lives, with the new columns; reverse
+-- replay brings them to its shared rows; t1's copy follows its shared rows
+BEGIN;
+SELECT clinic_migrate.set_tenant('t2', true) IS NOT NULL AS routed;
+UPDATE patients SET plan = 'silver' WHERE id = 4;
+INSERT INTO patients (tenant_id, id, name, plan, clinic) VALUES ('t2', 100, 'new', 'gold', 'south');
+COMMIT;
+UPDATE public.patients SET plan = 'bronze' WHERE tenant_id = 't1' AND id = 6;
+-- (two rounds in one statement: each takes only its own tenant's keys)
+SELECT clinic_migrate.sync_now('t1') AS t1_keys, clinic_migrate.sync_now('t2') AS t2_keys;
+SELECT tenant_id, id, plan, clinic FROM public.patients WHERE id IN (4, 6, 100) ORDER BY id;
+SELECT tenant_id, id, plan FROM tenant_t1.patients WHERE id = 6;
+SELECT table_name, source_rows, match FROM clinic_migrate.validate_migration('t1') ORDER BY 1;
+SELECT table_name, source_rows, match FROM clinic_migrate.validate_migration('t2') ORDER BY 1;
+
+-- refused while a tenant has a copy: the key, the tenant column, the table's name
+\set VERBOSITY default
+ALTER TABLE patients ALTER COLUMN id TYPE bigint;
+-- (CASCADE, as PostgreSQL's hint about the capture triggers says, included)
+ALTER TABLE visits DROP COLUMN tenant_id CASCADE;
+ALTER TABLE patients RENAME COLUMN id TO patient_no;
+ALTER TABLE patients RENAME TO people;
+-- a copy the deploying role may not alter: PostgreSQL's refusal, naming the copy
+CREATE ROLE regress_ddl_stranger;
+ALTER TABLE tenant_t1.visits OWNER TO regress_ddl_stranger;
+SET ROLE regress_ddl_owner;
+ALTER TABLE visits ADD COLUMN note text;
+RESET ROLE;
+ALTER TABLE tenant_t1.visits OWNER TO regress_ddl_owner;
+-- CREATE INDEX CONCURRENTLY cannot run again on the copies: a warning says so
+CREATE INDEX CONCURRENTLY visits_referred ON visits (referred_by);
+\set VERBOSITY terse
+SELECT count(*) AS visits_note_columns FROM pg_attribute WHERE attname = 'note';
+SELECT indrelid::regclass FROM pg_index WHERE indexrelid::regclass::text LIKE '%visits_referred%' ORDER BY 1::text;
+
+-- what is the shared table's own is not carried
+ALTER TABLE patients SET (fillfactor = 90);
+SELECT n.nspname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = 'patients' ORDER BY 1;
+
+-- a finalized tenant's schema is its own: later changes are not carried there
+SELECT * FROM clinic_migrate.finalize_tenant('t2');
+ALTER TABLE patients ADD COLUMN phone text;
+SELECT n.nspname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attname = 'phone' ORDER BY 1;
+
+\c :regress_db
+SET client_min_messages = warning;
+DROP DATABASE regress_clinic_ddl WITH (FORCE);
+DROP ROLE regress_ddl_owner, regress_ddl_stranger;

@@ -1,0 +1,514 @@
+/*-------------------------------------------------------------------------
+ * ddl.c
+ *	  The application's schema changes follow the tenants that are moving.
+ *	  Floor 5 (actions).  May call: floors 1 to 4.
+ *
+ * clinic_migrate.follow_ddl() is an event trigger at ddl_command_end (from
+ * 0.5).  When a statement changed a shared table of which some tenant has a
+ * copy in its schema (any state from schema_created to finalizing), the same
+ * statement runs again on each copy, in the same transaction, as the same
+ * role: the copies keep the shared table's shape, so capture, replay,
+ * validation and cutover go on with the new one.  What it carries:
+ *
+ *   ALTER TABLE: ADD and DROP COLUMN, ALTER COLUMN TYPE, SET and DROP
+ *	   DEFAULT, SET and DROP NOT NULL, SET STATISTICS, ADD, VALIDATE and DROP
+ *	   CONSTRAINT (a foreign key to a table the tenant has a copy of points
+ *	   at the copy; to another, at that table, schema-qualified);
+ *   ALTER TABLE ... RENAME COLUMN, RENAME CONSTRAINT;
+ *   CREATE INDEX (not CONCURRENTLY: a WARNING says the copies lack it).
+ *
+ * An ADD COLUMN whose default is volatile gave the copy's rows their own
+ * values: a tenant not cut over gets the shared rows' values (joined on the
+ * primary key), so that validation compares equal rows.
+ *
+ * Refused (the whole statement, before it commits), while a tenant has a
+ * copy: a change of the tenant column or of a column the capture logs
+ * (the key) - the logged keys would stop matching -; RENAME of the table
+ * (the copies are found by name).  Anything else ALTER TABLE does (storage
+ * parameters, triggers, row level security, ownership) is the shared
+ * table's own and is not carried.
+ *
+ * A copy owned by another role than the one running the statement may
+ * refuse it: PostgreSQL's error then names the copy, and nothing commits.
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/dependency.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_attrdef.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "optimizer/optimizer.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "capture.h"
+#include "ddl.h"
+#include "state.h"
+#include "util.h"
+
+/* a tenant's copy of the shared table a statement changed */
+typedef struct TenantCopy
+{
+	char	   *tenant;
+	char	   *state;
+	char	   *tenant_column;
+	Oid			target;
+} TenantCopy;
+
+/* set while a statement runs again on a copy: its own event is not ours */
+static bool following = false;
+
+/* the copies of relid, every state but finalized (SPI connected) */
+static List *
+copies_of(Oid relid)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(relid);
+	List	   *copies = NIL;
+
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)))
+		return NIL;
+	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, tt.target_table "
+				  "FROM clinic_migrate.tenants t JOIN clinic_migrate.tenant_tables tt "
+				  "ON tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+				  "WHERE tt.source_table OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id",
+				  1, &type, &value, NULL, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		TenantCopy *c;
+		Oid			target = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(target)))
+			continue;
+		c = palloc0(sizeof(TenantCopy));
+		c->tenant = SPI_getvalue(tup, desc, 1);
+		c->state = SPI_getvalue(tup, desc, 2);
+		c->tenant_column = SPI_getvalue(tup, desc, 3);
+		c->target = target;
+		copies = lappend(copies, c);
+	}
+	return copies;
+}
+
+/* does the capture log of relid hold column name (a key column)? */
+static bool
+logged_column(Oid relid, const char *name)
+{
+	Oid			log = capture_log_relid(relid);
+
+	return OidIsValid(log) && name != NULL && name[0] != '_' &&
+		get_attnum(log, name) != InvalidAttrNumber;
+}
+
+/* what: the change, naming the table (errmsg "cannot <what> while ...") */
+static void
+refuse(TenantCopy *c, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("cannot %s while tenant \"%s\" has a copy of it", what, c->tenant),
+			 errdetail("The tenant's state is %s; its copy is kept in step by the table's key and tenant column.",
+					   c->state),
+			 errhint("Finish the tenant's move (finalize_tenant) or roll it back (rollback_tenant) first, then run the statement again.")));
+}
+
+/* a key or tenant column changes: refused while a copy exists */
+static void
+check_column(Oid relid, List *copies, const char *column, const char *what)
+{
+	ListCell   *lc;
+
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+
+		if (column && (strcmp(column, c->tenant_column) == 0 || logged_column(relid, column)))
+			refuse(c, psprintf("%s column \"%s\" of %s", what, column, cm_qualified_relname(relid)));
+	}
+}
+
+/*
+ * A foreign key's referenced table, for the copy of tenant c: its own copy
+ * when it has one, else the table itself, schema-qualified.
+ */
+static void
+retarget_reference(Constraint *con, TenantCopy *c)
+{
+	Oid			pk;
+	List	   *copies;
+	ListCell   *lc;
+
+	if (con == NULL || con->contype != CONSTR_FOREIGN || con->pktable == NULL)
+		return;
+	pk = RangeVarGetRelid(con->pktable, NoLock, true);
+	if (!OidIsValid(pk))
+		return;
+	copies = copies_of(pk);
+	foreach(lc, copies)
+	{
+		TenantCopy *other = lfirst(lc);
+
+		if (strcmp(other->tenant, c->tenant) == 0)
+		{
+			pk = other->target;
+			break;
+		}
+	}
+	con->pktable = makeRangeVar(get_namespace_name(get_rel_namespace(pk)), get_rel_name(pk), -1);
+}
+
+static RangeVar *
+copy_rangevar(TenantCopy *c)
+{
+	return makeRangeVar(get_namespace_name(get_rel_namespace(c->target)), get_rel_name(c->target), -1);
+}
+
+typedef struct FollowContext
+{
+	TenantCopy *copy;
+} FollowContext;
+
+static void
+follow_error_context(void *arg)
+{
+	FollowContext *fc = arg;
+
+	errcontext("clinic_migrate: the same change on tenant \"%s\"'s copy %s",
+			   fc->copy->tenant, cm_qualified_relname(fc->copy->target));
+}
+
+/* run stmt (a copy made for this tenant) as a part of the statement */
+static void
+run_on_copy(Node *stmt, const char *query, TenantCopy *c)
+{
+	PlannedStmt *ps = makeNode(PlannedStmt);
+	ErrorContextCallback errcb;
+	FollowContext fc = {c};
+
+	ps->commandType = CMD_UTILITY;
+	ps->canSetTag = false;
+	ps->utilityStmt = stmt;
+	ps->stmt_location = -1;
+	ps->stmt_len = 0;
+	errcb.callback = follow_error_context;
+	errcb.arg = &fc;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	following = true;
+	EventTriggerInhibitCommandCollection();
+	PG_TRY();
+	{
+		ProcessUtility(ps, query, true, PROCESS_UTILITY_SUBCOMMAND, NULL, NULL, None_Receiver, NULL);
+	}
+	PG_FINALLY();
+	{
+		following = false;
+		EventTriggerUndoInhibitCommandCollection();
+		error_context_stack = errcb.previous;
+	}
+	PG_END_TRY();
+	CommandCounterIncrement();
+}
+
+/*
+ * A column added with a volatile default: the copy of a tenant not cut
+ * over takes the shared rows' values, joined on the primary key.
+ */
+static void
+copy_volatile_default(Oid relid, const char *column, TenantCopy *c)
+{
+	AttrNumber	att = get_attnum(relid, column);
+	Relation	rel;
+	Oid			pkindex;
+	List	   *keys = NIL;
+	StringInfoData sql;
+	CmRoleSave	save;
+	bool		isnull;
+	HeapTuple	tup;
+	Node	   *expr = NULL;
+	bool		volatile_default;
+
+	if (att == InvalidAttrNumber || cm_state_after_cutover(c->state))
+		return;
+	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
+	if (!HeapTupleIsValid(tup))
+		return;
+	ReleaseSysCache(tup);
+	{
+		Relation	attrdef = table_open(AttrDefaultRelationId, AccessShareLock);
+		Datum		adbin = (Datum) 0;
+		ScanKeyData key[2];
+		SysScanDesc scan;
+		HeapTuple	dt;
+
+		ScanKeyInit(&key[0], Anum_pg_attrdef_adrelid, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(relid));
+		ScanKeyInit(&key[1], Anum_pg_attrdef_adnum, BTEqualStrategyNumber, F_INT2EQ,
+					Int16GetDatum(att));
+		scan = systable_beginscan(attrdef, AttrDefaultIndexId, true, NULL, 2, key);
+		isnull = true;
+		if (HeapTupleIsValid(dt = systable_getnext(scan)))
+			adbin = heap_getattr(dt, Anum_pg_attrdef_adbin, RelationGetDescr(attrdef), &isnull);
+		expr = isnull ? NULL : stringToNode(TextDatumGetCString(adbin));
+		systable_endscan(scan);
+		table_close(attrdef, AccessShareLock);
+	}
+	volatile_default = expr != NULL && contain_volatile_functions(expr);
+	if (!volatile_default)
+		return;
+
+	rel = table_open(relid, NoLock);
+	pkindex = RelationGetPrimaryKeyIndex(rel);
+	table_close(rel, NoLock);
+	if (!OidIsValid(pkindex))
+	{
+		ereport(WARNING,
+				(errmsg("the rows of tenant \"%s\"'s copy got their own values of column \"%s\"", c->tenant, column),
+				 errdetail("Its default is volatile, and %s has no primary key to take the shared rows' values by.",
+						   cm_qualified_relname(relid)),
+				 errhint("Set the column's values in the copy as in the shared rows before cutover; validate_migration shows the differences.")));
+		return;
+	}
+	{
+		HeapTuple	it = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pkindex));
+		Form_pg_index ind = (Form_pg_index) GETSTRUCT(it);
+
+		for (int k = 0; k < ind->indnkeyatts; k++)
+			keys = lappend(keys, get_attname(relid, ind->indkey.values[k], false));
+		ReleaseSysCache(it);
+	}
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s t SET %s = s.%s FROM %s s WHERE (",
+					 cm_qualified_relname(c->target), quote_identifier(column), quote_identifier(column),
+					 cm_qualified_relname(relid));
+	cm_append_quoted_list(&sql, keys, "t");
+	appendStringInfoString(&sql, ") OPERATOR(pg_catalog.=) (");
+	cm_append_quoted_list(&sql, keys, "s");
+	appendStringInfoChar(&sql, ')');
+	cm_table_owner_begin(c->target, &save);
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "clinic_migrate: could not copy the new column's values");
+	cm_role_end(&save);
+}
+
+static void
+follow_alter_table(AlterTableStmt *stmt, const char *query)
+{
+	Oid			relid;
+	List	   *copies;
+	ListCell   *lc;
+	List	   *carried = NIL;
+	List	   *added = NIL;
+
+	if (stmt->objtype != OBJECT_TABLE || stmt->relation == NULL)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
+		return;
+	copies = copies_of(relid);
+	if (copies == NIL)
+		return;
+
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst(lc);
+
+		switch (cmd->subtype)
+		{
+			case AT_AddColumn:
+				carried = lappend(carried, cmd);
+				added = lappend(added, ((ColumnDef *) cmd->def)->colname);
+				break;
+			case AT_DropColumn:
+				check_column(relid, copies, cmd->name, "drop");
+				carried = lappend(carried, cmd);
+				break;
+			case AT_AlterColumnType:
+				check_column(relid, copies, cmd->name, "change the type of");
+				carried = lappend(carried, cmd);
+				break;
+			case AT_ColumnDefault:
+			case AT_DropNotNull:
+			case AT_SetNotNull:
+			case AT_SetStatistics:
+			case AT_AddConstraint:
+			case AT_ValidateConstraint:
+			case AT_DropConstraint:
+				carried = lappend(carried, cmd);
+				break;
+			default:
+				/* the shared table's own (storage, triggers, security, owner) */
+				break;
+		}
+	}
+	if (carried == NIL)
+		return;
+
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		AlterTableStmt *s = makeNode(AlterTableStmt);
+		ListCell   *cl;
+
+		s->relation = copy_rangevar(c);
+		s->objtype = OBJECT_TABLE;
+		s->missing_ok = false;
+		foreach(cl, carried)
+		{
+			AlterTableCmd *cmd = copyObject((AlterTableCmd *) lfirst(cl));
+
+			cmd->recurse = false;
+			if (cmd->subtype == AT_AddConstraint)
+				retarget_reference((Constraint *) cmd->def, c);
+			else if (cmd->subtype == AT_AddColumn)
+			{
+				ListCell   *k;
+
+				foreach(k, ((ColumnDef *) cmd->def)->constraints)
+					retarget_reference((Constraint *) lfirst(k), c);
+			}
+			s->cmds = lappend(s->cmds, cmd);
+		}
+		run_on_copy((Node *) s, query, c);
+		foreach(cl, added)
+			copy_volatile_default(relid, (char *) lfirst(cl), c);
+	}
+}
+
+static void
+follow_rename(RenameStmt *stmt, const char *query)
+{
+	Oid			relid;
+	List	   *copies;
+	ListCell   *lc;
+
+	if (stmt->relation == NULL)
+		return;
+	if (stmt->renameType == OBJECT_TABLE)
+	{
+		/* the table has its new name now */
+		RangeVar   *rv = makeRangeVar(stmt->relation->schemaname, stmt->newname, -1);
+
+		relid = RangeVarGetRelid(rv, NoLock, true);
+		if (!OidIsValid(relid) || (copies = copies_of(relid)) == NIL)
+			return;
+		refuse(linitial(copies), psprintf("rename table %s", cm_qualified_relname(relid)));
+	}
+	/* RENAME COLUMN of a table (not of a view, ...), RENAME CONSTRAINT */
+	if (!(stmt->renameType == OBJECT_COLUMN && stmt->relationType == OBJECT_TABLE) &&
+		stmt->renameType != OBJECT_TABCONSTRAINT)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
+		return;
+	copies = copies_of(relid);
+	if (copies == NIL)
+		return;
+	if (stmt->renameType == OBJECT_COLUMN)
+	{
+		/* the column has its new name now: the log still has the old one */
+		check_column(relid, copies, stmt->subname, "rename");
+		check_column(relid, copies, stmt->newname, "rename");
+	}
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		RenameStmt *s = copyObject(stmt);
+
+		s->relation = copy_rangevar(c);
+		s->missing_ok = false;
+		run_on_copy((Node *) s, query, c);
+	}
+}
+
+static void
+follow_index(IndexStmt *stmt, const char *query)
+{
+	Oid			relid;
+	List	   *copies;
+	ListCell   *lc;
+
+	if (stmt->relation == NULL)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
+		return;
+	copies = copies_of(relid);
+	if (copies == NIL)
+		return;
+	if (stmt->concurrent)
+	{
+		ereport(WARNING,
+				(errmsg("the index was not made on the copies of %s of %d tenants",
+						cm_qualified_relname(relid), list_length(copies)),
+				 errdetail("CREATE INDEX CONCURRENTLY cannot run again inside its own statement."),
+				 errhint("Run it on each tenant's table, for example CREATE INDEX CONCURRENTLY ... ON %s (...).",
+						 cm_qualified_relname(((TenantCopy *) linitial(copies))->target))));
+		return;
+	}
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		IndexStmt  *s = copyObject(stmt);
+
+		s->relation = copy_rangevar(c);
+		run_on_copy((Node *) s, query, c);
+	}
+}
+
+PG_FUNCTION_INFO_V1(cm_follow_ddl);
+Datum
+cm_follow_ddl(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trig;
+	Node	   *parsetree;
+	const char *query;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.follow_ddl() must be an event trigger")));
+	trig = (EventTriggerData *) fcinfo->context;
+	parsetree = trig->parsetree;
+	if (following || creating_extension || parsetree == NULL)
+		PG_RETURN_NULL();
+	query = debug_query_string ? debug_query_string : "";
+	SPI_connect();
+	switch (nodeTag(parsetree))
+	{
+		case T_AlterTableStmt:
+			follow_alter_table((AlterTableStmt *) parsetree, query);
+			break;
+		case T_RenameStmt:
+			follow_rename((RenameStmt *) parsetree, query);
+			break;
+		case T_IndexStmt:
+			follow_index((IndexStmt *) parsetree, query);
+			break;
+		default:
+			break;
+	}
+	SPI_finish();
+	PG_RETURN_NULL();
+}
