@@ -23,6 +23,7 @@ int			cm_batch_delay = 0;
 int			cm_sync_interval = 1000;
 int			cm_cutover_max_lag = 1000;
 int			cm_cutover_max_pause = 200;
+bool		cm_follow_ddl_on = true;
 bool		cm_shared_foreign_keys = true;
 int			cm_cutover_attempts = 10;
 int			cm_cutover_wait = 300;
@@ -147,6 +148,10 @@ cm_settings_init(void)
 							 "table), which every tenant's keys make longer to load and every delete of a "
 							 "referenced row checks against every tenant's table.",
 							 &cm_shared_foreign_keys, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("clinic_migrate.follow_ddl",
+							 "Whether ALTER TABLE, RENAME and CREATE INDEX of a shared table run again on the copies of the tenants moving.",
+							 "Off in a session: its schema changes reach the shared tables only, and the copies must be changed by hand before cutover.",
+							 &cm_follow_ddl_on, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.lock_retry_time",
 							"How long a step waits for the application's transactions (to lock its tables, or for those older than a tenant's capture) before it fails with 55P03.",
 							NULL, &cm_lock_retry_time, 60, 0, 86400,

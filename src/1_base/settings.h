@@ -21,6 +21,7 @@ extern int	cm_sync_interval;
 extern int	cm_cutover_max_lag;
 extern int	cm_cutover_max_pause;
 extern bool cm_shared_foreign_keys;
+extern bool cm_follow_ddl_on;
 extern int	cm_cutover_attempts;
 extern int	cm_cutover_wait;
 extern int	cm_archive_batch_size;

@@ -53,12 +53,14 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
 #include "capture.h"
 #include "ddl.h"
+#include "settings.h"
 #include "state.h"
 #include "util.h"
 
@@ -306,10 +308,16 @@ copy_volatile_default(Oid relid, const char *column, TenantCopy *c)
 	appendStringInfoString(&sql, ") OPERATOR(pg_catalog.=) (");
 	cm_append_quoted_list(&sql, keys, "s");
 	appendStringInfoChar(&sql, ')');
-	cm_table_owner_begin(c->target, &save);
-	if (SPI_execute(sql.data, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "clinic_migrate: could not copy the new column's values");
-	cm_role_end(&save);
+	/* as a replica: the application's triggers saw these rows already */
+	{
+		int			nest = cm_set_replica();
+
+		cm_table_owner_begin(c->target, &save);
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "clinic_migrate: could not copy the new column's values");
+		cm_role_end(&save);
+		cm_restore_output_settings(nest);
+	}
 }
 
 static void
@@ -379,6 +387,14 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 			AlterTableCmd *cmd = copyObject((AlterTableCmd *) lfirst(cl));
 
 			cmd->recurse = false;
+
+			/*
+			 * A copy changed by hand already: a column there, a column or
+			 * constraint gone, is not an error (IF [NOT] EXISTS).
+			 */
+			if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
+				cmd->subtype == AT_DropConstraint)
+				cmd->missing_ok = true;
 			if (cmd->subtype == AT_AddConstraint)
 				retarget_reference((Constraint *) cmd->def, c);
 			else if (cmd->subtype == AT_AddColumn)
@@ -491,8 +507,21 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 				 errmsg("clinic_migrate.follow_ddl() must be an event trigger")));
 	trig = (EventTriggerData *) fcinfo->context;
 	parsetree = trig->parsetree;
-	if (following || creating_extension || parsetree == NULL)
+	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on)
 		PG_RETURN_NULL();
+
+	/*
+	 * A restore (pg_restore, or a script of pg_dump, which empties
+	 * search_path) brings each copy back with its own definition: carried
+	 * again, the shared table's indexes and constraints would be there twice.
+	 */
+	{
+		const char *app = GetConfigOption("application_name", true, false);
+
+		if ((app && strcmp(app, "pg_restore") == 0) ||
+			(namespace_search_path && namespace_search_path[0] == '\0'))
+			PG_RETURN_NULL();
+	}
 	query = debug_query_string ? debug_query_string : "";
 	SPI_connect();
 	switch (nodeTag(parsetree))
