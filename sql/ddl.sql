@@ -124,6 +124,86 @@ ALTER TABLE patients SET (fillfactor = 90);
 SELECT n.nspname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = 'patients' ORDER BY 1;
 
+-- the application's triggers come with the tenant's tables (firing mode and
+-- all): they fire for the application's writes, in the shared tables before
+-- cutover and in the schema after, never for the copy or the replay, which
+-- write as a replica
+CREATE TABLE audit (n serial PRIMARY KEY, tbl text, op text, who text, id integer);
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.name := NEW.name || ' (touched)'; RETURN NEW; END $$;
+CREATE FUNCTION audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.audit (tbl, op, who, id)
+  VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_OP, coalesce(NEW.tenant_id, OLD.tenant_id),
+          coalesce(NEW.id, OLD.id));
+  RETURN NULL;
+END $$;
+CREATE FUNCTION audit_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.audit (tbl, op, who, id)
+  SELECT TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'batch of ' || TG_OP, min(tenant_id), count(*) FROM added;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER patients_touch BEFORE UPDATE OF name ON patients FOR EACH ROW
+    WHEN (OLD.name IS DISTINCT FROM NEW.name) EXECUTE FUNCTION touch();
+CREATE TRIGGER patients_audit AFTER INSERT OR UPDATE OR DELETE ON patients
+    FOR EACH ROW EXECUTE FUNCTION audit_row();
+CREATE TRIGGER patients_batch AFTER INSERT ON patients REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_batch();
+CREATE TRIGGER patients_off AFTER DELETE ON patients FOR EACH ROW EXECUTE FUNCTION audit_row();
+ALTER TABLE patients DISABLE TRIGGER patients_off;
+-- ALWAYS would fire for the copy and the replay: it comes as ENABLE
+CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+CREATE TRIGGER patients_always AFTER INSERT ON patients FOR EACH ROW EXECUTE FUNCTION noop();
+ALTER TABLE patients ENABLE ALWAYS TRIGGER patients_always;
+-- and the views over its tables, options and all; a view of reference data only
+-- stays shared
+CREATE VIEW patient_names WITH (security_barrier) AS
+    SELECT tenant_id, id, name FROM patients WHERE name IS NOT NULL;
+CREATE VIEW early_patients AS SELECT * FROM patient_names WHERE id < 100 WITH LOCAL CHECK OPTION;
+CREATE VIEW visit_counts AS
+    SELECT p.tenant_id, p.id, count(v.id) AS visits
+    FROM patients p LEFT JOIN visits v ON v.tenant_id = p.tenant_id AND v.patient_id = p.id GROUP BY 1, 2;
+CREATE MATERIALIZED VIEW tenant_sizes AS SELECT tenant_id, count(*) AS patients FROM patients GROUP BY 1;
+CREATE VIEW clinic_codes AS SELECT code FROM clinics;
+COMMENT ON VIEW visit_counts IS 'visits per patient';
+GRANT SELECT ON patient_names TO regress_ddl_owner;
+SELECT schema_name FROM clinic_migrate.migrate_tenant('t3');
+SELECT c.relname, c.relkind, c.reloptions, obj_description(c.oid, 'pg_class') AS comment,
+       has_table_privilege('regress_ddl_owner', c.oid, 'SELECT') AS owner_reads
+FROM pg_class c WHERE c.relnamespace = 'tenant_t3'::regnamespace AND c.relkind IN ('v', 'm') ORDER BY 1;
+SELECT tgname, tgenabled, pg_get_triggerdef(oid) LIKE '%WHEN ((old.name IS DISTINCT FROM new.name))%' AS "when",
+       tgnewtable FROM pg_trigger
+WHERE tgrelid = 'tenant_t3.patients'::regclass AND NOT tgisinternal AND tgname NOT LIKE 'clinic\_migrate\_%'
+ORDER BY 1;
+SELECT count(*) AS audited_by_the_copy FROM audit;
+UPDATE patients SET name = 'renamed' WHERE tenant_id = 't3' AND id = 2;
+SELECT clinic_migrate.sync_now('t3') AS keys;
+SELECT tbl, op, who, id FROM audit ORDER BY n;
+SELECT name FROM tenant_t3.patients WHERE id = 2;
+SELECT schema_name FROM clinic_migrate.cutover('t3');
+BEGIN;
+SELECT clinic_migrate.set_tenant('t3', true) IS NOT NULL AS routed;
+UPDATE patients SET name = 'again' WHERE id = 5;
+INSERT INTO patients (tenant_id, id, name) VALUES ('t3', 200, 'new');
+COMMIT;
+SELECT clinic_migrate.sync_now('t3') AS keys;
+SELECT tbl, op, who, id FROM audit ORDER BY n;
+SELECT tenant_id, id, name FROM public.patients WHERE id IN (5, 200) ORDER BY id;
+SELECT table_name, source_rows, match FROM clinic_migrate.validate_migration('t3') ORDER BY 1;
+-- a routed session reads its own rows through the views, written in its schema
+BEGIN;
+SELECT clinic_migrate.set_tenant('t3', true) IS NOT NULL AS routed;
+SELECT count(*) AS names, count(DISTINCT tenant_id) AS tenants FROM patient_names;
+SELECT tenant_id, id, name FROM early_patients WHERE id IN (5, 200) ORDER BY id;
+SELECT sum(visits) AS visits FROM visit_counts;
+SELECT * FROM tenant_sizes;
+SELECT count(*) AS codes FROM clinic_codes;
+SAVEPOINT s;
+INSERT INTO early_patients (tenant_id, id, name) VALUES ('t3', 500, 'too late');
+ROLLBACK TO s;
+COMMIT;
+
 -- a finalized tenant's schema is its own: later changes are not carried there
 SELECT * FROM clinic_migrate.finalize_tenant('t2');
 ALTER TABLE patients ADD COLUMN phone text;

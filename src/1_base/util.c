@@ -165,6 +165,16 @@ cm_replay_plan_settings(void)
 	return nest;
 }
 
+int
+cm_set_replica(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
 void
 cm_restore_output_settings(int nestlevel)
 {

@@ -53,6 +53,13 @@ extern void cm_restore_output_settings(int nestlevel);
  */
 extern int	cm_replay_plan_settings(void);
 
+/*
+ * session_replication_role = replica until cm_restore_output_settings: the
+ * application's triggers (ENABLE, not ALWAYS) and foreign-key checks do not
+ * fire for our writes of rows written, checked and triggered already.
+ */
+extern int	cm_set_replica(void);
+
 /* "schema"."table" for a relation OID, quoted */
 extern char *cm_qualified_relname(Oid relid);
 

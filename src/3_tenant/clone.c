@@ -31,7 +31,11 @@
 #include "catalog/namespace.h"
 #include "commands/dbcommands.h"
 #include "catalog/pg_class.h"
+#include "catalog/partition.h"
 #include "catalog/pg_constraint.h"
+#include "catalog/pg_trigger.h"
+#include "commands/trigger.h"
+#include "utils/fmgroids.h"
 #include "catalog/pg_type.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/dependency.h"
@@ -430,7 +434,11 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 
 		if (comment)
 		{
-			appendStringInfo(&sql, "COMMENT ON TABLE %s IS %s", qtarget, quote_literal_cstr(comment));
+			char		kind = get_rel_relkind(src);
+
+			appendStringInfo(&sql, "COMMENT ON %s %s IS %s",
+							 kind == RELKIND_VIEW ? "VIEW" : kind == RELKIND_MATVIEW ? "MATERIALIZED VIEW" : "TABLE",
+							 qtarget, quote_literal_cstr(comment));
 			exec_ddl(sql.data);
 		}
 	}
@@ -743,6 +751,122 @@ relation_exists(const char *schema, const char *name)
 	return OidIsValid(clone_target_relid(schema, name));
 }
 
+/*
+ * The application's triggers of the shared table, on the tenant's: built
+ * from the catalog as PostgreSQL builds a partition's from its parent's (no
+ * DDL text rewritten; the WHEN clause's columns mapped by name), each with
+ * its firing mode (ALWAYS as ENABLE, REPLICA as DISABLE: below).  A plain
+ * ENABLE trigger fires for the application's
+ * writes in the tenant's schema after cutover, and never for the copy or
+ * the replay, which write as a replica (session_replication_role): their
+ * rows went through the shared table's triggers when they were written.
+ * Ours, the internal ones (foreign keys) and constraint triggers are not
+ * carried (the last with a WARNING).  One that is there already stays.
+ */
+static void
+clone_triggers(Oid source, Oid target)
+{
+	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	Relation	srcrel = table_open(source, AccessShareLock);
+	Relation	tgtrel = table_open(target, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(source));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+		CreateTrigStmt *stmt;
+		Node	   *qual = NULL;
+		List	   *args = NIL;
+		List	   *cols = NIL;
+		bool		isnull;
+		Datum		d;
+
+		if (tg->tgisinternal || strncmp(NameStr(tg->tgname), "clinic_migrate_", 15) == 0 ||
+			OidIsValid(get_trigger_oid(target, NameStr(tg->tgname), true)))
+			continue;
+		if (OidIsValid(tg->tgconstraint))
+		{
+			ereport(WARNING,
+					(errmsg("constraint trigger \"%s\" of %s is not carried to %s",
+							NameStr(tg->tgname), cm_qualified_relname(source), cm_qualified_relname(target)),
+					 errhint("Create it on the tenant's table before cutover.")));
+			continue;
+		}
+		d = heap_getattr(tup, Anum_pg_trigger_tgqual, RelationGetDescr(tgrel), &isnull);
+		if (!isnull)
+		{
+			qual = stringToNode(TextDatumGetCString(d));
+			qual = (Node *) map_partition_varattnos((List *) qual, PRS2_OLD_VARNO, tgtrel, srcrel);
+			qual = (Node *) map_partition_varattnos((List *) qual, PRS2_NEW_VARNO, tgtrel, srcrel);
+		}
+		if (tg->tgnargs > 0)
+		{
+			bytea	   *val;
+			char	   *p;
+
+			val = DatumGetByteaPP(heap_getattr(tup, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull));
+			p = (char *) VARDATA_ANY(val);
+			for (int i = 0; i < tg->tgnargs; i++)
+			{
+				args = lappend(args, makeString(pstrdup(p)));
+				p += strlen(p) + 1;
+			}
+		}
+		for (int i = 0; i < tg->tgattr.dim1; i++)
+			cols = lappend(cols, makeString(get_attname(source, tg->tgattr.values[i], false)));
+
+		stmt = makeNode(CreateTrigStmt);
+		stmt->trigname = pstrdup(NameStr(tg->tgname));
+		stmt->args = args;
+		stmt->row = TRIGGER_FOR_ROW(tg->tgtype);
+		stmt->timing = tg->tgtype & TRIGGER_TYPE_TIMING_MASK;
+		stmt->events = tg->tgtype & TRIGGER_TYPE_EVENT_MASK;
+		stmt->columns = cols;
+		d = heap_getattr(tup, Anum_pg_trigger_tgoldtable, RelationGetDescr(tgrel), &isnull);
+		if (!isnull)
+		{
+			TriggerTransition *t = makeNode(TriggerTransition);
+
+			t->name = pstrdup(NameStr(*DatumGetName(d)));
+			t->isNew = false;
+			t->isTable = true;
+			stmt->transitionRels = lappend(stmt->transitionRels, t);
+		}
+		d = heap_getattr(tup, Anum_pg_trigger_tgnewtable, RelationGetDescr(tgrel), &isnull);
+		if (!isnull)
+		{
+			TriggerTransition *t = makeNode(TriggerTransition);
+
+			t->name = pstrdup(NameStr(*DatumGetName(d)));
+			t->isNew = true;
+			t->isTable = true;
+			stmt->transitionRels = lappend(stmt->transitionRels, t);
+		}
+		/*
+		 * The firing mode: ENABLE and DISABLE as they are; ALWAYS as
+		 * ENABLE, REPLICA as DISABLE, since the copy and the replay write
+		 * as a replica and must fire nothing of the application's (run as
+		 * the migrating role, they would run it with that role's rights).
+		 */
+		(void) CreateTriggerFiringOn(stmt, "/* clinic_migrate: clone trigger */", target, InvalidOid,
+									 InvalidOid, InvalidOid, tg->tgfoid, InvalidOid, qual,
+									 false, false,
+									 tg->tgenabled == TRIGGER_FIRES_ALWAYS ? TRIGGER_FIRES_ON_ORIGIN :
+									 tg->tgenabled == TRIGGER_FIRES_ON_REPLICA ? TRIGGER_DISABLED :
+									 tg->tgenabled);
+		CommandCounterIncrement();
+	}
+	systable_endscan(scan);
+	table_close(tgtrel, NoLock);
+	table_close(srcrel, NoLock);
+	table_close(tgrel, AccessShareLock);
+}
+
 void
 clone_finish_table(PlanTable *pt, const char *schema)
 {
@@ -816,6 +940,7 @@ clone_finish_table(PlanTable *pt, const char *schema)
 		if (sql.len > 0)
 			exec_ddl(sql.data);
 	}
+	clone_triggers(pt->relid, target);
 	cm_restore_output_settings(nest);
 }
 
@@ -837,6 +962,99 @@ att_names(Oid relid, Datum arr)
 						 quote_identifier(get_attname(relid, atts[i], false)));
 	}
 	return buf.data;
+}
+
+/*
+ * The views and materialized views of the source schema over the tenant's
+ * tables, in the tenant's schema, so that a routed session (search_path =
+ * its schema, then the source schema) reads its own rows through them,
+ * before and after finalize.  A view is taken when it reads a planned table
+ * or a view taken before it (OID order, which is the order they could be
+ * created in).  Its query is deparsed with search_path = the source schema,
+ * so that what is there comes out unqualified, and created again with
+ * search_path = the tenant's schema, then the source schema: a name finds
+ * the tenant's table or view first, and the rest (reference tables,
+ * functions, types) where the original found it; columns by name.  Its
+ * options (security_barrier, check_option, security_invoker), owner, grants
+ * and comment come as a table's do.  A materialized view is filled with the
+ * tenant's rows at its creation.  One that is there already stays.
+ */
+static void
+clone_views(TenantPlan *plan, const char *schema)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(plan->source_nsp)};
+	List	   *taken = NIL;	/* source relids whose copies exist */
+	SPITupleTable *tt;
+	uint64		n;
+
+	for (int i = 0; i < plan->ncopied; i++)
+		taken = lappend_oid(taken, plan->tables[i].relid);
+	if (SPI_execute_with_args("SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c "
+							  "WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relkind IN ('v', 'm') "
+							  "ORDER BY c.oid",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: view lookup failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Oid			view = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		char	   *name = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		bool		matview = SPI_getvalue(tt->vals[i], tt->tupdesc, 3)[0] == 'm';
+		Datum		vvalues[1] = {ObjectIdGetDatum(view)};
+		bool		reads_taken = false;
+		char	   *def;
+		char	   *qtarget = quote_qualified_identifier(schema, name);
+		StringInfoData sql;
+		int			nest;
+
+		if (relation_exists(schema, name))
+		{
+			taken = lappend_oid(taken, view);
+			continue;
+		}
+		/* the relations its query reads */
+		if (SPI_execute_with_args("SELECT DISTINCT d.refobjid FROM pg_catalog.pg_rewrite r "
+								  "JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+								  "AND d.objid OPERATOR(pg_catalog.=) r.oid "
+								  "AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+								  "WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND d.refobjid OPERATOR(pg_catalog.<>) $1",
+								  1, types, vvalues, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: view dependency lookup failed");
+		for (uint64 k = 0; k < SPI_processed && !reads_taken; k++)
+			reads_taken = list_member_oid(taken,
+										  DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[k],
+																		 SPI_tuptable->tupdesc, 1, &isnull)));
+		if (!reads_taken)
+			continue;
+
+		nest = NewGUCNestLevel();
+		(void) set_config_option("search_path", quote_identifier(plan->source_schema), PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		def = query_text("SELECT pg_catalog.pg_get_viewdef($1)", 1, types, vvalues);
+		AtEOXact_GUC(true, nest);
+		if (def == NULL)
+			continue;
+
+		nest = NewGUCNestLevel();
+		(void) set_config_option("search_path",
+								 psprintf("%s, %s, pg_temp", quote_identifier(schema),
+										  quote_identifier(plan->source_schema)),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE %s %s AS %s", matview ? "MATERIALIZED VIEW" : "VIEW", qtarget, def);
+		/* a view's definition ends with ';' */
+		while (sql.len > 0 && (sql.data[sql.len - 1] == ';' || sql.data[sql.len - 1] == ' ' ||
+							   sql.data[sql.len - 1] == '\n'))
+			sql.data[--sql.len] = '\0';
+		exec_ddl(sql.data);
+		AtEOXact_GUC(true, nest);
+		CommandCounterIncrement();
+		clone_table_properties(view, schema, qtarget);
+		taken = lappend_oid(taken, view);
+	}
 }
 
 /*
@@ -924,6 +1142,7 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			CommandCounterIncrement();
 		}
 	}
+	clone_views(plan, schema);
 	cm_restore_output_settings(nest);
 }
 

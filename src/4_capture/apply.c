@@ -368,11 +368,7 @@ count_candidates(Replay *r, PlanTable *pt)
 static int
 set_replica(void)
 {
-	int			nest = NewGUCNestLevel();
-
-	(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	return nest;
+	return cm_set_replica();
 }
 
 /*
@@ -456,14 +452,14 @@ replay_round(Replay *r)
 		int			nest = cm_replay_plan_settings();
 
 		/*
-		 * After cutover the whole round is a replica's, the way logical
-		 * replication applies changes: the shared tables' own triggers (and
-		 * the foreign-key checks, which the tenant's schema made already) do
-		 * not fire again for rows that were written, checked and triggered
-		 * in the tenant's schema.
+		 * The whole round is a replica's, the way logical replication
+		 * applies changes: the application's triggers (ENABLE, cloned onto
+		 * the tenant's tables too) and the foreign-key checks do not fire
+		 * again for rows that were written, checked and triggered where the
+		 * tenant lived: before cutover the shared tables, after it the
+		 * tenant's schema.
 		 */
-		if (r->reverse)
-			(void) set_replica();
+		(void) set_replica();
 
 		/* 1. parents first: take the logged keys */
 		for (int i = 0; i < plan->ncopied; i++)

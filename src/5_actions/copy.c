@@ -488,7 +488,18 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 			values[1 + i] = OidInputFunctionCall(typinput[i], ct->checkpoint[i], typioparam[i], -1);
 	}
 	have_hi = batch_upper_bound(root, have_lo, root_batch, types, values, hi_text);
-	copied = batch_rows(plan, ct, have_lo, have_hi, nb, types, values);
+	/*
+	 * As a replica: the tenant's table may have the application's triggers
+	 * already (create_tenant_schema made it whole); they fire for the
+	 * application's writes after cutover, not for rows the shared table's
+	 * triggers saw when they were written.
+	 */
+	{
+		int			nest = cm_set_replica();
+
+		copied = batch_rows(plan, ct, have_lo, have_hi, nb, types, values);
+		cm_restore_output_settings(nest);
+	}
 
 	/* tests: a write racing the batch, between its snapshot and its commit */
 	cm_pause_point("copy_batch");
