@@ -16,3 +16,86 @@ CREATE EVENT TRIGGER clinic_migrate_follow_ddl ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX')
     EXECUTE FUNCTION clinic_migrate.follow_ddl();
 ALTER EVENT TRIGGER clinic_migrate_follow_ddl ENABLE ALWAYS;
+
+-- The fan-out: one schema change for every tenant (issue "clinic_migrate 5").
+CREATE TABLE clinic_migrate.schema_changes (
+    version         text PRIMARY KEY CHECK (version <> ''),
+    ddl             text NOT NULL,
+    position        bigserial NOT NULL UNIQUE,
+    created_by      name NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    shared_done_at  timestamptz
+);
+COMMENT ON TABLE clinic_migrate.schema_changes IS
+    'the schema changes of fan_out, in the order they are applied; shared_done_at: when the shared tables took it';
+CREATE TABLE clinic_migrate.tenant_schema_versions (
+    tenant_id   text NOT NULL,
+    version     text NOT NULL REFERENCES clinic_migrate.schema_changes ON DELETE CASCADE,
+    applied_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    job_id      bigint,
+    PRIMARY KEY (tenant_id, version)
+);
+COMMENT ON TABLE clinic_migrate.tenant_schema_versions IS
+    'the fan_out versions each finalized tenant''s schema has taken';
+SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.schema_changes', '');
+SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.schema_changes_position_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('clinic_migrate.tenant_schema_versions', '');
+REVOKE ALL ON clinic_migrate.schema_changes, clinic_migrate.tenant_schema_versions FROM PUBLIC;
+
+ALTER TABLE clinic_migrate.job_queue ADD COLUMN schema_version text;
+COMMENT ON COLUMN clinic_migrate.job_queue.schema_version IS
+    'schema_change jobs: the fan_out version they apply';
+ALTER TABLE clinic_migrate.job_queue DROP CONSTRAINT job_queue_action_check;
+ALTER TABLE clinic_migrate.job_queue ADD CONSTRAINT job_queue_action_check
+    CHECK (action IN ('migrate', 'validate', 'cutover', 'rollback', 'finalize', 'schema_change'));
+
+CREATE FUNCTION clinic_migrate.fan_out(version text, ddl text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'cm_fan_out'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION clinic_migrate.fan_out(text, text) IS
+'one schema change for every tenant: the shared tables now (and the copies of the tenants moving), a job per finalized tenant''s schema; again with NULL, the tenants that lack it';
+REVOKE ALL ON FUNCTION clinic_migrate.fan_out(text, text) FROM PUBLIC;
+
+-- status: the schema version of each tenant (the shared tables' one for a tenant
+-- that is not finalized: its copy follows them)
+CREATE OR REPLACE VIEW clinic_migrate.status AS
+SELECT t.tenant_id,
+       t.schema_name,
+       CASE WHEN t.state = 'copying' AND NOT clinic_migrate.migration_active(t.tenant_id)
+            THEN 'interrupted' ELSE t.state END AS state,
+       t.rows_copied,
+       p.rows_total,
+       CASE WHEN p.rows_total > 0
+            THEN round(100.0 * least(t.rows_copied, p.rows_total) / p.rows_total, 1)
+            WHEN p.tables > 0 AND p.tables_copied = p.tables THEN 100.0 END AS percent,
+       p.tables_copied,
+       p.tables,
+       p.current_table,
+       t.started_at,
+       t.completed_at,
+       coalesce(t.completed_at, now()) - t.started_at AS elapsed,
+       t.cut_over_at,
+       t.finalized_at,
+       t.rows_archived,
+       clinic_migrate.tenant_schema(t.tenant_id) AS lives_in,
+       CASE WHEN t.state IN ('copying', 'copied', 'failed', 'cut_over')
+            THEN clinic_migrate.capture_lag(t.tenant_id) END AS capture_lag,
+       clinic_migrate.syncing(t.tenant_id) AS syncing,
+       t.last_error,
+       CASE WHEN t.state = 'finalized'
+            THEN (SELECT v.version FROM clinic_migrate.tenant_schema_versions v
+                  JOIN clinic_migrate.schema_changes c ON c.version = v.version
+                  WHERE v.tenant_id = t.tenant_id ORDER BY c.position DESC LIMIT 1)
+            ELSE (SELECT c.version FROM clinic_migrate.schema_changes c
+                  WHERE c.shared_done_at IS NOT NULL ORDER BY c.position DESC LIMIT 1)
+       END AS schema_version
+FROM clinic_migrate.tenants t
+LEFT JOIN LATERAL (
+    SELECT sum(tt.rows_total)::bigint AS rows_total,
+           count(*) FILTER (WHERE tt.copied)::integer AS tables_copied,
+           count(*)::integer AS tables,
+           (array_agg(tt.table_name ORDER BY tt.position)
+                FILTER (WHERE NOT tt.copied))[1] AS current_table
+    FROM clinic_migrate.tenant_tables tt
+    WHERE tt.tenant_id = t.tenant_id) p ON true;

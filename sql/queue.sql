@@ -77,5 +77,14 @@ SELECT m FROM clinic_migrate.metrics() m WHERE m LIKE 'clinic\_migrate\_tenants{
                                             OR m LIKE 'clinic\_migrate\_capture\_lag\_changes{%';
 SELECT clinic_migrate.rollback_tenant('t4');
 
+-- fan_out: its errors, and a change the shared tables refuse leaves nothing
+-- behind (no scheduler runs its jobs here: test/t/009_fan_out.pl)
+SELECT clinic_migrate.fan_out(NULL, 'SELECT 1');
+SELECT clinic_migrate.fan_out('', 'SELECT 1');
+SELECT clinic_migrate.fan_out('v1');
+SELECT clinic_migrate.fan_out('v1', 'ALTER TABLE no_such_table ADD COLUMN x integer');
+SELECT count(*) AS versions FROM clinic_migrate.schema_changes;
+SELECT * FROM clinic_migrate.enqueue(ARRAY['t1'], 'schema_change');
+
 DELETE FROM clinic_migrate.job_queue;
 RESET client_min_messages;

@@ -438,6 +438,11 @@ SELECT * FROM clinic_migrate.finalize_tenant('y');
 SELECT * FROM clinic_migrate.finalize_tenant('y');
 SELECT clinic_migrate.rollback_tenant('y');
 SELECT * FROM clinic_migrate.validate_migration('y');
+-- a schema change for every tenant of its schema: its shared tables now (as
+-- itself), y's schema by a job (queued: no scheduler serves this database)
+SELECT clinic_migrate.fan_out('atk_v1', 'ALTER TABLE items ADD COLUMN extra pg_catalog.text');
+SELECT tenant_id, action, schema_version FROM clinic_migrate.job_queue
+WHERE action OPERATOR(pg_catalog.=) 'schema_change';
 SELECT pg_catalog.count(*) AS queued FROM clinic_migrate.enqueue_pending(5);
 SELECT tenant_id, action, state FROM clinic_migrate.jobs
 WHERE tenant_id OPERATOR(pg_catalog.=) ANY (ARRAY['x', 'y', 'z']) ORDER BY job_id;
@@ -545,7 +550,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.tenant_rls_audit(regclass)', 'clinic_migrate.tenant_rls_report()',
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
-    'clinic_migrate.follow_ddl()',
+    'clinic_migrate.fan_out(text,text)', 'clinic_migrate.follow_ddl()',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',
     'clinic_migrate.metrics()', 'clinic_migrate.migrate_tenant(text)', 'clinic_migrate.migration_active(text)',
@@ -611,6 +616,7 @@ DROP ROLE regress_attacker;
 DROP FUNCTION public.regress_unsafe_definer();
 DROP SCHEMA sec CASCADE;
 DELETE FROM clinic_migrate.runs WHERE tenant_id IN ('a', 'b', 'c', 'x', 'y', 'z');
+DELETE FROM clinic_migrate.schema_changes WHERE version = 'atk_v1';
 DELETE FROM clinic_migrate.cutovers WHERE tenant_id IN ('a', 'b', 'c', 'x', 'y', 'z');
 SELECT count(*) AS schemas_left FROM pg_namespace
 WHERE nspname IN ('sec', 'atk', 'evil', 'tenant_a', 'tenant_b', 'tenant_x', 'tenant_y', 'tenant_z',

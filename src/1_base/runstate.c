@@ -36,6 +36,8 @@ cm_action_name(CmAction action)
 			return "rollback";
 		case CMA_FINALIZE:
 			return "finalize";
+		case CMA_SCHEMA_CHANGE:
+			return "schema_change";
 	}
 	return "?";
 }

@@ -25,7 +25,8 @@ typedef enum CmAction
 	CMA_VALIDATE,
 	CMA_CUTOVER,
 	CMA_ROLLBACK,
-	CMA_FINALIZE
+	CMA_FINALIZE,
+	CMA_SCHEMA_CHANGE			/* a fan_out version in a finalized tenant's schema */
 } CmAction;
 
 extern const char *cm_action_name(CmAction action);

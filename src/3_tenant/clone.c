@@ -502,8 +502,13 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 		appendStringInfo(&sql, "ALTER TABLE %s OWNER TO %s", qtarget,
 						 quote_identifier(GetUserNameFromId(owner, false)));
 		exec_ddl(sql.data);
+		/*
+		 * USAGE, and CREATE: the owner's deploys make indexes on its tables
+		 * (CREATE INDEX wants CREATE on their schema), carried there by
+		 * follow_ddl before finalize and by fan_out after it.
+		 */
 		resetStringInfo(&sql);
-		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema),
+		appendStringInfo(&sql, "GRANT USAGE, CREATE ON SCHEMA %s TO %s", quote_identifier(schema),
 						 quote_identifier(GetUserNameFromId(owner, false)));
 		exec_ddl(sql.data);
 	}

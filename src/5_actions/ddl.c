@@ -47,6 +47,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
@@ -59,6 +60,7 @@
 #include "utils/syscache.h"
 
 #include "capture.h"
+#include "locks.h"
 #include "ddl.h"
 #include "settings.h"
 #include "state.h"
@@ -540,4 +542,98 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	PG_RETURN_NULL();
+}
+
+/* ---- fan_out: one schema change in every finalized tenant's schema ---- */
+
+/* first column of the first row as text, or NULL (SPI connected) */
+static char *
+state_value(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	cm_state_exec(sql, nargs, types, values, NULL, 1);
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+void
+cm_schema_change_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	char	   *version;
+	char	   *ddl;
+	char	   *schema;
+	char	   *state;
+	char	   *missing;
+	int			nest;
+
+	cm_begin_txn();
+	values[0] = Int64GetDatum(sh->job_id);
+	version = state_value("SELECT schema_version FROM clinic_migrate.job_queue WHERE job_id = $1",
+						  1, types, values);
+	if (version == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job " INT64_FORMAT " names no schema version", sh->job_id),
+				 errhint("Queue schema changes with clinic_migrate.fan_out(version, ddl).")));
+	types[0] = TEXTOID;
+	values[0] = CStringGetTextDatum(sh->tenant);
+	values[1] = CStringGetTextDatum(version);
+	ddl = state_value("SELECT ddl FROM clinic_migrate.schema_changes WHERE version = $2",
+					  2, types, values);
+	cm_state_exec("SELECT schema_name, state FROM clinic_migrate.tenants WHERE tenant_id = $1",
+				  1, types, values, NULL, 1);
+	schema = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	state = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2) : NULL;
+	strlcpy(sh->schema, schema ? schema : "", NAMEDATALEN);
+	if (ddl == NULL || state == NULL || strcmp(state, "finalized") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("schema version \"%s\" cannot be applied to tenant \"%s\"", version, sh->tenant),
+				 errdetail(ddl == NULL ? "The version is not in clinic_migrate.schema_changes." :
+						   state == NULL ? "The tenant is not in clinic_migrate.tenants." :
+						   "The tenant is not finalized (its state is %s): its copy follows the shared tables.",
+						   state),
+				 errhint("fan_out queues finalized tenants only.")));
+	/* done already: nothing to do (a job retried after its commit) */
+	if (state_value("SELECT 'yes' FROM clinic_migrate.tenant_schema_versions "
+					"WHERE tenant_id = $1 AND version = $2", 2, types, values) != NULL)
+	{
+		cm_end_txn();
+		return;
+	}
+	/* in order: every earlier version first */
+	missing = state_value("SELECT c.version FROM clinic_migrate.schema_changes c "
+						  "WHERE c.position < (SELECT position FROM clinic_migrate.schema_changes WHERE version = $2) "
+						  "AND NOT EXISTS (SELECT FROM clinic_migrate.tenant_schema_versions v "
+						  "                WHERE v.tenant_id = $1 AND v.version = c.version) "
+						  "ORDER BY c.position LIMIT 1", 2, types, values);
+	if (missing)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" lacks schema version \"%s\", which comes before \"%s\"",
+						sh->tenant, missing, version),
+				 errdetail("Versions are applied in the order fan_out received them."),
+				 errhint("Apply \"%s\" first: SELECT clinic_migrate.fan_out('%s', NULL) queues the tenants that lack it.",
+						 missing, missing)));
+
+	/* the change, in the tenant's schema only, as the role that queued it */
+	pgstat_report_activity(STATE_RUNNING, psprintf("clinic_migrate: schema version %s in %s", version, schema));
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", quote_identifier(schema), PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	cm_ddl_with_retry(ddl);
+	AtEOXact_GUC(true, nest);
+	CommandCounterIncrement();
+	types[0] = TEXTOID;
+	{
+		Oid			itypes[3] = {TEXTOID, TEXTOID, INT8OID};
+		Datum		ivalues[3] = {values[0], values[1], Int64GetDatum(sh->job_id)};
+
+		cm_state_exec("INSERT INTO clinic_migrate.tenant_schema_versions (tenant_id, version, job_id) "
+					  "VALUES ($1, $2, $3)", 3, itypes, ivalues, NULL, 0);
+	}
+	cm_end_txn();
+	(void) run_id;
 }

@@ -12,4 +12,12 @@
 
 extern Datum cm_follow_ddl(PG_FUNCTION_ARGS);
 
+/*
+ * The action of a schema_change job (fan_out): the job's version, in its
+ * finalized tenant's schema, as the role that queued it; recorded in
+ * tenant_schema_versions in the same transaction.
+ */
+#include "runstate.h"
+extern void cm_schema_change_tenant(CmWorkerShared *sh, int64 *run_id);
+
 #endif

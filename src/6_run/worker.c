@@ -51,6 +51,7 @@
 #include "runstate.h"
 #include "capture.h"
 #include "clone.h"
+#include "ddl.h"
 #include "copy.h"
 #include "cutover.h"
 #include "plan.h"
@@ -139,6 +140,7 @@ static const struct
 	{CMA_CUTOVER, cm_cutover_tenant},
 	{CMA_ROLLBACK, cm_rollback_cutover},
 	{CMA_FINALIZE, cm_finalize_tenant},
+	{CMA_SCHEMA_CHANGE, cm_schema_change_tenant},
 };
 
 /* run the action; *run_id is set once the action has recorded its run */

@@ -54,7 +54,7 @@ action_arg(text *t)
 	char	   *name = text_to_cstring(t);
 	CmAction	a = cm_action_from_name(name);
 
-	if (a == 0)
+	if (a == 0 || a == CMA_SCHEMA_CHANGE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown action \"%s\"", name),
@@ -360,3 +360,116 @@ cm_resume_queue(PG_FUNCTION_ARGS)
 /* ---- what a worker records of its job ---- */
 
 /* ---- actions of the SQL functions, through the queue ---- */
+
+/*
+ * clinic_migrate.fan_out(version, ddl): one schema change for every tenant
+ * of the source schema.  Now, in the caller's transaction and with
+ * search_path = the source schema: the shared tables (the event trigger
+ * carries it to the copies of the tenants moving).  Then one
+ * schema_change job per finalized tenant that lacks the version, run as the
+ * caller with search_path = that tenant's schema, recorded per tenant.
+ * Called again with the version (ddl NULL or the same), it queues the
+ * tenants that still lack it: a failed one after its cause is fixed, or
+ * one finalized since.  Returns the jobs queued.
+ */
+PG_FUNCTION_INFO_V1(cm_fan_out);
+Datum
+cm_fan_out(PG_FUNCTION_ARGS)
+{
+	char	   *version;
+	char	   *ddl = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *stored;
+	CmSettings	s;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	int64		queued = 0;
+	int64		busy = 0;
+	SPITupleTable *tt;
+	uint64		n;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("version must not be null"),
+				 errhint("Name the change as your migration tool does, for example 'V42__add_phone'.")));
+	version = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (version[0] == '\0' || strlen(version) > 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("version must not be empty or longer than 200 bytes")));
+	cm_current_settings(&s);
+	SPI_connect();
+	values[0] = CStringGetTextDatum(version);
+	cm_state_exec("SELECT ddl FROM clinic_migrate.schema_changes WHERE version = $1",
+				  1, types, values, NULL, 0);
+	stored = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	if (stored && ddl && strcmp(stored, ddl) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("schema version \"%s\" exists with another change", version),
+				 errhint("Give the new change a new version, or pass NULL to queue the tenants that lack \"%s\".",
+						 version)));
+	if (stored == NULL)
+	{
+		int			nest;
+
+		if (ddl == NULL || ddl[0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("schema version \"%s\" is new: its change must not be empty", version),
+					 errhint("Pass the statements, for example 'ALTER TABLE patients ADD COLUMN phone text'.")));
+		values[1] = CStringGetTextDatum(ddl);
+		cm_state_exec("INSERT INTO clinic_migrate.schema_changes (version, ddl, created_by) "
+					  "VALUES ($1, $2, session_user)", 2, types, values, NULL, 0);
+		CommandCounterIncrement();
+
+		/* the shared tables, as the caller, in this transaction */
+		nest = NewGUCNestLevel();
+		(void) set_config_option("search_path", quote_identifier(s.source_schema), PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		cm_ddl_with_retry(ddl);
+		AtEOXact_GUC(true, nest);
+		CommandCounterIncrement();
+		cm_state_exec("UPDATE clinic_migrate.schema_changes SET shared_done_at = clock_timestamp() "
+					  "WHERE version = $1", 1, types, values, NULL, 0);
+	}
+
+	/* the finalized tenants of this source schema that lack it */
+	values[1] = CStringGetTextDatum(s.source_schema);
+	cm_state_exec("SELECT t.tenant_id, EXISTS (SELECT FROM clinic_migrate.job_queue j "
+				  "  WHERE j.tenant_id = t.tenant_id AND j.state IN ('queued', 'running')) "
+				  "FROM clinic_migrate.tenants t "
+				  "WHERE t.state = 'finalized' AND t.source_schema::text = $2 "
+				  "AND NOT EXISTS (SELECT FROM clinic_migrate.tenant_schema_versions v "
+				  "                WHERE v.tenant_id = t.tenant_id AND v.version = $1) "
+				  "ORDER BY t.tenant_id", 2, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		int64		job;
+		Oid			jtypes[2] = {INT8OID, TEXTOID};
+		Datum		jvalues[2];
+
+		if (strcmp(SPI_getvalue(tt->vals[i], tt->tupdesc, 2), "t") == 0)
+		{
+			busy++;
+			continue;
+		}
+		job = cm_job_insert(tenant, CMA_SCHEMA_CHANGE, 0, GetCurrentTimestamp(), true, GetUserId(),
+							GetSessionUserId());
+		jvalues[0] = Int64GetDatum(job);
+		jvalues[1] = values[0];
+		cm_state_exec("UPDATE clinic_migrate.job_queue SET schema_version = $2 WHERE job_id = $1",
+					  2, jtypes, jvalues, NULL, 0);
+		queued++;
+	}
+	if (busy > 0)
+		ereport(NOTICE,
+				(errmsg(INT64_FORMAT " finalized tenants have a job queued or running and were not queued", busy),
+				 errhint("Run clinic_migrate.fan_out('%s', NULL) again when their jobs are done.", version)));
+	SPI_finish();
+	cm_scheduler_wake_at_commit();
+	PG_RETURN_INT64(queued);
+}
