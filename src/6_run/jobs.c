@@ -217,7 +217,13 @@ cm_job_finish(CmWorkerShared *sh, ErrorData *edata)
 
 	if (sh->job_id <= 0)
 		return;
-	cm_begin_txn();
+	/*
+	 * Read committed: the scheduler sets the job's worker_pid just after the
+	 * worker starts, and a job that ends within milliseconds would find its
+	 * row updated since a repeatable read snapshot (a serialization failure,
+	 * and the job retried after a back-off although it was done).
+	 */
+	cm_begin_txn_read_committed();
 	values[0] = Int64GetDatum(sh->job_id);
 	values[1] = CStringGetTextDatum(result_json(sh, edata));
 	if (edata == NULL)
