@@ -116,7 +116,8 @@ fan() {  # fan WORKERS COLUMN
 w1_s="$(fan 1 c_w1)"
 w2_s="$(fan 2 c_w2)"
 
-cols="$(q -At -c "SELECT count(*) FROM pg_attribute WHERE attname IN ('c_loop', 'c_w1', 'c_w2') AND NOT attisdropped")"
+cols="$(q -At -c "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                   WHERE a.attname IN ('c_loop', 'c_w1', 'c_w2') AND NOT a.attisdropped AND c.relkind = 'r'")"
 [ "$cols" = $((3 * (tenants + 1))) ] || cm_die "expected $((3 * (tenants + 1))) new columns, found $cols"
 versions="$(q -At -c "SELECT count(*) FROM clinic_migrate.tenant_schema_versions")"
 
