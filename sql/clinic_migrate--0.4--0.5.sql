@@ -13,7 +13,8 @@ REVOKE ALL ON FUNCTION clinic_migrate.follow_ddl() FROM PUBLIC;
 -- ALWAYS: a schema change made with session_replication_role = replica
 -- (a restore, a replica's apply) must reach the copies too
 CREATE EVENT TRIGGER clinic_migrate_follow_ddl ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE')
     EXECUTE FUNCTION clinic_migrate.follow_ddl();
 ALTER EVENT TRIGGER clinic_migrate_follow_ddl ENABLE ALWAYS;
 
@@ -99,3 +100,63 @@ LEFT JOIN LATERAL (
                 FILTER (WHERE NOT tt.copied))[1] AS current_table
     FROM clinic_migrate.tenant_tables tt
     WHERE tt.tenant_id = t.tenant_id) p ON true;
+
+-- What a tenant's copy cannot carry, listed before anything moves (also as a
+-- WARNING of migrate_tenant): it stays with the shared tables.
+CREATE FUNCTION clinic_migrate.uncarried()
+RETURNS TABLE (object text, kind text, shared_table regclass, reason text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH planned AS (
+    SELECT p.table_name::oid AS relid, p.table_name
+    FROM clinic_migrate.plan() p WHERE p."position" IS NOT NULL
+), ours AS (
+    SELECT n.oid FROM pg_namespace n
+    WHERE n.nspname IN ('pg_catalog', 'information_schema', 'clinic_migrate')
+       OR n.nspname LIKE 'pg\_toast%'
+       OR n.oid IN (SELECT t.schema_oid::oid FROM clinic_migrate.tenants t)
+)
+SELECT format('rule %I on %s', r.rulename, pl.table_name), 'rule', pl.table_name,
+       'rules are not made again on the tenant''s table'
+FROM pg_rewrite r JOIN planned pl ON pl.relid = r.ev_class
+WHERE r.rulename <> '_RETURN'
+UNION ALL
+SELECT format('constraint trigger %I on %s', t.tgname, pl.table_name), 'constraint trigger', pl.table_name,
+       'constraint triggers are not made again on the tenant''s table'
+FROM pg_trigger t JOIN planned pl ON pl.relid = t.tgrelid
+WHERE NOT t.tgisinternal AND t.tgconstraint <> 0
+UNION ALL
+SELECT format('publication %I', pub.pubname), 'publication', pl.table_name,
+       'the tenant''s table is not added to the publication'
+FROM pg_publication_rel pr JOIN pg_publication pub ON pub.oid = pr.prpubid
+JOIN planned pl ON pl.relid = pr.prrelid
+UNION ALL
+SELECT DISTINCT format('%s %s', CASE c.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END, c.oid::regclass),
+       'view of another schema', pl.table_name,
+       'it keeps reading the shared table: after finalize it no longer sees the tenant''s rows'
+FROM pg_depend d JOIN planned pl ON pl.relid = d.refobjid
+JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+JOIN pg_class c ON c.oid = r.ev_class
+WHERE d.refclassid = 'pg_class'::regclass AND c.oid <> pl.relid
+  AND c.relnamespace <> (SELECT relnamespace FROM pg_class WHERE oid = pl.relid)
+  AND c.relnamespace NOT IN (SELECT oid FROM ours)
+UNION ALL
+SELECT DISTINCT format('foreign key %I on %s', con.conname, con.conrelid::regclass), 'foreign key of another schema',
+       pl.table_name, 'it keeps pointing at the shared table, whose tenant rows go at finalize'
+FROM pg_constraint con JOIN planned pl ON pl.relid = con.confrelid
+JOIN pg_class c ON c.oid = con.conrelid
+WHERE con.contype = 'f'
+  AND c.relnamespace <> (SELECT relnamespace FROM pg_class WHERE oid = pl.relid)
+  AND c.relnamespace NOT IN (SELECT oid FROM ours)
+UNION ALL
+SELECT format('function %s', p.oid::regprocedure), 'function', pl.table_name,
+       'its body names the shared table with its schema: after cutover it still reads and writes there'
+FROM pg_proc p JOIN planned pl ON strpos(lower(p.prosrc), lower(pl.table_name::text)) > 0
+WHERE p.pronamespace NOT IN (SELECT oid FROM ours)
+  AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'c')
+ORDER BY 2, 1
+$$;
+COMMENT ON FUNCTION clinic_migrate.uncarried() IS
+'what the tenants'' copies of the planned tables do not carry (rules, constraint triggers, publications, views and foreign keys of other schemas, functions naming a shared table with its schema)';
+REVOKE ALL ON FUNCTION clinic_migrate.uncarried() FROM PUBLIC;

@@ -106,6 +106,20 @@ ALTER TABLE patients ALTER COLUMN id TYPE bigint;
 ALTER TABLE visits DROP COLUMN tenant_id CASCADE;
 ALTER TABLE patients RENAME COLUMN id TO patient_no;
 ALTER TABLE patients RENAME TO people;
+-- and by the relation's kind, whatever the statement calls it
+ALTER INDEX patients RENAME TO people;
+ALTER TABLE patients SET SCHEMA reports_not_here;
+CREATE SCHEMA elsewhere;
+ALTER TABLE patients SET SCHEMA elsewhere;
+DROP SCHEMA elsewhere;
+ALTER VIEW patients RENAME COLUMN name TO full_name;
+SELECT count(*) AS full_name_columns FROM pg_attribute WHERE attname = 'full_name' AND NOT attisdropped;
+ALTER TABLE patients RENAME COLUMN full_name TO name;
+-- a copy changed by hand: the drop it lacks is skipped there, with a NOTICE
+ALTER TABLE patients ADD COLUMN scratch integer;
+ALTER TABLE tenant_t2.patients DROP COLUMN scratch;
+ALTER TABLE patients DROP COLUMN scratch;
+SELECT count(*) AS scratch_columns FROM pg_attribute WHERE attname = 'scratch' AND NOT attisdropped;
 -- a copy the deploying role may not alter: PostgreSQL's refusal, naming the copy
 CREATE ROLE regress_ddl_stranger;
 ALTER TABLE tenant_t1.visits OWNER TO regress_ddl_stranger;
@@ -168,7 +182,34 @@ CREATE MATERIALIZED VIEW tenant_sizes AS SELECT tenant_id, count(*) AS patients 
 CREATE VIEW clinic_codes AS SELECT code FROM clinics;
 COMMENT ON VIEW visit_counts IS 'visits per patient';
 GRANT SELECT ON patient_names TO regress_ddl_owner;
+-- a view whose function takes the shared table's row type cannot be made
+-- again over the tenant's table: a WARNING, and the move goes on
+CREATE FUNCTION named(p patients) RETURNS boolean LANGUAGE sql AS 'SELECT p.name IS NOT NULL';
+CREATE VIEW named_patients AS SELECT p.id FROM patients p WHERE named(p);
+-- a role with CREATE on the source schema: its materialized view is made again
+-- as its own, never filled with the migrating superuser's rights
+CREATE ROLE regress_ddl_mallory;
+GRANT CREATE ON SCHEMA public TO regress_ddl_mallory;
+SET ROLE regress_ddl_mallory;
+CREATE FUNCTION escalate() RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'ALTER ROLE regress_ddl_mallory SUPERUSER';
+  END IF;
+  RETURN 1;
+END $$;
+CREATE MATERIALIZED VIEW mallory_stats AS SELECT count(*) AS n, escalate() AS x FROM patients WITH NO DATA;
+RESET ROLE;
+-- what the copy cannot carry is said before the move, and listed
+CREATE SCHEMA reports;
+CREATE VIEW reports.all_patients AS SELECT tenant_id, id FROM public.patients;
+CREATE FUNCTION count_patients() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM public.patients';
+CREATE RULE patients_keep_minus_one AS ON DELETE TO patients WHERE OLD.id = -1 DO INSTEAD NOTHING;
+SELECT object, kind, shared_table FROM clinic_migrate.uncarried();
 SELECT schema_name FROM clinic_migrate.migrate_tenant('t3');
+SELECT rolsuper AS mallory_escalated FROM pg_roles WHERE rolname = 'regress_ddl_mallory';
+SELECT relname, relowner::regrole, relispopulated FROM pg_class
+WHERE relnamespace = 'tenant_t3'::regnamespace AND relname = 'mallory_stats';
 SELECT c.relname, c.relkind, c.reloptions, obj_description(c.oid, 'pg_class') AS comment,
        has_table_privilege('regress_ddl_owner', c.oid, 'SELECT') AS owner_reads
 FROM pg_class c WHERE c.relnamespace = 'tenant_t3'::regnamespace AND c.relkind IN ('v', 'm') ORDER BY 1;
@@ -214,4 +255,4 @@ WHERE a.attname = 'phone' ORDER BY 1;
 \c :regress_db
 SET client_min_messages = warning;
 DROP DATABASE regress_clinic_ddl WITH (FORCE);
-DROP ROLE regress_ddl_owner, regress_ddl_stranger;
+DROP ROLE regress_ddl_owner, regress_ddl_stranger, regress_ddl_mallory;

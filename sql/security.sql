@@ -550,7 +550,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.tenant_rls_audit(regclass)', 'clinic_migrate.tenant_rls_report()',
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
-    'clinic_migrate.fan_out(text,text)', 'clinic_migrate.follow_ddl()',
+    'clinic_migrate.fan_out(text,text)', 'clinic_migrate.follow_ddl()', 'clinic_migrate.uncarried()',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',
     'clinic_migrate.metrics()', 'clinic_migrate.migrate_tenant(text)', 'clinic_migrate.migration_active(text)',

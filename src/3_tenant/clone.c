@@ -508,8 +508,9 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 		 * follow_ddl before finalize and by fan_out after it.
 		 */
 		resetStringInfo(&sql);
-		appendStringInfo(&sql, "GRANT USAGE, CREATE ON SCHEMA %s TO %s", quote_identifier(schema),
-						 quote_identifier(GetUserNameFromId(owner, false)));
+		appendStringInfo(&sql, "GRANT USAGE%s ON SCHEMA %s TO %s",
+						 get_rel_relkind(src) == RELKIND_RELATION ? ", CREATE" : "",
+						 quote_identifier(schema), quote_identifier(GetUserNameFromId(owner, false)));
 		exec_ddl(sql.data);
 	}
 	else if (owner != GetUserId())
@@ -984,6 +985,84 @@ att_names(Oid relid, Datum arr)
  * and comment come as a table's do.  A materialized view is filled with the
  * tenant's rows at its creation.  One that is there already stays.
  */
+typedef struct ViewClone
+{
+	TenantPlan *plan;
+	const char *schema;
+	Oid			view;
+	const char *name;
+	bool		matview;
+} ViewClone;
+
+/* one view, in a subtransaction of its own (cm_try_in_subxact) */
+static void
+clone_one_view(void *arg)
+{
+	ViewClone  *v = arg;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(v->view)};
+	char	   *qtarget = quote_qualified_identifier(v->schema, v->name);
+	char	   *def;
+	StringInfoData sql;
+	int			nest;
+
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", quote_identifier(v->plan->source_schema), PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	def = query_text("SELECT pg_catalog.pg_get_viewdef($1)", 1, types, values);
+	AtEOXact_GUC(true, nest);
+	if (def == NULL)
+		return;
+
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path",
+							 psprintf("%s, %s, pg_temp", quote_identifier(v->schema),
+									  quote_identifier(v->plan->source_schema)),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE %s %s AS %s", v->matview ? "MATERIALIZED VIEW" : "VIEW", qtarget, def);
+	/* a view's definition ends with ';' */
+	while (sql.len > 0 && (sql.data[sql.len - 1] == ';' || sql.data[sql.len - 1] == ' ' ||
+						   sql.data[sql.len - 1] == '\n'))
+		sql.data[--sql.len] = '\0';
+	/* never filled here: its query would run with the migrating role's rights */
+	if (v->matview)
+		appendStringInfoString(&sql, " WITH NO DATA");
+	exec_ddl(sql.data);
+	AtEOXact_GUC(true, nest);
+	CommandCounterIncrement();
+	clone_table_properties(v->view, v->schema, qtarget);
+	CommandCounterIncrement();
+
+	/*
+	 * Filled by REFRESH, which runs the query as the view's owner (handed
+	 * over above) inside a security-restricted operation, when the shared
+	 * one is filled.
+	 */
+	if (v->matview && query_text("SELECT 'yes' FROM pg_catalog.pg_class WHERE oid = $1 AND relispopulated",
+								 1, types, values) != NULL)
+		exec_ddl(psprintf("REFRESH MATERIALIZED VIEW %s", qtarget));
+}
+
+/*
+ * The views and materialized views of the source schema over the tenant's
+ * tables, in the tenant's schema, so that a routed session (search_path =
+ * its schema, then the source schema) reads its own rows through them,
+ * before and after finalize.  A view is taken when it reads a planned table
+ * or a view taken before it (OID order, which is the order they could be
+ * created in).  Its query is deparsed with search_path = the source schema,
+ * so that what is there comes out unqualified, and created again with
+ * search_path = the tenant's schema, then the source schema: a name finds
+ * the tenant's table or view first, and the rest (reference tables,
+ * functions, types) where the original found it; columns by name.  Its
+ * options (security_barrier, check_option, security_invoker), owner, grants
+ * and comment come as a table's do.  Only a view whose owner the migrating
+ * role can hand it to is made (it would otherwise read the tenant's tables
+ * with the migrating role's rights); one that fails to be made again (a
+ * function that does not take the tenant's row type) is left out; both with
+ * a WARNING.  A materialized view is filled by REFRESH, as its owner.  One
+ * that is there already stays.
+ */
 static void
 clone_views(TenantPlan *plan, const char *schema)
 {
@@ -995,7 +1074,7 @@ clone_views(TenantPlan *plan, const char *schema)
 
 	for (int i = 0; i < plan->ncopied; i++)
 		taken = lappend_oid(taken, plan->tables[i].relid);
-	if (SPI_execute_with_args("SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c "
+	if (SPI_execute_with_args("SELECT c.oid, c.relname, c.relkind, c.relowner FROM pg_catalog.pg_class c "
 							  "WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relkind IN ('v', 'm') "
 							  "ORDER BY c.oid",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -1008,12 +1087,11 @@ clone_views(TenantPlan *plan, const char *schema)
 		Oid			view = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
 		char	   *name = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
 		bool		matview = SPI_getvalue(tt->vals[i], tt->tupdesc, 3)[0] == 'm';
+		Oid			owner = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
 		Datum		vvalues[1] = {ObjectIdGetDatum(view)};
 		bool		reads_taken = false;
-		char	   *def;
-		char	   *qtarget = quote_qualified_identifier(schema, name);
-		StringInfoData sql;
-		int			nest;
+		ViewClone	v = {plan, schema, view, name, matview};
+		ErrorData  *failed;
 
 		if (relation_exists(schema, name))
 		{
@@ -1034,30 +1112,27 @@ clone_views(TenantPlan *plan, const char *schema)
 																		 SPI_tuptable->tupdesc, 1, &isnull)));
 		if (!reads_taken)
 			continue;
-
-		nest = NewGUCNestLevel();
-		(void) set_config_option("search_path", quote_identifier(plan->source_schema), PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		def = query_text("SELECT pg_catalog.pg_get_viewdef($1)", 1, types, vvalues);
-		AtEOXact_GUC(true, nest);
-		if (def == NULL)
+		if (owner != GetUserId() && !has_privs_of_role(GetUserId(), owner))
+		{
+			ereport(WARNING,
+					(errmsg("view %s is not made again in schema \"%s\"",
+							quote_qualified_identifier(plan->source_schema, name), schema),
+					 errdetail("It is owned by %s, to whom the migrating role %s cannot hand it.",
+							   GetUserNameFromId(owner, false), GetUserNameFromId(GetUserId(), false)),
+					 errhint("Migrate as a member of role \"%s\", or create the view in the tenant's schema.",
+							 GetUserNameFromId(owner, false))));
 			continue;
-
-		nest = NewGUCNestLevel();
-		(void) set_config_option("search_path",
-								 psprintf("%s, %s, pg_temp", quote_identifier(schema),
-										  quote_identifier(plan->source_schema)),
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "CREATE %s %s AS %s", matview ? "MATERIALIZED VIEW" : "VIEW", qtarget, def);
-		/* a view's definition ends with ';' */
-		while (sql.len > 0 && (sql.data[sql.len - 1] == ';' || sql.data[sql.len - 1] == ' ' ||
-							   sql.data[sql.len - 1] == '\n'))
-			sql.data[--sql.len] = '\0';
-		exec_ddl(sql.data);
-		AtEOXact_GUC(true, nest);
-		CommandCounterIncrement();
-		clone_table_properties(view, schema, qtarget);
+		}
+		failed = cm_try_in_subxact(clone_one_view, &v);
+		if (failed)
+		{
+			ereport(WARNING,
+					(errmsg("view %s is not made again in schema \"%s\": %s",
+							quote_qualified_identifier(plan->source_schema, name), schema, failed->message),
+					 errhint("Create it in the tenant's schema by hand; clinic_migrate.uncarried() lists what stays shared.")));
+			FreeErrorData(failed);
+			continue;
+		}
 		taken = lappend_oid(taken, view);
 	}
 }

@@ -41,6 +41,7 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_attrdef.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
@@ -52,6 +53,7 @@
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -202,34 +204,58 @@ follow_error_context(void *arg)
 			   fc->copy->tenant, cm_qualified_relname(fc->copy->target));
 }
 
-/* run stmt (a copy made for this tenant) as a part of the statement */
+/*
+ * Run stmt (a copy made for this tenant) as a part of the statement: as the
+ * copy's owner, inside a security-restricted operation, when that is not
+ * the role running the statement (a superuser's deploy must not evaluate a
+ * CHECK or index expression that the copy's owner put there with the
+ * superuser's rights); refused when that role is not a member of the
+ * owner, as PostgreSQL would refuse it on the copy.
+ */
 static void
 run_on_copy(Node *stmt, const char *query, TenantCopy *c)
 {
 	PlannedStmt *ps = makeNode(PlannedStmt);
 	ErrorContextCallback errcb;
 	FollowContext fc = {c};
+	Oid			owner = cm_rel_owner(c->target);
+	Oid			save_user;
+	int			save_sec;
 
+	if (owner != GetUserId() && !has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to change tenant \"%s\"'s copy %s", c->tenant,
+						cm_qualified_relname(c->target)),
+				 errdetail("The change of the shared table runs again on each copy, which role \"%s\" owns.",
+						   GetUserNameFromId(owner, false)),
+				 errhint("Run the change as a member of role \"%s\".", GetUserNameFromId(owner, false))));
 	ps->commandType = CMD_UTILITY;
 	ps->canSetTag = false;
 	ps->utilityStmt = stmt;
 	ps->stmt_location = -1;
 	ps->stmt_len = 0;
-	errcb.callback = follow_error_context;
-	errcb.arg = &fc;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+	GetUserIdAndSecContext(&save_user, &save_sec);
 	following = true;
 	EventTriggerInhibitCommandCollection();
 	PG_TRY();
 	{
+		/* pushed inside the PG_TRY: PG_END_TRY restores the stack from before */
+		errcb.callback = follow_error_context;
+		errcb.arg = &fc;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+		if (owner != save_user)
+			SetUserIdAndSecContext(owner, save_sec | SECURITY_RESTRICTED_OPERATION);
 		ProcessUtility(ps, query, true, PROCESS_UTILITY_SUBCOMMAND, NULL, NULL, None_Receiver, NULL);
+		SetUserIdAndSecContext(save_user, save_sec);
+		error_context_stack = errcb.previous;
 	}
 	PG_FINALLY();
 	{
 		following = false;
+		SetUserIdAndSecContext(save_user, save_sec);
 		EventTriggerUndoInhibitCommandCollection();
-		error_context_stack = errcb.previous;
 	}
 	PG_END_TRY();
 	CommandCounterIncrement();
@@ -331,10 +357,11 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	List	   *carried = NIL;
 	List	   *added = NIL;
 
-	if (stmt->objtype != OBJECT_TABLE || stmt->relation == NULL)
+	if (stmt->relation == NULL)
 		return;
 	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
-	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
+	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
 		return;
 	copies = copies_of(relid);
 	if (copies == NIL)
@@ -414,6 +441,20 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	}
 }
 
+/* a planned table (with copies) that the statement moved or renamed: refused */
+static void
+refuse_relation_change(RangeVar *now, const char *what)
+{
+	Oid			relid = RangeVarGetRelid(now, NoLock, true);
+	List	   *copies;
+
+	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION)
+		return;
+	copies = copies_of(relid);
+	if (copies != NIL)
+		refuse(linitial(copies), psprintf("%s %s", what, cm_qualified_relname(relid)));
+}
+
 static void
 follow_rename(RenameStmt *stmt, const char *query)
 {
@@ -423,22 +464,23 @@ follow_rename(RenameStmt *stmt, const char *query)
 
 	if (stmt->relation == NULL)
 		return;
-	if (stmt->renameType == OBJECT_TABLE)
-	{
-		/* the table has its new name now */
-		RangeVar   *rv = makeRangeVar(stmt->relation->schemaname, stmt->newname, -1);
 
-		relid = RangeVarGetRelid(rv, NoLock, true);
-		if (!OidIsValid(relid) || (copies = copies_of(relid)) == NIL)
-			return;
-		refuse(linitial(copies), psprintf("rename table %s", cm_qualified_relname(relid)));
+	/*
+	 * By the relation's kind, not the statement's: ALTER INDEX and ALTER
+	 * VIEW rename a table too.  The table has its new name now.
+	 */
+	if (stmt->renameType == OBJECT_TABLE || stmt->renameType == OBJECT_INDEX ||
+		stmt->renameType == OBJECT_VIEW || stmt->renameType == OBJECT_MATVIEW ||
+		stmt->renameType == OBJECT_FOREIGN_TABLE || stmt->renameType == OBJECT_SEQUENCE)
+	{
+		refuse_relation_change(makeRangeVar(stmt->relation->schemaname, stmt->newname, -1), "rename table");
+		return;
 	}
-	/* RENAME COLUMN of a table (not of a view, ...), RENAME CONSTRAINT */
-	if (!(stmt->renameType == OBJECT_COLUMN && stmt->relationType == OBJECT_TABLE) &&
-		stmt->renameType != OBJECT_TABCONSTRAINT)
+	if (stmt->renameType != OBJECT_COLUMN && stmt->renameType != OBJECT_TABCONSTRAINT)
 		return;
 	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
-	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
+	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
 		return;
 	copies = copies_of(relid);
 	if (copies == NIL)
@@ -456,6 +498,8 @@ follow_rename(RenameStmt *stmt, const char *query)
 
 		s->relation = copy_rangevar(c);
 		s->missing_ok = false;
+		if (s->renameType == OBJECT_COLUMN)
+			s->relationType = OBJECT_TABLE;
 		run_on_copy((Node *) s, query, c);
 	}
 }
@@ -537,6 +581,16 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 		case T_IndexStmt:
 			follow_index((IndexStmt *) parsetree, query);
 			break;
+		case T_AlterObjectSchemaStmt:
+			{
+				AlterObjectSchemaStmt *st = (AlterObjectSchemaStmt *) parsetree;
+
+				/* the relation is in its new schema now */
+				if (st->relation)
+					refuse_relation_change(makeRangeVar(st->newschema, st->relation->relname, -1),
+										   "move to another schema table");
+				break;
+			}
 		default:
 			break;
 	}

@@ -23,6 +23,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -201,6 +202,29 @@ check_migration(char *tenant)
 						(errmsg("table %s holds tenant rows but is not migrated: %s", qname,
 								pt->note ? pt->note : "unsupported"),
 						 errhint("Its rows of tenant \"%s\" stay in the shared table.", tenant)));
+		}
+
+		/*
+		 * What the copy does not carry (0.5: uncarried()), said before
+		 * anything moves.
+		 */
+		if (OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("uncarried")),
+									  0, NULL, true)))
+		{
+			int			nun;
+
+			cm_state_exec("SELECT count(*), string_agg(object, '; ' ORDER BY object) FILTER (WHERE n <= 5) "
+						  "FROM (SELECT object, row_number() OVER (ORDER BY object) AS n "
+						  "      FROM (SELECT DISTINCT object FROM clinic_migrate.uncarried()) d) u",
+						  0, NULL, NULL, NULL, 0);
+			nun = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+			if (nun > 0)
+				ereport(WARNING,
+						(errmsg_plural("%d object of the shared tables is not carried to the tenant's schema",
+									   "%d objects of the shared tables are not carried to the tenant's schema",
+									   nun, nun),
+						 errdetail("%s", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+						 errhint("SELECT * FROM clinic_migrate.uncarried() lists them, with what each means for the tenant.")));
 		}
 		SPI_finish();
 	}
