@@ -36,6 +36,9 @@
 #include "utils/timestamp.h"
 #include "storage/lmgr.h"
 #include "common/pg_prng.h"
+#include "access/htup_details.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "settings.h"
 #include "util.h"
@@ -477,4 +480,40 @@ cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms)
 		ReThrowError(failed);
 	FreeErrorData(failed);
 	return false;
+}
+
+/*
+ * A table rewritten by a schema change (ALTER COLUMN TYPE, ADD COLUMN with a
+ * volatile default) gets new rows stamped with the rewriting transaction:
+ * to a snapshot taken before it committed, the table looks empty (the
+ * rewrite is not MVCC-safe).  A copy batch or a replay round whose snapshot
+ * predates such a change would copy nothing, or take logged rows for
+ * deleted.  Each relation is locked (ACCESS SHARE, kept to the end of the
+ * transaction: no rewrite can come after this), then its pg_class row is
+ * compared with the active snapshot: true when any was changed by a
+ * transaction the snapshot does not see.
+ */
+bool
+cm_relations_changed_since_snapshot(List *relids)
+{
+	Snapshot	snap = GetActiveSnapshot();
+	ListCell   *lc;
+	bool		changed = false;
+
+	foreach(lc, relids)
+	{
+		Oid			relid = lfirst_oid(lc);
+		HeapTuple	tup;
+
+		if (!OidIsValid(relid))
+			continue;
+		LockRelationOid(relid, AccessShareLock);
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		if (!HeapTupleIsValid(tup))
+			continue;
+		if (XidInMVCCSnapshot(HeapTupleHeaderGetXmin(tup->t_data), snap))
+			changed = true;
+		ReleaseSysCache(tup);
+	}
+	return changed;
 }

@@ -96,6 +96,20 @@ cm_refuse_in_restricted_operation(void)
 				 errmsg("clinic_migrate cannot start work from a security-restricted operation"),
 				 errdetail("A trigger, index expression or check run by replay or maintenance runs with its owner's rights only; work it started would run in a session that has more."),
 				 errhint("Call clinic_migrate functions from a session of your own.")));
+
+	/*
+	 * A SECURITY DEFINER function (its owner's rights, in another role's
+	 * session): a worker connects as the session's user and acts as the
+	 * current role, as SET ROLE does, so what it runs could RESET ROLE to
+	 * the session's user, which the function itself may not.
+	 */
+	if (InLocalUserIdChange() && GetUserId() != GetSessionUserId())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("clinic_migrate cannot start work from a SECURITY DEFINER function"),
+				 errdetail("Its worker would act as role %s in a session of role %s, which the function may not reach.",
+						   GetUserNameFromId(GetUserId(), false), GetUserNameFromId(GetSessionUserId(), false)),
+				 errhint("Call clinic_migrate functions from a session of your own.")));
 }
 
 void

@@ -434,6 +434,24 @@ upsert_rows(Replay *r, PlanTable *pt, bool *updates)
 	return written;
 }
 
+/* the relations a round of this tenant reads and writes */
+List *
+apply_relations(TenantPlan *plan, const char *schema)
+{
+	List	   *rels = NIL;
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		rels = lappend_oid(rels, pt->relid);
+		for (int h = 0; h < pt->nhops; h++)
+			rels = list_append_unique_oid(rels, pt->hops[h].parent);
+		rels = lappend_oid(rels, clone_target_relid(schema, pt->relname));
+	}
+	return rels;
+}
+
 static int64
 replay_round(Replay *r)
 {
@@ -446,6 +464,17 @@ replay_round(Replay *r)
 	 * cm_applying tells the capture triggers (ENABLE ALWAYS) that these
 	 * writes are ours.
 	 */
+	/*
+	 * A table rewritten since this round's snapshot looks empty to it: its
+	 * logged rows would be taken for deleted.  The next round sees it.
+	 */
+	if (cm_relations_changed_since_snapshot(apply_relations(plan, r->schema)))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("a table of tenant \"%s\" was changed by a schema change since this replay round began",
+						r->tenant),
+				 errdetail("A rewritten table looks empty to an older snapshot."),
+				 errhint("Nothing was applied; the next round replays it.")));
 	cm_applying = true;
 	PG_TRY();
 	{

@@ -40,4 +40,7 @@ extern void apply_backlog(const char *tenant, int64 *count, double *age);
 /* forget the tenant's captured changes (rollback) */
 extern void apply_forget(const char *tenant);
 
+/* the relations a replay round of the tenant reads and writes (shared, parents, its copies) */
+extern List *apply_relations(TenantPlan *plan, const char *schema);
+
 #endif

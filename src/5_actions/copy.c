@@ -30,6 +30,7 @@
 #include "utils/rel.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "storage/lmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/interrupt.h"
@@ -369,6 +370,16 @@ batch_rows(TenantPlan *plan, CopyTable *ct, bool have_lo, bool have_hi, int nb,
 	List	   *cols;
 	int64		copied;
 
+	/*
+	 * The bulk path writes no index entries and fires nothing: it holds only
+	 * while the target has no index, trigger or rule.  One may have come
+	 * since the run began (a deploy's CREATE INDEX, carried to the copy by
+	 * follow_ddl, or made by hand): look again under the batch's lock,
+	 * which no CREATE INDEX gets past until this batch commits.
+	 */
+	LockRelationOid(ct->target, RowExclusiveLock);
+	if (ct->bulk && !bulk_allowed(pt->relid, ct->target))
+		ct->bulk = false;
 	initStringInfo(&sql);
 	if (ct->bulk)
 	{
@@ -474,8 +485,24 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	bool		have_hi;
 	char	   *hi_text[INDEX_MAX_KEYS];
 	int64		copied;
+	List	   *rels = list_make2_oid(pt->relid, ct->target);
 
-	begin_txn();
+	for (int h = 0; h < pt->nhops; h++)
+		rels = list_append_unique_oid(rels, pt->hops[h].parent);
+
+	/*
+	 * A shared table rewritten by a deploy after this batch's snapshot
+	 * looks empty to it: the batch would find no rows and end the copy.
+	 * Locked, then looked at; a new transaction (a new snapshot, after the
+	 * lock) when one was changed.
+	 */
+	for (;;)
+	{
+		begin_txn();
+		if (!cm_relations_changed_since_snapshot(rels))
+			break;
+		end_txn();
+	}
 	types[0] = root->tenant_type;
 	values[0] = plan_tenant_datum(root, tenant);
 	for (int i = 0; i < nb; i++)
@@ -626,6 +653,13 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 		(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
+		/* a table rewritten since the snapshot: again, with a new one */
+		if (cm_relations_changed_since_snapshot(apply_relations(plan, sh->schema)))
+		{
+			end_txn();
+			round--;
+			continue;
+		}
 		applied = apply_round(tenant, plan, sh->schema);
 		end_txn();
 		if (applied < 1000)

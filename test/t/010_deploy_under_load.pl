@@ -1,0 +1,188 @@
+# test/t/010_deploy_under_load.pl: the application deploys while a tenant copies under
+# load. pgbench, as an application role with the README's grants, writes tenants t1,
+# t2 and t3 routed by set_tenant (an update of a patient, a new patient, a new
+# appointment note: several tables per transaction), 40001 retried. The application
+# has an audit trigger on patients (one audit row per inserted patient). While t1
+# copies (small throttled batches), a Flyway-like series of migrations runs on the
+# shared tables: ADD COLUMN with a default and a backfill UPDATE in batches, a type
+# change, CREATE INDEX CONCURRENTLY (not carried: a WARNING, then on the copy by
+# hand), a CHECK added NOT VALID then validated, a column dropped. Then t1 cuts over
+# under the same load. At the end: no transaction failed for good, t1 validates, its
+# copy has the shared table's shape, and every patient pgbench inserted has exactly
+# one audit row: the shared table's trigger before cutover, the copy's after it, and
+# never one from the copy or the replay.
+# Data: test/gen/clinic.sql with 4 tenants and about 20,000 rows.
+
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib "$ENV{TESTDIR}/test/t";
+use ClinicTest;
+
+my $node = ClinicTest::start_clinic(
+	tenants => 4,
+	rows => 20000,
+	conf => q{
+shared_preload_libraries = 'clinic_migrate'
+max_worker_processes = 16
+clinic_migrate.sync_interval = 100
+});
+
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE public.audit (n bigserial PRIMARY KEY, tbl text NOT NULL, tenant text NOT NULL, id bigint NOT NULL);
+CREATE FUNCTION public.audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.audit (tbl, tenant, id) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.tenant_id, NEW.id);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER patients_audit AFTER INSERT ON public.patients FOR EACH ROW EXECUTE FUNCTION public.audit_insert();
+ALTER TABLE public.patients ADD COLUMN legacy integer;
+CREATE ROLE app LOGIN;
+GRANT USAGE ON SCHEMA public TO app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;
+});
+my $maxp = $node->safe_psql('postgres', 'SELECT max(id) FROM public.patients');
+my $maxa = $node->safe_psql('postgres', 'SELECT max(id) FROM public.appointments');
+
+my $script = "$PostgreSQL::Test::Utils::tmp_check/010_load.sql";
+PostgreSQL::Test::Utils::append_to_file(
+	$script, q{
+\set t random(1, 3)
+\set p random(1, :maxp)
+\set a random(1, :maxa)
+BEGIN;
+SELECT clinic_migrate.set_tenant('t' || :t, true);
+UPDATE patients SET balance = coalesce(balance, 0) + 1
+WHERE id = (SELECT id FROM patients WHERE tenant_id = 't' || :t AND id >= :p ORDER BY id LIMIT 1);
+INSERT INTO patients (tenant_id, first_name, last_name, tags)
+VALUES ('t' || :t, 'Bench', 'Client ' || :client_id, '{pgbench}');
+INSERT INTO appointment_notes (appointment_id, body)
+SELECT id, 'pgbench note ' || :client_id FROM appointments
+WHERE tenant_id = 't' || :t AND id >= :a ORDER BY id LIMIT 1;
+END;
+});
+
+sub start_load
+{
+	my ($secs) = @_;
+	my %b = (out => '', err => '');
+	$b{h} = IPC::Run::start(
+		[
+			'/usr/lib/postgresql/15/bin/pgbench', '-n', '-c', '3', '-j', '3', '-T', $secs,
+			'--max-tries=0', '-h', $node->host, '-p', $node->port, '-U', 'app',
+			'-D', "maxp=$maxp", '-D', "maxa=$maxa", '-f', $script, 'postgres'
+		],
+		'<', \undef, '>', \$b{out}, '2>', \$b{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	return \%b;
+}
+
+sub finish_load
+{
+	my ($b, $name) = @_;
+	my $ok = eval { $b->{h}->finish; };
+	my $fail = $@;
+	$b->{h}->kill_kill if $fail;
+	ok($ok && !$fail, "$name: pgbench exits with 0")
+	  or diag("pgbench: " . ($fail || "exit $?") . "\n$b->{out}\n$b->{err}");
+	like($b->{out}, qr/^number of failed transactions: 0 /m, "$name: no transaction failed for good");
+	return;
+}
+
+sub deploy
+{
+	my ($name, $sql) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql('postgres', $sql, stdout => \$out, stderr => \$err, on_error_stop => 1);
+	is($rc, 0, "deploy: $name") or diag($err);
+	return $err;
+}
+
+# 1. t1 copies in small throttled batches while pgbench writes and the deploys run.
+my $load = start_load(25);
+ok(ClinicTest::poll(q{SELECT count(*) > 30 FROM public.audit}), 'pgbench writes');
+my ($mout, $merr) = ('', '');
+my $migrate = IPC::Run::start(
+	[
+		'psql', '-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', $node->host, '-p', $node->port,
+		'-d', 'postgres', '-c', 'SET clinic_migrate.batch_size = 200',
+		'-c', 'SET clinic_migrate.batch_delay = 40',
+		'-c', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t1')}
+	],
+	'<', \undef, '>', \$mout, '2>', \$merr,
+	IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+ok(ClinicTest::poll(q{SELECT state = 'copying' FROM clinic_migrate.tenants WHERE tenant_id = 't1'}),
+	't1 is copying');
+
+deploy('V1 add a column with a default',
+	q{ALTER TABLE public.patients ADD COLUMN insurance text DEFAULT 'none'});
+for my $i (1 .. 4)
+{
+	deploy("V1 backfill batch $i", q{
+UPDATE public.patients SET insurance = 'basic'
+WHERE id IN (SELECT id FROM public.patients WHERE insurance = 'none' ORDER BY id LIMIT 2000)});
+}
+deploy('V2 a type change', q{ALTER TABLE public.patients ALTER COLUMN insurance TYPE varchar(40)});
+my $cic = deploy('V3 an index, concurrently',
+	q{CREATE INDEX CONCURRENTLY patients_insurance ON public.patients (insurance)});
+like($cic, qr/WARNING:  the index was not made on the copies of public.patients of 1 tenants/,
+	'V3: CREATE INDEX CONCURRENTLY says the copy lacks it');
+deploy('V3 on the copy by hand', q{CREATE INDEX CONCURRENTLY patients_insurance ON tenant_t1.patients (insurance)});
+deploy('V4 a CHECK, NOT VALID then validated', q{
+ALTER TABLE public.patients ADD CONSTRAINT insurance_known CHECK (insurance IS NOT NULL) NOT VALID;
+ALTER TABLE public.patients VALIDATE CONSTRAINT insurance_known;});
+deploy('V5 a column dropped', q{ALTER TABLE public.patients DROP COLUMN legacy});
+
+$migrate->finish;
+like($mout, qr/^tenant_t1$/m, 'migrate_tenant(t1) ends under the deploys') or diag($merr);
+finish_load($load, 'copy and deploys');
+
+# 2. Cutover under load.
+my $n0 = $node->safe_psql('postgres', 'SELECT coalesce(max(n), 0) FROM public.audit');
+$load = start_load(8);
+ok(ClinicTest::poll(qq{SELECT count(*) > 30 FROM public.audit WHERE n > $n0}), 'pgbench writes again');
+is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.cutover('t1')}),
+	'tenant_t1', 't1 cuts over under load');
+ok(ClinicTest::poll(q{SELECT count(*) > 10 FROM public.audit WHERE tbl = 'tenant_t1.patients'}),
+	'writes of t1 land in its schema');
+finish_load($load, 'cutover');
+
+# 3. Quiet: the copy has the shape, t1 validates, every insert audited once.
+ok(ClinicTest::poll(q{SELECT coalesce(sum(capture_lag), 0) = 0 FROM clinic_migrate.status}),
+	'nothing pending replay');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT string_agg(n.nspname || ': ' || (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attname)
+                                    FROM pg_attribute WHERE attrelid = c.oid AND attname IN ('insurance', 'legacy') AND NOT attisdropped)
+                  || ' / ' || (SELECT count(*) FROM pg_constraint WHERE conrelid = c.oid AND conname = 'insurance_known' AND convalidated)
+                  || ' / ' || (SELECT count(*) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                               WHERE i.indrelid = c.oid AND ic.relname = 'patients_insurance' AND i.indisvalid),
+                  E'\n' ORDER BY n.nspname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = 'patients' AND n.nspname IN ('public', 'tenant_t1')}),
+	"public: insurance character varying(40) / 1 / 1\ntenant_t1: insurance character varying(40) / 1 / 1",
+	'the copy has the shared table\'s shape: the column, its type, the CHECK, the index, no dropped column');
+like(ClinicTest::validate_mismatches('t1'), qr/^none of \d+$/, 't1 validates on every table');
+my $audited = $node->safe_psql(
+	'postgres', q{
+WITH a AS (SELECT id, count(*) AS n FROM public.audit WHERE tenant = 't1' GROUP BY id)
+SELECT count(*) FILTER (WHERE coalesce(a.n, 0) <> 1) || ' of ' || count(*)
+FROM tenant_t1.patients p LEFT JOIN a ON a.id = p.id WHERE p.tags = '{pgbench}'});
+like($audited, qr/^0 of [1-9]\d*$/, "every patient pgbench inserted for t1 has exactly one audit row ($audited not)");
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM public.audit a
+WHERE a.tenant = 't1' AND NOT EXISTS (SELECT 1 FROM tenant_t1.patients p WHERE p.id = a.id AND p.tags = '{pgbench}')}),
+	'0', 'and no audit row without its patient (none from the copy or the replay)');
+is( $node->safe_psql('postgres',
+		q{SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'tenant_t1.patients'::regclass AND tgname = 'patients_audit'}),
+	'O', 'the audit trigger is on the copy, plain ENABLE');
+
+$node->stop;
+done_testing();
