@@ -86,5 +86,23 @@ SELECT clinic_migrate.fan_out('v1', 'ALTER TABLE no_such_table ADD COLUMN x inte
 SELECT count(*) AS versions FROM clinic_migrate.schema_changes;
 SELECT * FROM clinic_migrate.enqueue(ARRAY['t1'], 'schema_change');
 
+-- a SECURITY DEFINER function of another role, run by this session: its
+-- worker would act in this session's name (RESET ROLE reaches it): refused
+CREATE ROLE regress_queue_definer;
+GRANT USAGE ON SCHEMA clinic_migrate TO regress_queue_definer;
+GRANT EXECUTE ON FUNCTION clinic_migrate.enqueue(text[], text, integer, timestamp with time zone, boolean)
+    TO regress_queue_definer;
+CREATE FUNCTION public.regress_definer_enqueue() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+    AS $$SELECT * FROM clinic_migrate.enqueue(ARRAY['t3'])$$;
+ALTER FUNCTION public.regress_definer_enqueue() OWNER TO regress_queue_definer;
+\set VERBOSITY default
+SELECT public.regress_definer_enqueue();
+\set VERBOSITY terse
+DROP FUNCTION public.regress_definer_enqueue();
+REVOKE ALL ON SCHEMA clinic_migrate FROM regress_queue_definer;
+REVOKE ALL ON FUNCTION clinic_migrate.enqueue(text[], text, integer, timestamp with time zone, boolean)
+    FROM regress_queue_definer;
+DROP ROLE regress_queue_definer;
+
 DELETE FROM clinic_migrate.job_queue;
 RESET client_min_messages;

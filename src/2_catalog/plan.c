@@ -343,7 +343,8 @@ plan_read_tables(TenantPlan *plan, const CmSettings *s)
 	int			ret;
 
 	values[0] = ObjectIdGetDatum(plan->source_nsp);
-	ret = SPI_execute_with_args(
+	/* as the extension owner: the caller need not read excluded_tables */
+	ret = cm_state_exec(
 								"SELECT c.oid, c.relname, c.relkind::text, "
 								"  (SELECT e.extname FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid "
 								"   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
@@ -353,7 +354,7 @@ plan_read_tables(TenantPlan *plan, const CmSettings *s)
 								"WHERE c.oid IN " CM_RELS_OF_NAMESPACE("$1") " "
 								"  AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
 								"ORDER BY c.relname COLLATE \"C\"",
-								1, types, values, NULL, true, 0);
+								1, types, values, NULL, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: table lookup failed");
 	plan->ntables = SPI_processed;
