@@ -115,6 +115,23 @@ DROP SCHEMA elsewhere;
 ALTER VIEW patients RENAME COLUMN name TO full_name;
 SELECT count(*) AS full_name_columns FROM pg_attribute WHERE attname = 'full_name' AND NOT attisdropped;
 ALTER TABLE patients RENAME COLUMN full_name TO name;
+-- found by the relation PostgreSQL changed, not by its name looked up again:
+-- a temporary table that now has the old name, a function that changes
+-- search_path while the statement runs
+CREATE TEMP TABLE p_old (x integer);
+ALTER TABLE patients RENAME TO p_old;
+DROP TABLE pg_temp.p_old;
+CREATE FUNCTION path_changer(integer) RETURNS integer LANGUAGE plpgsql AS
+$$BEGIN PERFORM set_config('search_path', 'pg_catalog', false); RETURN $1; END$$;
+ALTER TABLE patients ALTER COLUMN id TYPE bigint USING path_changer(id);
+DROP FUNCTION path_changer(integer);
+-- a change that would recurse into inheritance children: refused; ONLY is carried
+CREATE TABLE patients_history () INHERITS (patients);
+ALTER TABLE patients ALTER COLUMN name SET STATISTICS 200;
+ALTER TABLE ONLY patients ALTER COLUMN name SET STATISTICS 200;
+SELECT c.relnamespace::regnamespace, a.attstattarget FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+WHERE c.relname = 'patients' AND a.attname = 'name' ORDER BY 1::text;
+DROP TABLE patients_history;
 -- a copy changed by hand: the drop it lacks is skipped there, with a NOTICE
 ALTER TABLE patients ADD COLUMN scratch integer;
 ALTER TABLE tenant_t2.patients DROP COLUMN scratch;

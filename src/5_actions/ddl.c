@@ -43,6 +43,7 @@
 #include "catalog/pg_attrdef.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
@@ -115,6 +116,47 @@ copies_of(Oid relid)
 		copies = lappend(copies, c);
 	}
 	return copies;
+}
+
+/* the statement's tag, while the event trigger runs */
+static const char *follow_tag = NULL;
+
+/*
+ * The relation the statement changed, as PostgreSQL collected it (its OID,
+ * not its name looked up again: a search_path changed by a function the
+ * statement called, or a temporary table that now shadows the name, would
+ * find another).  For CREATE INDEX, the index.  InvalidOid if none.
+ */
+static Oid
+collected_relid(void)
+{
+	Oid			relid = InvalidOid;
+
+	if (follow_tag == NULL ||
+		SPI_execute("SELECT c.objid, c.command_tag FROM pg_catalog.pg_event_trigger_ddl_commands() c "
+					"WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass",
+					true, 0) != SPI_OK_SELECT)
+		return InvalidOid;
+	for (uint64 i = 0; i < SPI_processed && !OidIsValid(relid); i++)
+	{
+		bool		isnull;
+		char	   *tag = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		if (tag && strcmp(tag, follow_tag) == 0)
+			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return relid;
+}
+
+/* the relation the statement changed: as collected, else by its name now */
+static Oid
+changed_relid(RangeVar *rv)
+{
+	Oid			relid = collected_relid();
+
+	if (!OidIsValid(relid) && rv)
+		relid = RangeVarGetRelid(rv, NoLock, true);
+	return relid;
 }
 
 /* does the capture log of relid hold column name (a key column)? */
@@ -359,7 +401,7 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 
 	if (stmt->relation == NULL)
 		return;
-	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	relid = changed_relid(stmt->relation);
 	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
 		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
 		return;
@@ -401,6 +443,19 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	}
 	if (carried == NIL)
 		return;
+
+	/*
+	 * Recursing into inheritance children: each child's copy would need the
+	 * change too, which this does not carry.  ALTER TABLE ONLY the parent,
+	 * then each child, is carried table by table.
+	 */
+	if (stmt->relation->inh && has_subclass(relid) && find_inheritance_children(relid, NoLock) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot change %s and its inheritance children while tenant \"%s\" has a copy of it",
+						cm_qualified_relname(relid), ((TenantCopy *) linitial(copies))->tenant),
+				 errhint("Run ALTER TABLE ONLY %s, then the same for each child table: each is carried to the copies.",
+						 cm_qualified_relname(relid))));
 
 	foreach(lc, copies)
 	{
@@ -445,7 +500,7 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 static void
 refuse_relation_change(RangeVar *now, const char *what)
 {
-	Oid			relid = RangeVarGetRelid(now, NoLock, true);
+	Oid			relid = changed_relid(now);
 	List	   *copies;
 
 	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION)
@@ -478,7 +533,7 @@ follow_rename(RenameStmt *stmt, const char *query)
 	}
 	if (stmt->renameType != OBJECT_COLUMN && stmt->renameType != OBJECT_TABCONSTRAINT)
 		return;
-	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	relid = changed_relid(stmt->relation);
 	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
 		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
 		return;
@@ -513,7 +568,9 @@ follow_index(IndexStmt *stmt, const char *query)
 
 	if (stmt->relation == NULL)
 		return;
-	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	relid = collected_relid();
+	relid = OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_INDEX ? IndexGetRelation(relid, true) :
+		RangeVarGetRelid(stmt->relation, NoLock, true);
 	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
 		return;
 	copies = copies_of(relid);
@@ -569,6 +626,7 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 	}
 	query = debug_query_string ? debug_query_string : "";
+	follow_tag = GetCommandTagName(trig->tag);
 	SPI_connect();
 	switch (nodeTag(parsetree))
 	{
