@@ -491,7 +491,10 @@ cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms)
  * deleted.  Each relation is locked (ACCESS SHARE, kept to the end of the
  * transaction: no rewrite can come after this), then its pg_class row is
  * compared with the active snapshot: true when any was changed by a
- * transaction the snapshot does not see.
+ * transaction the snapshot does not see.  The locks are taken without
+ * waiting: a relation locked by a schema change now is "changed" too (try
+ * again), so that a round never waits for one table while holding another,
+ * which a DDL taking them in another order would meet as a deadlock.
  */
 bool
 cm_relations_changed_since_snapshot(List *relids)
@@ -507,7 +510,8 @@ cm_relations_changed_since_snapshot(List *relids)
 
 		if (!OidIsValid(relid))
 			continue;
-		LockRelationOid(relid, AccessShareLock);
+		if (!ConditionalLockRelationOid(relid, AccessShareLock))
+			return true;
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 		if (!HeapTupleIsValid(tup))
 			continue;

@@ -471,7 +471,7 @@ replay_round(Replay *r)
 	if (cm_relations_changed_since_snapshot(apply_relations(plan, r->schema)))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("a table of tenant \"%s\" was changed by a schema change since this replay round began",
+				 errmsg("a table of tenant \"%s\" is being changed, or was since this replay round began",
 						r->tenant),
 				 errdetail("A rewritten table looks empty to an older snapshot."),
 				 errhint("Nothing was applied; the next round replays it.")));

@@ -465,6 +465,16 @@ batch_checkpoint(const char *tenant, PlanTable *pt, int64 copied, bool have_hi, 
 				  "WHERE run_id = $1", 2, rtypes, rvalues, NULL, 0);
 }
 
+static void
+sleep_ms(long ms)
+{
+	if (ms <= 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
 /*
  * One batch of a table, in a transaction of its own: the rows after the
  * checkpoint up to the batch's upper bound, and the new checkpoint with
@@ -502,6 +512,8 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		if (!cm_relations_changed_since_snapshot(rels))
 			break;
 		end_txn();
+		sleep_ms(10);
+		CHECK_FOR_INTERRUPTS();
 	}
 	types[0] = root->tenant_type;
 	values[0] = plan_tenant_datum(root, tenant);
@@ -551,16 +563,6 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	sh->rows_done += copied;
 	SpinLockRelease(&sh->mutex);
 	return have_hi;
-}
-
-static void
-sleep_ms(long ms)
-{
-	if (ms <= 0)
-		return;
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
 }
 
 /* the highest replay lag of the standbys (ms), read as the extension owner */
@@ -658,6 +660,8 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 		{
 			end_txn();
 			round--;
+			sleep_ms(10);
+			CHECK_FOR_INTERRUPTS();
 			continue;
 		}
 		applied = apply_round(tenant, plan, sh->schema);

@@ -676,7 +676,9 @@ cm_sync_worker_main(Datum main_arg)
 				/* the next round tries again; the error is there to see */
 				PG_TRY();
 				{
-					record_sync_error(st->tenant, edata->message);
+					/* a round that met a schema change just tries again: nothing to record */
+					if (edata->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE)
+						record_sync_error(st->tenant, edata->message);
 				}
 				PG_CATCH();
 				{
