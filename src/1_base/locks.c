@@ -482,30 +482,17 @@ cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms)
 	return false;
 }
 
-/* lock_attempt's cousin: AccessShare on each relation of the list, in order */
-static void
-share_lock_all(void *arg)
-{
-	ListCell   *lc;
-
-	foreach(lc, (List *) arg)
-		if (OidIsValid(lfirst_oid(lc)))
-			LockRelationOid(lfirst_oid(lc), AccessShareLock);
-}
-
 /*
  * A table rewritten by a schema change (ALTER COLUMN TYPE, ADD COLUMN with a
  * volatile default) gets new rows stamped with the rewriting transaction:
  * to a snapshot taken before it committed, the table looks empty (the
  * rewrite is not MVCC-safe).  A copy batch or a replay round whose snapshot
  * predates such a change would copy nothing, or take logged rows for
- * deleted.  The relations are locked (ACCESS SHARE, kept to the end of the
- * transaction: no rewrite can come after this), then their pg_class rows
- * are compared with the active snapshot: true when any was changed by a
- * transaction the snapshot does not see, or when the locks could not be had
- * within clinic_migrate.lock_timeout (a schema change holds them: try
- * again).  The wait is shorter than deadlock_timeout: a DDL that takes the
- * same tables in another order never becomes a deadlock victim of ours.
+ * deleted.  Each relation is locked (ACCESS SHARE, kept to the end of the
+ * transaction, as the batch or round would lock it when reading it: no
+ * rewrite can come after this), then its pg_class row is compared with the
+ * active snapshot: true when any was changed by a transaction the snapshot
+ * does not see.  Callers pass only the tables they are about to read.
  */
 bool
 cm_relations_changed_since_snapshot(List *relids)
@@ -513,22 +500,7 @@ cm_relations_changed_since_snapshot(List *relids)
 	Snapshot	snap = GetActiveSnapshot();
 	ListCell   *lc;
 	bool		changed = false;
-	int			nest = NewGUCNestLevel();
-	char		timeout[32];
-	ErrorData  *failed;
 
-	snprintf(timeout, sizeof(timeout), "%d", Max(cm_lock_timeout, 1));
-	(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	failed = cm_try_in_subxact(share_lock_all, relids);
-	AtEOXact_GUC(true, nest);
-	if (failed)
-	{
-		if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
-			ReThrowError(failed);
-		FreeErrorData(failed);
-		return true;
-	}
 	foreach(lc, relids)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -536,6 +508,7 @@ cm_relations_changed_since_snapshot(List *relids)
 
 		if (!OidIsValid(relid))
 			continue;
+		LockRelationOid(relid, AccessShareLock);
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 		if (!HeapTupleIsValid(tup))
 			continue;

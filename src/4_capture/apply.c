@@ -464,17 +464,6 @@ replay_round(Replay *r)
 	 * cm_applying tells the capture triggers (ENABLE ALWAYS) that these
 	 * writes are ours.
 	 */
-	/*
-	 * A table rewritten since this round's snapshot looks empty to it: its
-	 * logged rows would be taken for deleted.  The next round sees it.
-	 */
-	if (cm_relations_changed_since_snapshot(apply_relations(plan, r->schema)))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("a table of tenant \"%s\" is being changed, or was since this replay round began",
-						r->tenant),
-				 errdetail("A rewritten table looks empty to an older snapshot."),
-				 errhint("Nothing was applied; the next round replays it.")));
 	cm_applying = true;
 	PG_TRY();
 	{
@@ -514,6 +503,35 @@ replay_round(Replay *r)
 			pt->applied += n;
 			if (n > 0 && r->reverse)
 				check_foreign_keys_taken(r, pt);
+		}
+
+		/*
+		 * A table rewritten since this round's snapshot looks empty to it:
+		 * its logged rows would be taken for deleted.  Looked at for the
+		 * tables this round is about to read and write; the next round
+		 * replays them.
+		 */
+		{
+			List	   *rels = NIL;
+
+			for (int i = 0; i < plan->ncopied; i++)
+			{
+				PlanTable  *pt = &plan->tables[i];
+
+				if (!has[i])
+					continue;
+				rels = lappend_oid(rels, pt->relid);
+				for (int h = 0; h < pt->nhops; h++)
+					rels = list_append_unique_oid(rels, pt->hops[h].parent);
+				rels = lappend_oid(rels, clone_target_relid(r->schema, pt->relname));
+			}
+			if (rels != NIL && cm_relations_changed_since_snapshot(rels))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("a table of tenant \"%s\" was changed by a schema change since this replay round began",
+								r->tenant),
+						 errdetail("A rewritten table looks empty to an older snapshot."),
+						 errhint("Nothing was applied; the next round replays it.")));
 		}
 
 		/* 2. children first, as a replica: keys that are no longer the tenant's go */
