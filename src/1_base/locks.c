@@ -495,12 +495,18 @@ cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms)
  * does not see.  Callers pass only the tables they are about to read.
  */
 bool
-cm_relations_changed_since_snapshot(List *relids)
+cm_relations_changed_since_snapshot(List *relids, List *written)
 {
 	Snapshot	snap = GetActiveSnapshot();
 	ListCell   *lc;
 	bool		changed = false;
 
+	/*
+	 * The tables the caller writes next in the mode it writes them in: an
+	 * ACCESS SHARE now, upgraded to ROW EXCLUSIVE later, would deadlock with
+	 * a step that holds SHARE ROW EXCLUSIVE and waits for ACCESS EXCLUSIVE.
+	 */
+	relids = list_concat_copy(written, relids);
 	foreach(lc, relids)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -508,7 +514,8 @@ cm_relations_changed_since_snapshot(List *relids)
 
 		if (!OidIsValid(relid))
 			continue;
-		LockRelationOid(relid, AccessShareLock);
+		LockRelationOid(relid, foreach_current_index(lc) < list_length(written) ?
+						RowExclusiveLock : AccessShareLock);
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 		if (!HeapTupleIsValid(tup))
 			continue;

@@ -88,6 +88,6 @@ extern bool cm_try_lock_relations(List *relids, LOCKMODE mode, int attempts);
 extern bool cm_wait_for_vxact(VirtualTransactionId vxid, int timeout_ms);
 
 /* lock the relations; were any changed (a rewrite) since the active snapshot? */
-extern bool cm_relations_changed_since_snapshot(List *relids);
+extern bool cm_relations_changed_since_snapshot(List *relids, List *written);
 
 #endif

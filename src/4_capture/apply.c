@@ -306,6 +306,40 @@ delete_gone(Replay *r, PlanTable *pt)
 	(void) run_as_target_owner(r, pt, sql.data, SPI_OK_DELETE);
 }
 
+/*
+ * Before a copied table's indexes are built: its rows whose logged keys are
+ * gone from the source (or no longer the tenant's) leave the copy.  A
+ * batch copy spread over transactions may hold a row deleted after its
+ * batch, and the row that took its unique value in a later one: the
+ * unique index would refuse the pair.  The log is read, not consumed: the
+ * next replay round applies every key as always.  SPI connected.
+ */
+void
+apply_prune_before_index(const char *tenant, TenantPlan *plan, const char *schema, PlanTable *pt)
+{
+	Replay		r = {tenant, plan, schema, false};
+	Oid			ttype = TEXTOID;
+	Datum		tval = CStringGetTextDatum(tenant);
+	StringInfoData sql;
+	int			nest;
+
+	if (!OidIsValid(capture_log_relid(pt->relid)) || !OidIsValid(clone_target_relid(schema, pt->relname)))
+		return;
+	ensure_keys_table(pt);
+	cm_state_exec(psprintf("DELETE FROM %s", keys_relname(pt)), 0, NULL, NULL, NULL, 0);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s SELECT DISTINCT ", keys_relname(pt));
+	cm_append_quoted_list(&sql, plan_key_columns(pt), NULL);
+	appendStringInfo(&sql, " FROM %s WHERE _cm_tenant OPERATOR(pg_catalog.=) $1", log_relname(pt));
+	cm_state_exec(sql.data, 1, &ttype, &tval, NULL, 0);
+	if (SPI_processed == 0)
+		return;
+	nest = cm_set_replica();
+	delete_gone(&r, pt);
+	cm_restore_output_settings(nest);
+	cm_state_exec(psprintf("DELETE FROM %s", keys_relname(pt)), 0, NULL, NULL, NULL, 0);
+}
+
 /* the INSERT ... SELECT of the logged keys' rows, with or without the upsert */
 static char *
 insert_sql(Replay *r, PlanTable *pt, bool upsert, bool *updates)
@@ -436,10 +470,11 @@ upsert_rows(Replay *r, PlanTable *pt, bool *updates)
 
 /* the relations a round of this tenant reads and writes */
 List *
-apply_relations(TenantPlan *plan, const char *schema)
+apply_relations(TenantPlan *plan, const char *schema, List **written)
 {
 	List	   *rels = NIL;
 
+	*written = NIL;
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
@@ -447,7 +482,7 @@ apply_relations(TenantPlan *plan, const char *schema)
 		rels = lappend_oid(rels, pt->relid);
 		for (int h = 0; h < pt->nhops; h++)
 			rels = list_append_unique_oid(rels, pt->hops[h].parent);
-		rels = lappend_oid(rels, clone_target_relid(schema, pt->relname));
+		*written = lappend_oid(*written, clone_target_relid(schema, pt->relname));
 	}
 	return rels;
 }
@@ -513,6 +548,7 @@ replay_round(Replay *r)
 		 */
 		{
 			List	   *rels = NIL;
+			List	   *written = NIL;
 
 			for (int i = 0; i < plan->ncopied; i++)
 			{
@@ -520,12 +556,12 @@ replay_round(Replay *r)
 
 				if (!has[i])
 					continue;
-				rels = lappend_oid(rels, pt->relid);
+				rels = lappend_oid(rels, source_rel(r, pt));
 				for (int h = 0; h < pt->nhops; h++)
 					rels = list_append_unique_oid(rels, pt->hops[h].parent);
-				rels = lappend_oid(rels, clone_target_relid(r->schema, pt->relname));
+				written = lappend_oid(written, target_rel(r, pt));
 			}
-			if (rels != NIL && cm_relations_changed_since_snapshot(rels))
+			if (rels != NIL && cm_relations_changed_since_snapshot(rels, written))
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("a table of tenant \"%s\" was changed by a schema change since this replay round began",

@@ -41,6 +41,10 @@ extern void apply_backlog(const char *tenant, int64 *count, double *age);
 extern void apply_forget(const char *tenant);
 
 /* the relations a replay round of the tenant reads and writes (shared, parents, its copies) */
-extern List *apply_relations(TenantPlan *plan, const char *schema);
+extern List *apply_relations(TenantPlan *plan, const char *schema, List **written);
+
+/* before a copied table's indexes: its rows whose logged keys are gone from the source leave */
+extern void apply_prune_before_index(const char *tenant, TenantPlan *plan, const char *schema,
+									 PlanTable *pt);
 
 #endif

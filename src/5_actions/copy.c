@@ -495,7 +495,7 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	bool		have_hi;
 	char	   *hi_text[INDEX_MAX_KEYS];
 	int64		copied;
-	List	   *rels = list_make2_oid(pt->relid, ct->target);
+	List	   *rels = list_make1_oid(pt->relid);
 
 	for (int h = 0; h < pt->nhops; h++)
 		rels = list_append_unique_oid(rels, pt->hops[h].parent);
@@ -509,7 +509,7 @@ copy_batch(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 	for (;;)
 	{
 		begin_txn();
-		if (!cm_relations_changed_since_snapshot(rels))
+		if (!cm_relations_changed_since_snapshot(rels, list_make1_oid(ct->target)))
 			break;
 		end_txn();
 		sleep_ms(10);
@@ -646,6 +646,8 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 	for (int round = 0; round < 1000; round++)
 	{
 		int64		applied;
+		List	   *read;
+		List	   *written;
 
 		CHECK_FOR_INTERRUPTS();
 		report_activity(sh, NULL, "catching up");
@@ -656,7 +658,8 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		/* a table rewritten since the snapshot: again, with a new one */
-		if (cm_relations_changed_since_snapshot(apply_relations(plan, sh->schema)))
+		read = apply_relations(plan, sh->schema, &written);
+		if (cm_relations_changed_since_snapshot(read, written))
 		{
 			end_txn();
 			round--;
@@ -879,6 +882,7 @@ copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 
 		report_activity(sh, ct, "indexing");
 		begin_txn();
+		apply_prune_before_index(tenant, plan, sh->schema, ct->pt);
 		clone_finish_table(ct->pt, sh->schema);
 		values[0] = CStringGetTextDatum(tenant);
 		values[1] = ObjectIdGetDatum(ct->pt->relid);
