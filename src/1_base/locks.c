@@ -506,7 +506,14 @@ cm_relations_changed_since_snapshot(List *relids, List *written)
 	 * ACCESS SHARE now, upgraded to ROW EXCLUSIVE later, would deadlock with
 	 * a step that holds SHARE ROW EXCLUSIVE and waits for ACCESS EXCLUSIVE.
 	 */
-	relids = list_concat_copy(written, relids);
+	int			nread = list_length(relids);
+
+	/*
+	 * The tables read first, then those written, as the statements that
+	 * follow take them: a deploy holding a shared table and waiting for its
+	 * copy must not find the copy already ours.
+	 */
+	relids = list_concat_copy(relids, written);
 	foreach(lc, relids)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -514,8 +521,7 @@ cm_relations_changed_since_snapshot(List *relids, List *written)
 
 		if (!OidIsValid(relid))
 			continue;
-		LockRelationOid(relid, foreach_current_index(lc) < list_length(written) ?
-						RowExclusiveLock : AccessShareLock);
+		LockRelationOid(relid, foreach_current_index(lc) < nread ? AccessShareLock : RowExclusiveLock);
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 		if (!HeapTupleIsValid(tup))
 			continue;
