@@ -90,7 +90,10 @@ copies_of(Oid relid)
 	Datum		value = ObjectIdGetDatum(relid);
 	List	   *copies = NIL;
 
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)))
+	/* only a plain table outside our schema can have copies */
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)) ||
+		!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+		get_rel_namespace(relid) == nsp)
 		return NIL;
 	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, tt.target_table "
 				  "FROM clinic_migrate.tenants t JOIN clinic_migrate.tenant_tables tt "
@@ -402,9 +405,6 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	if (stmt->relation == NULL)
 		return;
 	relid = changed_relid(stmt->relation);
-	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
-		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
-		return;
 	copies = copies_of(relid);
 	if (copies == NIL)
 		return;
@@ -503,8 +503,6 @@ refuse_relation_change(RangeVar *now, const char *what)
 	Oid			relid = changed_relid(now);
 	List	   *copies;
 
-	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION)
-		return;
 	copies = copies_of(relid);
 	if (copies != NIL)
 		refuse(linitial(copies), psprintf("%s %s", what, cm_qualified_relname(relid)));
@@ -534,9 +532,6 @@ follow_rename(RenameStmt *stmt, const char *query)
 	if (stmt->renameType != OBJECT_COLUMN && stmt->renameType != OBJECT_TABCONSTRAINT)
 		return;
 	relid = changed_relid(stmt->relation);
-	if (!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
-		get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
-		return;
 	copies = copies_of(relid);
 	if (copies == NIL)
 		return;
@@ -571,8 +566,6 @@ follow_index(IndexStmt *stmt, const char *query)
 	relid = collected_relid();
 	relid = OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_INDEX ? IndexGetRelation(relid, true) :
 		RangeVarGetRelid(stmt->relation, NoLock, true);
-	if (!OidIsValid(relid) || get_rel_namespace(relid) == get_namespace_oid(CM_SCHEMA, true))
-		return;
 	copies = copies_of(relid);
 	if (copies == NIL)
 		return;
