@@ -52,6 +52,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -154,8 +155,24 @@ clone_settings_for_tenant(const char *tenant, CmSettings *s)
 	}
 }
 
+static void plan_keep_recorded(TenantPlan *plan, const char *tenant);
+
+static TenantPlan *plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt, bool recorded_only);
+
 TenantPlan *
 clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt)
+{
+	return plan_for_tenant(tenant, s, mcxt, true);
+}
+
+TenantPlan *
+clone_catalog_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt)
+{
+	return plan_for_tenant(tenant, s, mcxt, false);
+}
+
+static TenantPlan *
+plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt, bool recorded_only)
 {
 	TenantPlan *plan;
 	char	   *canon;
@@ -173,7 +190,63 @@ clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt)
 			plan = plan_build(s, mcxt);
 	}
 	*tenant = MemoryContextStrdup(mcxt, canon);
+	if (recorded_only)
+		plan_keep_recorded(plan, *tenant);
 	return plan;
+}
+
+/*
+ * Once a tenant is cut over, its tables are the ones recorded for it: a
+ * table the plan would take now but which has no copy (created without a
+ * key while the tenant moved) stays shared for it, and rollback and
+ * finalize leave it alone.  Before that, the plan is the catalog's, and
+ * cutover refuses a table it cannot take.
+ */
+static void
+plan_keep_recorded(TenantPlan *plan, const char *tenant)
+{
+	TenantInfo	info;
+	List	   *recorded = NIL;
+	PlanTable  *kept;
+	int			n = 0;
+
+	clone_tenant_info(tenant, &info);
+	if (!info.exists || (strcmp(info.state, "cut_over") != 0 && strcmp(info.state, "rolling_back") != 0 &&
+						 strcmp(info.state, "finalizing") != 0 && strcmp(info.state, "finalized") != 0))
+		return;
+	cm_state_exec_tenant("SELECT source_table FROM clinic_migrate.tenant_tables WHERE tenant_id = $1", tenant);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		recorded = lappend_oid(recorded, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																		 SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	kept = MemoryContextAlloc(GetMemoryChunkContext(plan->tables), sizeof(PlanTable) * plan->ntables);
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < plan->ntables; i++)
+		{
+			PlanTable  *pt = &plan->tables[i];
+			bool		in = i < plan->ncopied && list_member_oid(recorded, pt->relid);
+
+			if (pass == 0 && in)
+				kept[n++] = *pt;
+			else if (pass == 1 && !in)
+			{
+				kept[n] = *pt;
+				if (i < plan->ncopied)
+				{
+					kept[n].kind = PLAN_EXCLUDED;
+					kept[n].position = 0;
+				}
+				n++;
+			}
+		}
+	plan->ncopied = 0;
+	for (int i = 0; i < n; i++)
+		if (kept[i].position > 0)
+			plan->ncopied++;
+	plan->tables = kept;
 }
 
 void
@@ -1147,8 +1220,18 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 	int			nest = cm_pin_search_path();
 
 	for (int i = 0; i < plan->ncopied; i++)
+		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
+	clone_views(plan, schema);
+	cm_restore_output_settings(nest);
+}
+
+/* the foreign keys of one tenant table that its copy still lacks */
+void
+clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
+{
+	int			nest = cm_pin_search_path();
+
 	{
-		PlanTable  *pt = &plan->tables[i];
 		Oid			target = clone_target_relid(schema, pt->relname);
 		Oid			types[2] = {OIDOID, OIDOID};
 		Datum		values[2];
@@ -1222,7 +1305,6 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 			CommandCounterIncrement();
 		}
 	}
-	clone_views(plan, schema);
 	cm_restore_output_settings(nest);
 }
 

@@ -35,6 +35,13 @@ extern void clone_settings_for_tenant(const char *tenant, CmSettings *s);
  * replaced by its canonical id.  SPI connected; allocated in mcxt.
  */
 extern TenantPlan *clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt);
+/*
+ * The same, but once the tenant is cut over: clone_plan_for_tenant then
+ * holds only the tables recorded for it (a table created later without a
+ * key, which it could not take, stays shared for it); this one holds every
+ * table the catalog would give it (to give it one that has a copy now).
+ */
+extern TenantPlan *clone_catalog_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt);
 
 /* error (with the GRANT to run) unless the caller may do the whole migration */
 extern void clone_check_privileges(TenantPlan *plan, const char *tenant);
@@ -66,6 +73,8 @@ extern void clone_finish_table(PlanTable *pt, const char *schema);
 
 /* foreign keys still missing, re-pointed to the tenant's tables */
 extern void clone_finish_schema(TenantPlan *plan, const char *schema);
+/* the same for one table (views not included) */
+extern void clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt);
 
 /* serial and identity sequences of a tenant table set past its keys */
 extern void clone_set_sequences(Oid target);

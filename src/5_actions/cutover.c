@@ -50,6 +50,7 @@
 #include "portability/instr_time.h"
 #include "storage/latch.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -69,6 +70,7 @@
 #include "clone.h"
 #include "copy.h"
 #include "cutover.h"
+#include "ddl.h"
 #include "plan.h"
 #include "rollback.h"
 #include "state.h"
@@ -206,6 +208,31 @@ set_lock_timeout(instr_time t0, int budget_ms)
  * serialization failure) rolls back and is returned in a->error; anything
  * else is raised.
  */
+/*
+ * A table given to the tenant after its plan was read (a CREATE TABLE
+ * while it moved, see ddl.c) must be drained too: the attempt is retried
+ * with a plan read again.  Under the pause's lock, no other can come.
+ */
+static void
+check_plan_current(TenantPlan *plan, const char *tenant)
+{
+	Oid			types[2] = {TEXTOID, OIDARRAYOID};
+	Datum		values[2];
+	Datum	   *oids = palloc(sizeof(Datum) * Max(plan->ncopied, 1));
+
+	for (int i = 0; i < plan->ncopied; i++)
+		oids[i] = ObjectIdGetDatum(plan->tables[i].relid);
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = PointerGetDatum(construct_array(oids, plan->ncopied, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+	cm_state_exec("SELECT table_name FROM clinic_migrate.tenant_tables WHERE tenant_id = $1 "
+				  "AND source_table <> ALL ($2) LIMIT 1", 2, types, values, NULL, 0);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("table %s was added to tenant \"%s\" while it was being switched",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), tenant)));
+}
+
 static void
 pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan,
 			   const char *expect_state, const char *new_state, bool reverse,
@@ -246,6 +273,7 @@ pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("tenant \"%s\" changed state while it was being switched", tenant),
 					 errdetail("It is %s, not %s.", info.exists ? info.state : "gone", expect_state)));
+		check_plan_current(plan, tenant);
 
 		/*
 		 * One round drains everything: the snapshot was taken after the
@@ -359,6 +387,17 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 		snprintf(activity, sizeof(activity), "clinic_migrate: %s of %s, pause %d", direction,
 				 schema, attempt);
 		pgstat_report_activity(STATE_RUNNING, activity);
+		if (attempt > 1)
+		{
+			/* read again: a table may have been added (check_plan_current) */
+			CmSettings	s;
+			char	   *t = (char *) tenant;
+
+			begin_txn();
+			cm_current_settings(&s);
+			plan = clone_plan_for_tenant(&t, &s, cxt);
+			end_txn();
+		}
 		pause_and_flip(tenant, schema, plan, expect_state, new_state, reverse, point, &a);
 		begin_txn();
 		record_attempt(tenant, direction, attempt, &a, rows,
@@ -450,9 +489,14 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* 1. the reverse capture (refusing writes until the switch), shared sequences */
 	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: preparing the cutover");
 	begin_txn();
+	load_tenant(tenant, &info);
+	ddl_adopt_missing(tenant, info.state, info.schema_oid);
 	plan = load_tenant(tenant, &info);
 	capture_install_reverse(plan, schema, tenant);
 	clone_switch_sequences(plan, schema);
+	/* keys of a table added while the copy loaded (ddl.c leaves them) */
+	for (int i = 0; i < plan->ncopied; i++)
+		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
 	end_txn();
 
 	/* 2-4. catch up, validate, pause and switch */

@@ -60,9 +60,11 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "capture.h"
+#include "clone.h"
 #include "locks.h"
 #include "ddl.h"
 #include "settings.h"
@@ -81,20 +83,47 @@ typedef struct TenantCopy
 /* set while a statement runs again on a copy: its own event is not ours */
 static bool following = false;
 
+static void adopt_table(Oid relid);
+static void refuse_change_of_copy(Oid relid, const char *what);
+
+/*
+ * A restore (pg_restore, or a script of pg_dump, which empties search_path)
+ * brings each copy back with its own definition: carried again, the shared
+ * table's indexes and constraints would be there twice.
+ */
+static bool
+restoring(void)
+{
+	const char *app = GetConfigOption("application_name", true, false);
+
+	return (app && strcmp(app, "pg_restore") == 0) ||
+		(namespace_search_path && namespace_search_path[0] == '\0');
+}
+
 /* the copies of relid, every state but finalized (SPI connected) */
+static List *copies_recorded(Oid relid);
+
 static List *
 copies_of(Oid relid)
 {
 	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
-	Oid			type = OIDOID;
-	Datum		value = ObjectIdGetDatum(relid);
-	List	   *copies = NIL;
 
 	/* only a plain table outside our schema can have copies */
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)) ||
 		!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
 		get_rel_namespace(relid) == nsp)
 		return NIL;
+	return copies_recorded(relid);
+}
+
+/* the copies of relid as recorded, even when relid was just dropped */
+static List *
+copies_recorded(Oid relid)
+{
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(relid);
+	List	   *copies = NIL;
+
 	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, tt.target_table "
 				  "FROM clinic_migrate.tenants t JOIN clinic_migrate.tenant_tables tt "
 				  "ON tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
@@ -407,7 +436,18 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	relid = changed_relid(stmt->relation);
 	copies = copies_of(relid);
 	if (copies == NIL)
+	{
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableType t = ((AlterTableCmd *) lfirst(lc))->subtype;
+
+			if (t == AT_AddColumn || t == AT_DropColumn || t == AT_AlterColumnType)
+				refuse_change_of_copy(relid, "change the columns of");
+		}
+		/* a table the plan takes once it has a key: its copies now */
+		adopt_table(relid);
 		return;
+	}
 
 	foreach(lc, stmt->cmds)
 	{
@@ -496,6 +536,617 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	}
 }
 
+/* ---- a table the plan would take, created while tenants move ---- */
+
+typedef struct AdoptArgs
+{
+	const char *tenant;
+	const char *state;
+	TenantPlan *plan;
+	PlanTable  *pt;
+	CmSettings *settings;
+} AdoptArgs;
+
+/*
+ * The catalog lookups of plan and clone read with the active snapshot: it
+ * must see what this statement, and each step before, made.
+ */
+static void
+see_own_changes(void)
+{
+	CommandCounterIncrement();
+	UpdateActiveSnapshotCommandId();
+}
+
+/* a plan of pt alone (for the steps that must touch no other table) */
+static TenantPlan *
+plan_of_one(TenantPlan *plan, PlanTable *pt)
+{
+	TenantPlan *one = palloc(sizeof(TenantPlan));
+
+	*one = *plan;
+	one->tables = pt;
+	one->ntables = one->ncopied = 1;
+	return one;
+}
+
+/* the tenant's rows of the new table into its copy: the rows a CREATE TABLE AS made */
+static int64
+adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
+{
+	bool		always;
+	List	   *cols = plan_copy_columns(pt->relid, &always);
+	Oid			type = plan_root(plan, pt)->tenant_type;
+	Datum		value = plan_tenant_datum(plan_root(plan, pt), tenant);
+	StringInfoData sql;
+	int			nest;
+	bool		save_applying = cm_applying;
+	int64		n;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
+	cm_append_quoted_list(&sql, cols, NULL);
+	appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
+	cm_append_quoted_list(&sql, cols, "s");
+	plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+	nest = cm_set_replica();
+	cm_applying = true;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args(sql.data, 1, &type, &value, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "clinic_migrate: copy of a new table failed");
+		n = (int64) SPI_processed;
+	}
+	PG_FINALLY();
+	{
+		cm_applying = save_applying;
+	}
+	PG_END_TRY();
+	cm_restore_output_settings(nest);
+	return n;
+}
+
+/*
+ * Give one tenant its copy of the new table pt, as the state of its move
+ * needs it: cloned (with indexes, and its foreign keys unless a copy is
+ * loading, whose keys to tables still without indexes cutover adds), the
+ * tenant's rows copied, recorded as copied, captured; once cut over, the
+ * reverse capture and the shared sequences too.  Runs with following set:
+ * the statements it makes are not followed again.
+ */
+static void
+adopt_for_tenant(void *arg)
+{
+	AdoptArgs  *a = arg;
+	TenantPlan *one = plan_of_one(a->plan, a->pt);
+	char	   *schema;
+	Oid			target;
+	int64		n = 0;
+	bool		loading = strcmp(a->state, "copying") == 0 || strcmp(a->state, "failed") == 0;
+	bool		started = strcmp(a->state, "schema_created") != 0;
+	CmRoleSave	save;
+
+	schema = clone_prepare_schema(a->tenant, a->plan, a->settings, false);
+	see_own_changes();
+	target = clone_target_relid(schema, a->pt->relname);
+	if (!loading)
+		clone_table_foreign_keys(a->plan, schema, a->pt);
+	see_own_changes();
+	if (started)
+	{
+		Oid			types[3] = {TEXTOID, OIDOID, INT8OID};
+		Datum		values[3];
+
+		n = adopt_rows(a->plan, a->pt, a->tenant, target);
+		values[0] = CStringGetTextDatum(a->tenant);
+		values[1] = ObjectIdGetDatum(a->pt->relid);
+		values[2] = Int64GetDatum(n);
+		cm_state_exec("UPDATE clinic_migrate.tenant_tables SET copied = true, indexed = true, "
+					  "rows_total = $3, rows_copied = $3 "
+					  "WHERE tenant_id = $1 AND source_table = $2", 3, types, values, NULL, 0);
+		see_own_changes();
+		/* our triggers, with our rights (the deployer may not EXECUTE their function) */
+		cm_owner_begin(&save);
+		capture_install(one);
+		if (strcmp(a->state, "copied") == 0 || strcmp(a->state, "cut_over") == 0)
+			capture_install_reverse(one, schema, a->tenant);
+		cm_role_end(&save);
+	}
+	see_own_changes();
+	if (strcmp(a->state, "cut_over") == 0)
+		clone_switch_sequences(one, schema);
+	see_own_changes();
+}
+
+static void
+adopt_following(AdoptArgs *a)
+{
+	following = true;
+	PG_TRY();
+	{
+		adopt_for_tenant(a);
+	}
+	PG_FINALLY();
+	{
+		following = false;
+	}
+	PG_END_TRY();
+}
+
+void
+ddl_adopt_missing(const char *tenant, const char *state, Oid schema_oid)
+{
+	CmSettings	s;
+	char	   *t = (char *) tenant;
+	TenantPlan *plan;
+	List	   *recorded = NIL;
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	cm_current_settings(&s);
+	plan = clone_catalog_plan_for_tenant(&t, &s, CurrentMemoryContext);
+
+	cm_state_exec_tenant("SELECT source_table FROM clinic_migrate.tenant_tables WHERE tenant_id = $1", tenant);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		recorded = lappend_oid(recorded, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																		 SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		AdoptArgs	a;
+
+		if (list_member_oid(recorded, pt->relid))
+			continue;
+		if (pt->nkey == 0 || plan_root(plan, pt)->nkey == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("tenant \"%s\" cannot cut over: table %s has no copy in its schema",
+							tenant, cm_qualified_relname(pt->relid)),
+					 errdetail("The table was created while the tenant moved, without a primary key: its rows cannot be captured or validated."),
+					 errhint("Add a primary key to %s (the copies are made with it), or keep the table shared with SELECT clinic_migrate.exclude_table('%s').",
+							 cm_qualified_relname(pt->relid), cm_qualified_relname(pt->relid))));
+		a.tenant = tenant;
+		a.state = state;
+		a.plan = plan;
+		a.pt = pt;
+		a.settings = &s;
+		(void) cm_tenant_write_lock(schema_oid, false);
+		adopt_following(&a);
+	}
+	PopActiveSnapshot();
+}
+
+/*
+ * A table created (or given a key) in the source schema of tenants that
+ * are moving, which their plan takes: each of them gets its copy in the
+ * same transaction, so that none can cut over, or roll back, without it.
+ * A table without a key is left until it has one (ALTER TABLE ... ADD
+ * PRIMARY KEY comes back here), with a WARNING.
+ */
+static void adopt_table_for_tenants(Oid relid);
+
+static void
+adopt_table(Oid relid)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+
+	if (!OidIsValid(nsp) || !OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+		get_rel_persistence(relid) == RELPERSISTENCE_TEMP || get_rel_namespace(relid) == nsp)
+		return;
+	/* the statement's last part (a CREATE TABLE's primary key) is not visible yet */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+	adopt_table_for_tenants(relid);
+	PopActiveSnapshot();
+}
+
+static void
+adopt_table_for_tenants(Oid relid)
+{
+	Oid			types[2] = {NAMEOID, OIDOID};
+	Datum		values[2];
+	SPITupleTable *tt;
+	uint64		n;
+	bool		warned = false;
+
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(get_namespace_name(get_rel_namespace(relid))));
+	values[1] = ObjectIdGetDatum(relid);
+	cm_state_exec("SELECT t.tenant_id, t.state, t.schema_oid FROM clinic_migrate.tenants t "
+				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' "
+				  "AND NOT EXISTS (SELECT FROM clinic_migrate.tenant_tables tt "
+				  "  WHERE tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+				  "  AND tt.source_table OPERATOR(pg_catalog.=) $2) "
+				  "ORDER BY t.tenant_id", 2, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		char	   *state = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		bool		isnull;
+		Oid			schema_oid = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull));
+		CmSettings	s;
+		AdoptArgs	a;
+		char	   *t = tenant;
+
+		cm_current_settings(&s);
+		a.plan = clone_catalog_plan_for_tenant(&t, &s, CurrentMemoryContext);
+		a.pt = plan_find(a.plan, relid);
+		if (a.pt == NULL || a.pt->position == 0)
+			continue;			/* the plan keeps it shared */
+		if (strcmp(state, "finalizing") == 0 || strcmp(state, "rolling_back") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("cannot create table %s while tenant \"%s\" is %s",
+							cm_qualified_relname(relid), tenant,
+							strcmp(state, "finalizing") == 0 ? "being finalized" : "being rolled back"),
+					 errdetail("The tenant's copy of a new table with tenant rows is made with the table; in this state it cannot be."),
+					 errhint("Run the statement again when clinic_migrate.status shows the tenant finalized or rolled back.")));
+		if (a.pt->nkey == 0 || plan_root(a.plan, a.pt)->nkey == 0)
+		{
+			if (!warned)
+				ereport(WARNING,
+					(errmsg("table %s has no copy in the schemas of %d moving tenants yet: it has no primary key",
+							cm_qualified_relname(relid), (int) (n - i)),
+					 errdetail("Its rows cannot be captured or validated without a key; the tenant cannot cut over until it has one."),
+					 errhint("Add a primary key (or a unique key on NOT NULL columns): the copies are made then.")));
+			warned = true;
+			continue;
+		}
+		a.tenant = tenant;
+		a.state = state;
+		a.settings = &s;
+
+		/* as a writer of the tenant: a cutover's pause waits for this transaction */
+		(void) cm_tenant_write_lock(schema_oid, false);
+		adopt_following(&a);
+	}
+}
+
+/*
+ * A column change run on a tenant's copy itself (the application's
+ * migration reaching it through set_tenant's search_path) before the move
+ * is finalized: the copy would stop matching the shared table that its
+ * rows are replayed from, or back into.  Refused, pointing at the shared
+ * table, whose changes reach every copy.
+ */
+static void
+refuse_change_of_copy(Oid relid, const char *what)
+{
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(relid);
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
+	bool		isnull;
+
+	if (!OidIsValid(nsp) || !OidIsValid(relid) || get_rel_namespace(relid) == nsp ||
+		!OidIsValid(get_relname_relid("tenant_tables", nsp)))
+		return;
+	cm_state_exec("SELECT t.tenant_id, t.state, tt.source_table FROM clinic_migrate.tenant_tables tt "
+				  "JOIN clinic_migrate.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) tt.tenant_id "
+				  "WHERE tt.target_table OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' LIMIT 1",
+				  1, &type, &value, NULL, 0);
+	if (SPI_processed == 0)
+		return;
+	{
+		char	   *tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		char	   *state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		Oid			source = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		char	   *shared = get_rel_name(source) ? cm_qualified_relname(source) : "the shared table";
+
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot %s tenant \"%s\"'s table %s until its move is finalized",
+						what, tenant, cm_qualified_relname(relid)),
+				 errdetail("The tenant's state is %s; the table keeps the shape of %s, from which its rows are replayed, or back into which a rollback replays them.",
+						   state, shared),
+				 errhint("Run the change on %s: it reaches every tenant's copy. After finalize_tenant, clinic_migrate.fan_out runs a change in every tenant's schema.",
+						 shared)));
+	}
+}
+
+/* ---- DROP TABLE, DROP INDEX (sql_drop), COMMENT, GRANT and REVOKE ---- */
+
+static void
+refuse_in_transition(TenantCopy *c, const char *what)
+{
+	if (strcmp(c->state, "finalizing") == 0 || strcmp(c->state, "rolling_back") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot %s while tenant \"%s\" is %s", what, c->tenant,
+						strcmp(c->state, "finalizing") == 0 ? "being finalized" : "being rolled back"),
+				 errhint("Run the statement again when clinic_migrate.status shows the tenant finalized or rolled back.")));
+}
+
+static DropStmt *
+drop_of(ObjectType type, const char *schema, const char *name, DropBehavior behavior)
+{
+	DropStmt   *d = makeNode(DropStmt);
+
+	d->removeType = type;
+	d->objects = list_make1(list_make2(makeString(pstrdup(schema)), makeString(pstrdup(name))));
+	d->behavior = behavior;
+	d->missing_ok = true;
+	d->concurrent = false;
+	return d;
+}
+
+/* a planned table was dropped: its copies go, and their records and log */
+static void
+drop_table_copies(Oid source, const char *name, DropBehavior behavior, const char *query)
+{
+	List	   *copies = copies_recorded(source);
+	ListCell   *lc;
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(source);
+
+	if (copies == NIL)
+		return;
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		Oid			types[2] = {TEXTOID, OIDOID};
+		Datum		values[2];
+
+		refuse_in_transition(c, psprintf("drop table %s", name));
+		run_on_copy((Node *) drop_of(OBJECT_TABLE, get_namespace_name(get_rel_namespace(c->target)),
+									 get_rel_name(c->target), behavior), query, c);
+		values[0] = CStringGetTextDatum(c->tenant);
+		values[1] = ObjectIdGetDatum(source);
+		cm_state_exec("DELETE FROM clinic_migrate.tenant_tables WHERE tenant_id = $1 AND source_table = $2",
+					  2, types, values, NULL, 0);
+	}
+	/* its capture log: nothing will read it again */
+	cm_state_exec("DELETE FROM clinic_migrate.capture_logs WHERE source_table = $1 RETURNING log_table::pg_catalog.oid",
+				  1, &type, &value, NULL, 0);
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Oid			log = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!isnull && get_rel_name(log) != NULL)
+		{
+			following = true;
+			PG_TRY();
+			{
+				cm_state_exec(psprintf("DROP TABLE %s", cm_qualified_relname(log)), 0, NULL, NULL, NULL, 0);
+			}
+			PG_FINALLY();
+			{
+				following = false;
+			}
+			PG_END_TRY();
+		}
+	}
+}
+
+/* an index of a planned table was dropped: the copies' index of that name go */
+static void
+drop_index_copies(const char *schema, const char *name, DropBehavior behavior, const char *query)
+{
+	Oid			types[2] = {NAMEOID, NAMEOID};
+	Datum		values[2];
+	SPITupleTable *tt;
+	uint64		n;
+
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(schema));
+	values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, tt.target_table, n.nspname "
+				  "FROM clinic_migrate.tenants t "
+				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
+				  "JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) t.schema_oid "
+				  "  AND c.relname OPERATOR(pg_catalog.=) $2 AND c.relkind OPERATOR(pg_catalog.=) 'i' "
+				  "JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) c.oid "
+				  "JOIN clinic_migrate.tenant_tables tt ON tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+				  "  AND tt.target_table OPERATOR(pg_catalog.=) i.indrelid "
+				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id",
+				  2, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		TenantCopy	c;
+		bool		isnull;
+
+		c.tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		c.state = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		c.tenant_column = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
+		c.target = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+		refuse_in_transition(&c, psprintf("drop index %s", quote_qualified_identifier(schema, name)));
+		run_on_copy((Node *) drop_of(OBJECT_INDEX, SPI_getvalue(tt->vals[i], tt->tupdesc, 5), name, behavior),
+					query, &c);
+	}
+}
+
+typedef struct DroppedRel
+{
+	Oid			objid;
+	bool		is_table;
+	char	   *schema;
+	char	   *name;
+} DroppedRel;
+
+PG_FUNCTION_INFO_V1(cm_follow_drop);
+Datum
+cm_follow_drop(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trig;
+	DropBehavior behavior = DROP_RESTRICT;
+	List	   *dropped = NIL;
+	ListCell   *lc;
+	const char *query = debug_query_string ? debug_query_string : "";
+	Oid			nsp;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.follow_drop() must be an event trigger")));
+	trig = (EventTriggerData *) fcinfo->context;
+	if (following || creating_extension || !cm_follow_ddl_on || restoring())
+		PG_RETURN_NULL();
+	nsp = get_namespace_oid(CM_SCHEMA, true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)))
+		PG_RETURN_NULL();
+	if (trig->parsetree && IsA(trig->parsetree, DropStmt))
+	{
+		DropStmt   *ds = (DropStmt *) trig->parsetree;
+
+		behavior = ds->behavior;
+		if (ds->concurrent)
+		{
+			ereport(WARNING,
+					(errmsg("the copies of the index were not dropped"),
+					 errdetail("DROP INDEX CONCURRENTLY cannot drop other indexes inside its own statement."),
+					 errhint("Drop the index of the same name in each moving tenant's schema.")));
+			PG_RETURN_NULL();
+		}
+	}
+	SPI_connect();
+	if (SPI_execute("SELECT d.objid, d.object_type, d.schema_name, d.object_name "
+					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+					"AND d.objsubid OPERATOR(pg_catalog.=) 0 AND d.object_type IN ('table', 'index') "
+					"AND NOT d.is_temporary", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: could not read the dropped objects");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		DroppedRel *d = palloc(sizeof(DroppedRel));
+		bool		isnull;
+
+		d->objid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		d->is_table = strcmp(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2), "table") == 0;
+		d->schema = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		d->name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4);
+		if (d->schema && d->name && strcmp(d->schema, CM_SCHEMA) != 0)
+			dropped = lappend(dropped, d);
+	}
+	/* tables first: the indexes of a dropped table went with its copies */
+	foreach(lc, dropped)
+	{
+		DroppedRel *d = lfirst(lc);
+
+		if (d->is_table)
+			drop_table_copies(d->objid, quote_qualified_identifier(d->schema, d->name), behavior, query);
+	}
+	foreach(lc, dropped)
+	{
+		DroppedRel *d = lfirst(lc);
+
+		if (!d->is_table)
+			drop_index_copies(d->schema, d->name, behavior, query);
+	}
+	SPI_finish();
+	PG_RETURN_NULL();
+}
+
+/* COMMENT ON TABLE or COLUMN of a planned table: the same on its copies */
+static void
+follow_comment(CommentStmt *stmt, const char *query)
+{
+	List	   *copies;
+	ListCell   *lc;
+
+	if (stmt->objtype != OBJECT_TABLE && stmt->objtype != OBJECT_COLUMN)
+		return;
+	copies = copies_of(collected_relid());
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		CommentStmt *s = makeNode(CommentStmt);
+		char	   *schema = get_namespace_name(get_rel_namespace(c->target));
+		char	   *rel = get_rel_name(c->target);
+
+		s->objtype = stmt->objtype;
+		s->comment = stmt->comment;
+		if (stmt->objtype == OBJECT_TABLE)
+			s->object = (Node *) list_make2(makeString(schema), makeString(rel));
+		else
+			s->object = (Node *) list_make3(makeString(schema), makeString(rel),
+											llast((List *) stmt->object));
+		run_on_copy((Node *) s, query, c);
+	}
+}
+
+/* the same GRANT or REVOKE on the copies of one planned table */
+static void
+follow_grant_on(GrantStmt *stmt, Oid relid, const char *query, bool *warned)
+{
+	ListCell   *lc;
+
+	foreach(lc, copies_of(relid))
+	{
+		TenantCopy *c = lfirst(lc);
+		GrantStmt  *s;
+		Oid			owner = cm_rel_owner(c->target);
+
+		/* a grantor by GRANT OPTION, not the owner: the copies keep theirs */
+		if (owner != GetUserId() && !has_privs_of_role(GetUserId(), owner))
+		{
+			if (!*warned)
+				ereport(WARNING,
+						(errmsg("the privileges of the moving tenants' copies of %s were not changed",
+								cm_qualified_relname(relid)),
+						 errdetail("Role \"%s\" is not a member of their owner \"%s\".",
+								   GetUserNameFromId(GetUserId(), false), GetUserNameFromId(owner, false)),
+						 errhint("Run the GRANT or REVOKE as a member of role \"%s\".",
+								 GetUserNameFromId(owner, false))));
+			*warned = true;
+			continue;
+		}
+		s = copyObject(stmt);
+		s->targtype = ACL_TARGET_OBJECT;
+		s->objtype = OBJECT_TABLE;
+		s->objects = list_make1(copy_rangevar(c));
+		run_on_copy((Node *) s, query, c);
+	}
+}
+
+static void
+follow_grant(GrantStmt *stmt, const char *query)
+{
+	ListCell   *lc;
+	bool		warned = false;
+
+	if (stmt->objtype != OBJECT_TABLE)
+		return;
+	if (stmt->targtype == ACL_TARGET_OBJECT)
+	{
+		foreach(lc, stmt->objects)
+			follow_grant_on(stmt, RangeVarGetRelid((RangeVar *) lfirst(lc), NoLock, true), query, &warned);
+	}
+	else if (stmt->targtype == ACL_TARGET_ALL_IN_SCHEMA)
+	{
+		foreach(lc, stmt->objects)
+		{
+			Oid			type = NAMEOID;
+			Datum		value = DirectFunctionCall1(namein, CStringGetDatum(strVal(lfirst(lc))));
+			List	   *sources = NIL;
+			ListCell   *sc;
+
+			cm_state_exec("SELECT DISTINCT tt.source_table FROM clinic_migrate.tenant_tables tt "
+						  "JOIN clinic_migrate.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) tt.tenant_id "
+						  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+						  "AND t.state OPERATOR(pg_catalog.<>) 'finalized'", 1, &type, &value, NULL, 0);
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+
+				sources = lappend_oid(sources, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																			  SPI_tuptable->tupdesc, 1, &isnull)));
+			}
+			foreach(sc, sources)
+				follow_grant_on(stmt, lfirst_oid(sc), query, &warned);
+		}
+	}
+}
+
 /* a planned table (with copies) that the statement moved or renamed: refused */
 static void
 refuse_relation_change(RangeVar *now, const char *what)
@@ -526,7 +1177,10 @@ follow_rename(RenameStmt *stmt, const char *query)
 		stmt->renameType == OBJECT_VIEW || stmt->renameType == OBJECT_MATVIEW ||
 		stmt->renameType == OBJECT_FOREIGN_TABLE || stmt->renameType == OBJECT_SEQUENCE)
 	{
-		refuse_relation_change(makeRangeVar(stmt->relation->schemaname, stmt->newname, -1), "rename table");
+		RangeVar   *now = makeRangeVar(stmt->relation->schemaname, stmt->newname, -1);
+
+		refuse_relation_change(now, "rename table");
+		refuse_change_of_copy(changed_relid(now), "rename");
 		return;
 	}
 	if (stmt->renameType != OBJECT_COLUMN && stmt->renameType != OBJECT_TABCONSTRAINT)
@@ -534,7 +1188,11 @@ follow_rename(RenameStmt *stmt, const char *query)
 	relid = changed_relid(stmt->relation);
 	copies = copies_of(relid);
 	if (copies == NIL)
+	{
+		if (stmt->renameType == OBJECT_COLUMN)
+			refuse_change_of_copy(relid, "rename a column of");
 		return;
+	}
 	if (stmt->renameType == OBJECT_COLUMN)
 	{
 		/* the column has its new name now: the log still has the old one */
@@ -606,18 +1264,8 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on)
 		PG_RETURN_NULL();
 
-	/*
-	 * A restore (pg_restore, or a script of pg_dump, which empties
-	 * search_path) brings each copy back with its own definition: carried
-	 * again, the shared table's indexes and constraints would be there twice.
-	 */
-	{
-		const char *app = GetConfigOption("application_name", true, false);
-
-		if ((app && strcmp(app, "pg_restore") == 0) ||
-			(namespace_search_path && namespace_search_path[0] == '\0'))
-			PG_RETURN_NULL();
-	}
+	if (restoring())
+		PG_RETURN_NULL();
 	query = debug_query_string ? debug_query_string : "";
 	follow_tag = GetCommandTagName(trig->tag);
 	SPI_connect();
@@ -631,6 +1279,20 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 			break;
 		case T_IndexStmt:
 			follow_index((IndexStmt *) parsetree, query);
+			break;
+		case T_CommentStmt:
+			follow_comment((CommentStmt *) parsetree, query);
+			break;
+		case T_GrantStmt:
+			follow_grant((GrantStmt *) parsetree, query);
+			break;
+		case T_CreateStmt:
+			if (((CreateStmt *) parsetree)->relation->relpersistence != RELPERSISTENCE_TEMP)
+				adopt_table(collected_relid());
+			break;
+		case T_CreateTableAsStmt:
+			if (((CreateTableAsStmt *) parsetree)->into->rel->relpersistence != RELPERSISTENCE_TEMP)
+				adopt_table(collected_relid());
 			break;
 		case T_AlterObjectSchemaStmt:
 			{

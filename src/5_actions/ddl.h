@@ -11,6 +11,14 @@
 #include "fmgr.h"
 
 extern Datum cm_follow_ddl(PG_FUNCTION_ARGS);
+extern Datum cm_follow_drop(PG_FUNCTION_ARGS);
+
+/*
+ * Before a cutover: the tables the tenant's plan takes that have no copy
+ * yet (made while follow_ddl was off, or before 0.6) get one now; one
+ * without a key refuses the cutover.  SPI connected.
+ */
+extern void ddl_adopt_missing(const char *tenant, const char *state, Oid schema_oid);
 
 /*
  * The action of a schema_change job (fan_out): the job's version, in its
