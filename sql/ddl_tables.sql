@@ -151,6 +151,24 @@ SELECT count(*) AS notes_tables FROM pg_class WHERE relname = 'notes' AND relkin
 SELECT count(*) AS notes_records FROM clinic_migrate.tenant_tables WHERE table_name = 'notes';
 SELECT count(*) AS notes_logs FROM clinic_migrate.capture_logs l WHERE l.log_table::text LIKE '%notes%';
 
+-- CREATE INDEX CONCURRENTLY cannot run again inside its statement: each
+-- copy's index waits in pending_indexes for its tenant's index job (no
+-- scheduler here: the jobs stay queued); validation says so, cutover waits
+-- for it, and one made by hand counts
+\set VERBOSITY default
+SET ROLE regress_dt_owner;
+CREATE INDEX CONCURRENTLY invoices_patient ON invoices (tenant_id, patient_id);
+RESET ROLE;
+SELECT tenant_id, index_name, copy_table, ddl, queued_by, built_at IS NOT NULL AS built
+FROM clinic_migrate.pending_indexes ORDER BY tenant_id;
+SELECT tenant_id, action, state, enqueued_by FROM clinic_migrate.job_queue ORDER BY tenant_id;
+SELECT count(*) AS t1_tables FROM clinic_migrate.validate_migration('t1');
+SELECT schema_name FROM clinic_migrate.cutover('t1');
+CREATE INDEX CONCURRENTLY invoices_patient ON tenant_t1.invoices USING btree (tenant_id, patient_id);
+\set VERBOSITY terse
+SELECT count(*) AS t1_tables FROM clinic_migrate.validate_migration('t1');
+SELECT clinic_migrate.cancel(job_id) FROM clinic_migrate.job_queue WHERE tenant_id = 't1';
+
 -- both tenants validate with the new tables; t2 rolls back (its invoice
 -- written in its schema is in the shared table again), t1 cuts over and
 -- finalizes

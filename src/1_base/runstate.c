@@ -38,6 +38,8 @@ cm_action_name(CmAction action)
 			return "finalize";
 		case CMA_SCHEMA_CHANGE:
 			return "schema_change";
+		case CMA_INDEX:
+			return "index";
 	}
 	return "?";
 }

@@ -26,7 +26,8 @@ typedef enum CmAction
 	CMA_CUTOVER,
 	CMA_ROLLBACK,
 	CMA_FINALIZE,
-	CMA_SCHEMA_CHANGE			/* a fan_out version in a finalized tenant's schema */
+	CMA_SCHEMA_CHANGE,			/* a fan_out version in a finalized tenant's schema */
+	CMA_INDEX					/* CREATE INDEX CONCURRENTLY on a moving tenant's copies */
 } CmAction;
 
 extern const char *cm_action_name(CmAction action);

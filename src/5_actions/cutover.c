@@ -483,6 +483,7 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 				 errmsg("tenant \"%s\" is not ready for cutover", tenant),
 				 errdetail("Its state is %s; cutover needs a finished copy (state copied).", info.state),
 				 errhint("Run SELECT clinic_migrate.migrate_tenant('%s') until it completes.", tenant)));
+	ddl_check_pending_indexes(tenant);
 	*run_id = cm_run_start(tenant, schema, "cutover", sh->started_by, MyProcPid);
 	end_txn();
 

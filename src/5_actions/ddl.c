@@ -34,6 +34,8 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "parser/parser.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -43,6 +45,7 @@
 #include "catalog/pg_attrdef.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
@@ -59,6 +62,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -84,6 +88,7 @@ typedef struct TenantCopy
 static bool following = false;
 
 static void adopt_table(Oid relid);
+static void queue_concurrent_index(Oid relid, List *copies);
 static void refuse_change_of_copy(Oid relid, const char *what);
 
 /*
@@ -607,6 +612,49 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 }
 
 /*
+ * The role creating a table the tenants' plan takes owns it: its copies
+ * are made as that role and owned by it, as the clone hands a copy to the
+ * shared table's owner and lets that owner create in the tenant's schema.
+ * A schema made by a migrating role that could not hand its copies over
+ * did not grant that: its owner grants it now (a GRANT, nothing else, in a
+ * security-restricted operation).
+ */
+static Oid
+namespace_owner(Oid nsp)
+{
+	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "clinic_migrate: schema %u is gone", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+static void
+grant_schema_to_creator(const char *tenant)
+{
+	TenantInfo	info;
+	Oid			owner;
+	Oid			save_user;
+	int			save_sec;
+
+	clone_tenant_info(tenant, &info);
+	if (!info.exists || !OidIsValid(info.schema_oid) || get_namespace_name(info.schema_oid) == NULL ||
+		pg_namespace_aclcheck(info.schema_oid, GetUserId(), ACL_CREATE) == ACLCHECK_OK)
+		return;
+	owner = namespace_owner(info.schema_oid);
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	if (SPI_execute(psprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s", quote_identifier(info.schema_name),
+							 quote_identifier(GetUserNameFromId(save_user, false))), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "clinic_migrate: could not grant CREATE on schema %s", info.schema_name);
+	SetUserIdAndSecContext(save_user, save_sec);
+	CommandCounterIncrement();
+}
+
+/*
  * Give one tenant its copy of the new table pt, as the state of its move
  * needs it: cloned (with indexes, and its foreign keys unless a copy is
  * loading, whose keys to tables still without indexes cutover adds), the
@@ -626,6 +674,7 @@ adopt_for_tenant(void *arg)
 	bool		started = strcmp(a->state, "schema_created") != 0;
 	CmRoleSave	save;
 
+	grant_schema_to_creator(a->tenant);
 	schema = clone_prepare_schema(a->tenant, a->plan, a->settings, false);
 	see_own_changes();
 	target = clone_target_relid(schema, a->pt->relname);
@@ -1212,6 +1261,363 @@ follow_rename(RenameStmt *stmt, const char *query)
 	}
 }
 
+/*
+ * The definition of index idx of a shared table, made for a copy:
+ * "CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ON copy USING ...",
+ * from pg_get_indexdef's text, whose head is known exactly.  NULL if it is
+ * not what was expected.
+ */
+static char *
+concurrent_def_for(Oid idx, Oid relid, Oid copy)
+{
+	char	   *def = TextDatumGetCString(DirectFunctionCall1(pg_get_indexdef, ObjectIdGetDatum(idx)));
+	HeapTuple	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
+	const char *unique;
+	char	   *head;
+
+	if (!HeapTupleIsValid(itup))
+		return NULL;
+	unique = ((Form_pg_index) GETSTRUCT(itup))->indisunique ? "UNIQUE " : "";
+	ReleaseSysCache(itup);
+	head = psprintf("CREATE %sINDEX %s ON %s USING ", unique, quote_identifier(get_rel_name(idx)),
+					cm_qualified_relname(relid));
+
+	if (strncmp(def, head, strlen(head)) != 0)
+		return NULL;
+	return psprintf("CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %s ON %s USING %s", unique,
+					quote_identifier(get_rel_name(idx)), cm_qualified_relname(copy), def + strlen(head));
+}
+
+/*
+ * CREATE INDEX CONCURRENTLY on a shared table with copies: each copy's
+ * index is recorded as pending and an index job is queued for its tenant
+ * (unless the tenant has a job already: cutover then says to queue one).
+ */
+static void
+queue_concurrent_index(Oid relid, List *copies)
+{
+	Oid			idx = collected_relid();
+	ListCell   *lc;
+	int			queued = 0;
+	bool		with_session;
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+
+	if (!OidIsValid(idx) || get_rel_relkind(idx) != RELKIND_INDEX ||
+		!OidIsValid(get_relname_relid("pending_indexes", nsp)))
+		return;
+	with_session = get_attnum(get_relname_relid("job_queue", nsp), "session_role") != InvalidAttrNumber;
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		char	   *def = concurrent_def_for(idx, relid, c->target);
+		Oid			types[6] = {TEXTOID, NAMEOID, OIDOID, TEXTOID, NAMEOID, NAMEOID};
+		Datum		values[6];
+
+		if (def == NULL)
+		{
+			ereport(WARNING,
+					(errmsg("the index was not made on the copy %s of tenant \"%s\"",
+							cm_qualified_relname(c->target), c->tenant),
+					 errhint("Create it there with CREATE INDEX CONCURRENTLY.")));
+			continue;
+		}
+		values[0] = CStringGetTextDatum(c->tenant);
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(get_rel_name(idx)));
+		values[2] = ObjectIdGetDatum(c->target);
+		values[3] = CStringGetTextDatum(def);
+		values[4] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+		values[5] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetSessionUserId(), false)));
+		cm_state_exec("INSERT INTO clinic_migrate.pending_indexes (tenant_id, index_name, copy_table, ddl, queued_by) "
+					  "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, index_name) DO UPDATE "
+					  "SET copy_table = EXCLUDED.copy_table, ddl = EXCLUDED.ddl, queued_by = EXCLUDED.queued_by, "
+					  "queued_at = EXCLUDED.queued_at, built_at = NULL, error = NULL",
+					  5, types, values, NULL, 0);
+		/* a job for the tenant, unless it has one (one job per tenant at a time) */
+		cm_state_exec(with_session ?
+					  "INSERT INTO clinic_migrate.job_queue (tenant_id, action, run_as, session_role, enqueued_by) "
+					  "SELECT $1, 'index', r.oid, $6, r.rolname FROM pg_catalog.pg_roles r "
+					  "WHERE r.rolname OPERATOR(pg_catalog.=) $5 "
+					  "ON CONFLICT (tenant_id) WHERE state IN ('queued', 'running') DO NOTHING" :
+					  "INSERT INTO clinic_migrate.job_queue (tenant_id, action, run_as, enqueued_by) "
+					  "SELECT $1, 'index', r.oid, r.rolname FROM pg_catalog.pg_roles r "
+					  "WHERE r.rolname OPERATOR(pg_catalog.=) $5 "
+					  "ON CONFLICT (tenant_id) WHERE state IN ('queued', 'running') DO NOTHING",
+					  6, types, values, NULL, 0);
+		queued++;
+	}
+	if (queued > 0)
+		ereport(NOTICE,
+				(errmsg("the index is queued for the copies of %s of %d moving tenants",
+						cm_qualified_relname(relid), queued),
+				 errdetail("CREATE INDEX CONCURRENTLY cannot run again inside its own statement: an index job of each tenant builds it, and the tenant cannot cut over before."),
+				 errhint("clinic_migrate.pending_indexes lists them until they are built.")));
+}
+
+/* pending index builds of the tenant not done yet, "a, b", or NULL (SPI connected) */
+char *
+ddl_pending_indexes(const char *tenant)
+{
+	Oid			nsp = get_namespace_oid(CM_SCHEMA, false);
+
+	if (!OidIsValid(get_relname_relid("pending_indexes", nsp)))
+		return NULL;
+	/* one made by hand on the copy counts */
+	cm_state_exec_tenant("SELECT string_agg(quote_ident(p.index_name), ', ' ORDER BY p.index_name) "
+						 "FROM clinic_migrate.pending_indexes p WHERE p.tenant_id = $1 AND p.built_at IS NULL "
+						 "AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i "
+						 "  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+						 "  WHERE i.indrelid = p.copy_table AND c.relname = p.index_name AND i.indisvalid)",
+						 tenant);
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Run one CREATE INDEX CONCURRENTLY at the top level of this worker (it
+ * commits and starts transactions of its own, as it does for a client),
+ * in READ COMMITTED as a client's would.  No transaction may be open.
+ */
+static void
+run_concurrently(const char *ddl, Oid owner)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	/*
+	 * The statement, and what runs it, live in a context of their own, as a
+	 * client's portal does: CREATE INDEX CONCURRENTLY commits and starts
+	 * transactions, which free every transaction context on the way.
+	 */
+	static MemoryContext portal = NULL;
+	MemoryContext old;
+	List	   *raw;
+	RawStmt    *rs;
+	PlannedStmt *ps;
+
+	/* (what a build that failed left) */
+	if (portal != NULL)
+		MemoryContextDelete(portal);
+	portal = AllocSetContextCreate(TopMemoryContext, "clinic_migrate index build", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(portal);
+	raw = raw_parser(ddl, RAW_PARSE_DEFAULT);
+	ps = makeNode(PlannedStmt);
+
+	if (list_length(raw) != 1 || !IsA((rs = linitial_node(RawStmt, raw))->stmt, IndexStmt) ||
+		!((IndexStmt *) rs->stmt)->concurrent)
+		elog(ERROR, "clinic_migrate: not a CREATE INDEX CONCURRENTLY");
+	ps->commandType = CMD_UTILITY;
+	ps->canSetTag = false;
+	ps->utilityStmt = rs->stmt;
+	ps->stmt_location = rs->stmt_location;
+	ps->stmt_len = rs->stmt_len;
+	/*
+	 * For this worker's session (it runs this job only): the statement's
+	 * own commits would undo settings made for one transaction.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(portal);
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	following = true;
+	PG_TRY();
+	{
+		/* as the copy's owner, whose index it is, in a security-restricted operation */
+		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		ProcessUtility(ps, ddl, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL, None_Receiver, NULL);
+	}
+	PG_FINALLY();
+	{
+		following = false;
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
+	PG_END_TRY();
+	if (ActiveSnapshotSet())
+		PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(portal);
+	portal = NULL;
+}
+
+/*
+ * A build that failed leaves an invalid index on the copy: it is dropped
+ * (as CREATE INDEX CONCURRENTLY's own advice says), and the error recorded.
+ */
+static void
+drop_invalid_index(const char *tenant, const char *index_name, const char *error, Oid owner)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	Oid			types[3] = {TEXTOID, NAMEOID, TEXTOID};
+	Datum		values[3];
+
+	cm_begin_txn_read_committed();
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = DirectFunctionCall1(namein, CStringGetDatum(index_name));
+	values[2] = CStringGetTextDatum(error);
+	cm_state_exec("SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) "
+				  "FROM clinic_migrate.tenants t JOIN pg_catalog.pg_class c ON c.relnamespace = t.schema_oid "
+				  "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+				  "JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid "
+				  "WHERE t.tenant_id = $1 AND c.relname = $2 AND NOT i.indisvalid", 2, types, values, NULL, 0);
+	if (SPI_processed > 0)
+	{
+		char	   *q = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		/* as its owner, in a security-restricted operation; an error unwinds the switch */
+		GetUserIdAndSecContext(&save_user, &save_sec);
+		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		following = true;
+		if (SPI_execute(psprintf("DROP INDEX IF EXISTS %s", q), false, 0) < 0)
+			elog(ERROR, "clinic_migrate: could not drop invalid index %s", q);
+		following = false;
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
+	cm_state_exec("UPDATE clinic_migrate.pending_indexes SET error = $3, attempts = attempts + 1 "
+				  "WHERE tenant_id = $1 AND index_name = $2", 3, types, values, NULL, 0);
+	cm_end_txn();
+}
+
+static void
+build_one(const char *tenant, const char *name, const char *ddl, Oid owner, MemoryContext cxt)
+{
+	PG_TRY();
+	{
+		run_concurrently(ddl, owner);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		drop_invalid_index(tenant, name, edata->message, owner);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
+
+void
+ddl_check_pending_indexes(const char *tenant)
+{
+	char	   *pending;
+
+	if (!OidIsValid(get_relname_relid("pending_indexes", get_namespace_oid(CM_SCHEMA, false))))
+		return;
+	/* made by hand meanwhile: done */
+	cm_state_exec_tenant("UPDATE clinic_migrate.pending_indexes p SET built_at = clock_timestamp(), error = NULL "
+						 "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+						 "WHERE p.tenant_id = $1 AND p.built_at IS NULL AND i.indrelid = p.copy_table "
+						 "AND c.relname = p.index_name AND i.indisvalid", tenant);
+	pending = ddl_pending_indexes(tenant);
+	if (pending)
+	{
+		cm_state_exec_tenant("SELECT ddl FROM clinic_migrate.pending_indexes WHERE tenant_id = $1 "
+							 "AND built_at IS NULL ORDER BY queued_at, index_name LIMIT 1", tenant);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenant \"%s\" cannot cut over: its copies lack indexes still to build: %s", tenant, pending),
+				 errdetail("They were made CONCURRENTLY on the shared tables; the tenant's index job builds them on its copies."),
+				 errhint("Wait for its index job (clinic_migrate.job_queue), or queue one with SELECT clinic_migrate.enqueue(ARRAY['%s'], 'index'), or build them by hand, such as: %s",
+						 tenant, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))));
+	}
+}
+
+int
+ddl_build_pending_indexes(const char *tenant)
+{
+	int			built = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	for (;;)
+	{
+		char	   *ddl = NULL;
+		char	   *name = NULL;
+		Oid			owner = InvalidOid;
+		bool		skipped = false;
+		Oid			types[3] = {TEXTOID, NAMEOID, TEXTOID};
+		Datum		values[3];
+
+		cm_begin_txn_read_committed();
+		if (OidIsValid(get_relname_relid("pending_indexes", get_namespace_oid(CM_SCHEMA, false))))
+		{
+			cm_state_exec_tenant("SELECT index_name, ddl, copy_table::pg_catalog.oid, queued_by "
+								 "FROM clinic_migrate.pending_indexes "
+								 "WHERE tenant_id = $1 AND built_at IS NULL AND attempts < 3 "
+								 "ORDER BY queued_at, index_name LIMIT 1", tenant);
+			if (SPI_processed > 0)
+			{
+				bool		isnull;
+				Oid			copy = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+				char	   *by = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+				Oid			by_oid = get_role_oid(by, true);
+
+				name = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+				ddl = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+				owner = SearchSysCacheExists1(RELOID, ObjectIdGetDatum(copy)) ? cm_rel_owner(copy) : InvalidOid;
+
+				/*
+				 * Built as the copy's owner, for the role that made the
+				 * shared index: only if that role could have made it on the
+				 * copy itself, as follow_ddl requires of any change.
+				 */
+				if (!OidIsValid(owner) || !OidIsValid(by_oid) || !has_privs_of_role(by_oid, owner))
+				{
+					values[0] = CStringGetTextDatum(tenant);
+					values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+					values[2] = CStringGetTextDatum(!OidIsValid(owner) ? "its table is gone" :
+													psprintf("role %s is not a member of the copy's owner %s",
+															 by, GetUserNameFromId(owner, false)));
+					cm_state_exec("UPDATE clinic_migrate.pending_indexes SET attempts = 3, error = $3 "
+								  "WHERE tenant_id = $1 AND index_name = $2", 3, types, values, NULL, 0);
+					ddl = NULL;
+					skipped = true;
+				}
+			}
+		}
+		cm_end_txn();
+		if (skipped)
+			continue;
+		if (ddl == NULL)
+			break;
+		pgstat_report_activity(STATE_RUNNING, psprintf("clinic_migrate: index %s of tenant %s", name, tenant));
+		build_one(tenant, name, ddl, owner, cxt);
+		cm_begin_txn_read_committed();
+		values[0] = CStringGetTextDatum(tenant);
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+		cm_state_exec("UPDATE clinic_migrate.pending_indexes SET built_at = clock_timestamp(), error = NULL "
+					  "WHERE tenant_id = $1 AND index_name = $2", 2, types, values, NULL, 0);
+		cm_end_txn();
+		built++;
+	}
+	return built;
+}
+
+void
+cm_index_tenant(CmWorkerShared *sh, int64 *run_id)
+{
+	TenantInfo	info;
+	int			built;
+
+	cm_begin_txn();
+	clone_tenant_info(sh->tenant, &info);
+	strlcpy(sh->schema, info.exists ? info.schema_name : "", NAMEDATALEN);
+	*run_id = cm_run_start(sh->tenant, sh->schema, "index", sh->started_by, MyProcPid);
+	cm_end_txn();
+	built = ddl_build_pending_indexes(sh->tenant);
+	cm_begin_txn();
+	sh->rows_done = built;
+	cm_run_finish(*run_id, "completed", built, NULL, NULL);
+	cm_end_txn();
+}
+
 static void
 follow_index(IndexStmt *stmt, const char *query)
 {
@@ -1229,12 +1635,7 @@ follow_index(IndexStmt *stmt, const char *query)
 		return;
 	if (stmt->concurrent)
 	{
-		ereport(WARNING,
-				(errmsg("the index was not made on the copies of %s of %d tenants",
-						cm_qualified_relname(relid), list_length(copies)),
-				 errdetail("CREATE INDEX CONCURRENTLY cannot run again inside its own statement."),
-				 errhint("Run it on each tenant's table, for example CREATE INDEX CONCURRENTLY ... ON %s (...).",
-						 cm_qualified_relname(((TenantCopy *) linitial(copies))->target))));
+		queue_concurrent_index(relid, copies);
 		return;
 	}
 	foreach(lc, copies)

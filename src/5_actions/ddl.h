@@ -28,4 +28,22 @@ extern void ddl_adopt_missing(const char *tenant, const char *state, Oid schema_
 #include "runstate.h"
 extern void cm_schema_change_tenant(CmWorkerShared *sh, int64 *run_id);
 
+/*
+ * CREATE INDEX CONCURRENTLY of a shared table cannot run again inside its
+ * own statement: the copies' indexes are recorded in pending_indexes and
+ * built by an index job (cm_index_tenant, ddl_build_pending_indexes,
+ * outside any transaction); cutover waits for them.  ddl_pending_indexes lists those not built yet (SPI connected).
+ */
+extern void cm_index_tenant(CmWorkerShared *sh, int64 *run_id);
+extern int	ddl_build_pending_indexes(const char *tenant);
+extern char *ddl_pending_indexes(const char *tenant);
+
+/*
+ * Cutover's check (SPI connected): indexes made by hand on the copies count
+ * as built; any still pending refuses the cutover, saying which.  (Building
+ * them there would deadlock: CREATE INDEX CONCURRENTLY waits for the
+ * transaction of the session that waits for the cutover.)
+ */
+extern void ddl_check_pending_indexes(const char *tenant);
+
 #endif

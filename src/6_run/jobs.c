@@ -50,7 +50,7 @@ CmAction
 cm_action_from_name(const char *name)
 {
 	static const CmAction all[] = {CMA_MIGRATE, CMA_VALIDATE, CMA_CUTOVER, CMA_ROLLBACK, CMA_FINALIZE,
-	CMA_SCHEMA_CHANGE};
+	CMA_SCHEMA_CHANGE, CMA_INDEX};
 
 	for (int i = 0; i < lengthof(all); i++)
 		if (strcmp(name, cm_action_name(all[i])) == 0)

@@ -141,6 +141,7 @@ static const struct
 	{CMA_ROLLBACK, cm_rollback_cutover},
 	{CMA_FINALIZE, cm_finalize_tenant},
 	{CMA_SCHEMA_CHANGE, cm_schema_change_tenant},
+	{CMA_INDEX, cm_index_tenant},
 };
 
 /* run the action; *run_id is set once the action has recorded its run */

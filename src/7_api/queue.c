@@ -58,7 +58,7 @@ action_arg(text *t)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown action \"%s\"", name),
-				 errhint("Use migrate, validate, cutover, rollback or finalize.")));
+				 errhint("Use migrate, validate, cutover, rollback, finalize or index.")));
 	return a;
 }
 
@@ -114,7 +114,7 @@ cm_enqueue(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("action must not be null"),
-				 errhint("Use migrate, validate, cutover, rollback or finalize.")));
+				 errhint("Use migrate, validate, cutover, rollback, finalize or index.")));
 	action = action_arg(PG_GETARG_TEXT_PP(1));
 	arr = PG_GETARG_ARRAYTYPE_P(0);
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elnulls, &n);

@@ -5,12 +5,15 @@
 # has an audit trigger on patients (one audit row per inserted patient). While t1
 # copies (small throttled batches), a Flyway-like series of migrations runs on the
 # shared tables: ADD COLUMN with a default and a backfill UPDATE in batches, a type
-# change, CREATE INDEX CONCURRENTLY (not carried: a WARNING, then on the copy by
-# hand), a CHECK added NOT VALID then validated, a column dropped. Then t1 cuts over
-# under the same load. At the end: no transaction failed for good, t1 validates, its
-# copy has the shared table's shape, and every patient pgbench inserted has exactly
-# one audit row: the shared table's trigger before cutover, the copy's after it, and
-# never one from the copy or the replay.
+# change, CREATE INDEX CONCURRENTLY (queued for the copy: the scheduler's index job
+# builds it, and cutover waits for it), a CHECK added NOT VALID then validated, a
+# column dropped, a new table with the tenant column (its copy made in the same
+# transaction) filled by a backfill and then written by pgbench. Then t1 cuts over
+# under the same load. At the end: no transaction failed for good, t1 validates on
+# every table, the new one included, its copy has the shared table's shape, and
+# every patient pgbench inserted has exactly one audit row: the shared table's
+# trigger before cutover, the copy's after it, and never one from the copy or the
+# replay.
 # Data: test/gen/clinic.sql with 4 tenants and about 20,000 rows.
 
 use strict;
@@ -30,6 +33,7 @@ my $node = ClinicTest::start_clinic(
 shared_preload_libraries = 'clinic_migrate'
 max_worker_processes = 16
 clinic_migrate.sync_interval = 100
+clinic_migrate.databases = 'postgres'
 });
 
 $node->safe_psql(
@@ -68,15 +72,36 @@ WHERE tenant_id = 't' || :t AND id >= :a ORDER BY id LIMIT 1;
 END;
 });
 
+# after V6: the same, and an invoice of the tenant in the new table
+my $script2 = "$PostgreSQL::Test::Utils::tmp_check/010_load2.sql";
+PostgreSQL::Test::Utils::append_to_file(
+	$script2, q{
+\set t random(1, 3)
+\set p random(1, :maxp)
+\set a random(1, :maxa)
+BEGIN;
+SELECT clinic_migrate.set_tenant('t' || :t, true);
+UPDATE patients SET balance = coalesce(balance, 0) + 1
+WHERE id = (SELECT id FROM patients WHERE tenant_id = 't' || :t AND id >= :p ORDER BY id LIMIT 1);
+INSERT INTO patients (tenant_id, first_name, last_name, tags)
+VALUES ('t' || :t, 'Bench', 'Client ' || :client_id, '{pgbench}');
+INSERT INTO invoices (tenant_id, amount, note) VALUES ('t' || :t, :client_id, 'pgbench');
+INSERT INTO appointment_notes (appointment_id, body)
+SELECT id, 'pgbench note ' || :client_id FROM appointments
+WHERE tenant_id = 't' || :t AND id >= :a ORDER BY id LIMIT 1;
+END;
+});
+
 sub start_load
 {
-	my ($secs) = @_;
+	my ($secs, $file) = @_;
+	$file //= $script;
 	my %b = (out => '', err => '');
 	$b{h} = IPC::Run::start(
 		[
 			'/usr/lib/postgresql/15/bin/pgbench', '-n', '-c', '3', '-j', '3', '-T', $secs,
 			'--max-tries=0', '-h', $node->host, '-p', $node->port, '-U', 'app',
-			'-D', "maxp=$maxp", '-D', "maxa=$maxa", '-f', $script, 'postgres'
+			'-D', "maxp=$maxp", '-D', "maxa=$maxa", '-f', $file, 'postgres'
 		],
 		'<', \undef, '>', \$b{out}, '2>', \$b{err},
 		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
@@ -131,21 +156,38 @@ WHERE id IN (SELECT id FROM public.patients WHERE insurance = 'none' ORDER BY id
 deploy('V2 a type change', q{ALTER TABLE public.patients ALTER COLUMN insurance TYPE varchar(40)});
 my $cic = deploy('V3 an index, concurrently',
 	q{CREATE INDEX CONCURRENTLY patients_insurance ON public.patients (insurance)});
-like($cic, qr/WARNING:  the index was not made on the copies of public.patients of 1 tenants/,
-	'V3: CREATE INDEX CONCURRENTLY says the copy lacks it');
-deploy('V3 on the copy by hand', q{CREATE INDEX CONCURRENTLY patients_insurance ON tenant_t1.patients (insurance)});
+like($cic, qr/NOTICE:  the index is queued for the copies of public.patients of 1 moving tenants/,
+	'V3: CREATE INDEX CONCURRENTLY queues the copy\'s index');
 deploy('V4 a CHECK, NOT VALID then validated', q{
 ALTER TABLE public.patients ADD CONSTRAINT insurance_known CHECK (insurance IS NOT NULL) NOT VALID;
 ALTER TABLE public.patients VALIDATE CONSTRAINT insurance_known;});
 deploy('V5 a column dropped', q{ALTER TABLE public.patients DROP COLUMN legacy});
+deploy('V6 a new table with the tenant column', q{
+CREATE TABLE public.invoices (tenant_id text NOT NULL REFERENCES public.tenants, id bigserial,
+                              amount integer NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.invoices TO app;
+GRANT USAGE ON SEQUENCE public.invoices_id_seq TO app;});
+is( $node->safe_psql('postgres',
+		q{SELECT string_agg(tenant_id, ',') FROM clinic_migrate.tenant_tables WHERE table_name = 'invoices'}),
+	't1', 'V6: t1, copying, has its copy of the new table at once');
+deploy('V6 backfill', q{
+INSERT INTO public.invoices (tenant_id, amount, note)
+SELECT tenant_id, coalesce(balance * 100, 0)::integer, 'opening balance' FROM public.patients WHERE tenant_id IN ('t1', 't2', 't3')});
 
 $migrate->finish;
 like($mout, qr/^tenant_t1$/m, 'migrate_tenant(t1) ends under the deploys') or diag($merr);
 finish_load($load, 'copy and deploys');
 
-# 2. Cutover under load.
+# The scheduler's index job built the copy's index (cutover would wait for it).
+ok( $node->poll_query_until('postgres',
+		q{SELECT built_at IS NOT NULL FROM clinic_migrate.pending_indexes WHERE tenant_id = 't1' AND index_name = 'patients_insurance'}),
+	'V3: the index job built the copy\'s index')
+  or diag($node->safe_psql('postgres', q{SELECT * FROM clinic_migrate.pending_indexes})
+	  . $node->safe_psql('postgres', q{SELECT job_id, action, state, error FROM clinic_migrate.job_queue}));
+
+# 2. Cutover under load, pgbench writing the new table too.
 my $n0 = $node->safe_psql('postgres', 'SELECT coalesce(max(n), 0) FROM public.audit');
-$load = start_load(8);
+$load = start_load(8, $script2);
 ok(ClinicTest::poll(qq{SELECT count(*) > 30 FROM public.audit WHERE n > $n0}), 'pgbench writes again');
 is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.cutover('t1')}),
 	'tenant_t1', 't1 cuts over under load');
@@ -169,6 +211,11 @@ WHERE c.relname = 'patients' AND n.nspname IN ('public', 'tenant_t1')}),
 	"public: insurance character varying(40) / 1 / 1\ntenant_t1: insurance character varying(40) / 1 / 1",
 	'the copy has the shared table\'s shape: the column, its type, the CHECK, the index, no dropped column');
 like(ClinicTest::validate_mismatches('t1'), qr/^none of \d+$/, 't1 validates on every table');
+like( $node->safe_psql('postgres',
+		q{SELECT source_rows || ' ' || match FROM clinic_migrate.validate_migration('t1') WHERE table_name = 'invoices'}),
+	qr/^[1-9]\d* true$/, 'the new table validates, with the backfill and pgbench\'s invoices');
+ok( $node->safe_psql('postgres', q{SELECT count(*) > 0 FROM tenant_t1.invoices WHERE note = 'pgbench'}) eq 't',
+	'pgbench wrote invoices of t1 (in the shared table, then, routed, in its schema)');
 my $audited = $node->safe_psql(
 	'postgres', q{
 WITH a AS (SELECT id, count(*) AS n FROM public.audit WHERE tenant = 't1' GROUP BY id)
