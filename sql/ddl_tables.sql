@@ -181,6 +181,35 @@ SELECT * FROM clinic_migrate.finalize_tenant('t1');
 SELECT count(*) AS t1_shared_invoices FROM public.invoices WHERE tenant_id = 't1';
 SELECT tenant_id, amount FROM tenant_t1.invoices;
 
+-- a sequence several planned tables draw from stays one sequence after
+-- finalize, the tenant's own, past every table's values: a serial that
+-- another table draws from too, and a sequence no column owns
+SET ROLE regress_dt_owner;
+CREATE SEQUENCE doc_ids;
+CREATE TABLE docs (tenant_id text NOT NULL REFERENCES tenants, id bigint NOT NULL DEFAULT nextval('doc_ids'),
+                   PRIMARY KEY (tenant_id, id));
+CREATE TABLE memos (tenant_id text NOT NULL REFERENCES tenants, id bigint NOT NULL DEFAULT nextval('doc_ids'),
+                    patient_seq integer NOT NULL DEFAULT nextval('patients_id_seq'), PRIMARY KEY (tenant_id, id));
+INSERT INTO docs (tenant_id) SELECT 't4' FROM generate_series(1, 3);
+INSERT INTO memos (tenant_id) SELECT 't4' FROM generate_series(1, 3);
+RESET ROLE;
+SELECT schema_name FROM clinic_migrate.migrate_tenant('t4');
+SELECT schema_name FROM clinic_migrate.cutover('t4');
+SELECT schema_name FROM clinic_migrate.finalize_tenant('t4');
+BEGIN;
+SET LOCAL search_path = pg_catalog;
+SELECT c.oid::regclass AS "table", a.attname, pg_get_expr(d.adbin, d.adrelid) AS "default"
+FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.adnum
+WHERE c.relnamespace = 'tenant_t4'::regnamespace AND c.relname IN ('patients', 'docs', 'memos')
+ORDER BY c.relname, a.attname;
+COMMIT;
+BEGIN;
+SELECT clinic_migrate.set_tenant('t4', true) IS NOT NULL AS routed;
+INSERT INTO docs (tenant_id) VALUES ('t4') RETURNING id;
+INSERT INTO memos (tenant_id) VALUES ('t4') RETURNING id, patient_seq;
+INSERT INTO patients (tenant_id, name) VALUES ('t4', 'new') RETURNING id;
+COMMIT;
+
 -- the event trigger function is not for calling
 SELECT clinic_migrate.follow_drop();
 

@@ -388,6 +388,39 @@ fk_action(char c)
 	}
 }
 
+/* the grants of sequence src (but its owner's) on sequence qseq, quoted */
+static void
+copy_sequence_grants(Oid src, const char *qseq)
+{
+	Oid			stypes[1] = {OIDOID};
+	Datum		svalues[1] = {ObjectIdGetDatum(src)};
+	SPITupleTable *gt;
+	uint64		ng;
+	StringInfoData sql;
+
+	if (SPI_execute_with_args("SELECT a.privilege_type, "
+							  "  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, "
+							  "  a.is_grantable "
+							  "FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a "
+							  "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
+							  "WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+							  1, stypes, svalues, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence grant lookup failed");
+	gt = SPI_tuptable;
+	ng = SPI_processed;
+	initStringInfo(&sql);
+	for (uint64 g = 0; g < ng; g++)
+	{
+		resetStringInfo(&sql);
+		/* privilege_type is one of a fixed set of keywords */
+		appendStringInfo(&sql, "GRANT %s ON SEQUENCE %s TO %s%s",
+						 SPI_getvalue(gt->vals[g], gt->tupdesc, 1), qseq,
+						 SPI_getvalue(gt->vals[g], gt->tupdesc, 2),
+						 strcmp(SPI_getvalue(gt->vals[g], gt->tupdesc, 3), "t") == 0 ? " WITH GRANT OPTION" : "");
+		exec_ddl(sql.data);
+	}
+}
+
 /* Serial columns: a sequence of the tenant's own, and the default on it. */
 static void
 clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
@@ -442,31 +475,8 @@ clone_serial_sequences(Oid src, const char *schema, const char *qtarget)
 		/* whoever may take values of the shared sequence may take the tenant's own (after finalize) */
 		{
 			bool		isnull;
-			Oid			stypes[1] = {OIDOID};
-			Datum		svalues[1] = {SPI_getbinval(tup, tt->tupdesc, 10, &isnull)};
-			SPITupleTable *gt;
-			uint64		ng;
 
-			if (SPI_execute_with_args("SELECT a.privilege_type, "
-									  "  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, "
-									  "  a.is_grantable "
-									  "FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a "
-									  "LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee "
-									  "WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
-									  1, stypes, svalues, NULL, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "clinic_migrate: sequence grant lookup failed");
-			gt = SPI_tuptable;
-			ng = SPI_processed;
-			for (uint64 g = 0; g < ng; g++)
-			{
-				resetStringInfo(&sql);
-				/* privilege_type is one of a fixed set of keywords */
-				appendStringInfo(&sql, "GRANT %s ON SEQUENCE %s TO %s%s",
-								 SPI_getvalue(gt->vals[g], gt->tupdesc, 1), seq,
-								 SPI_getvalue(gt->vals[g], gt->tupdesc, 2),
-								 strcmp(SPI_getvalue(gt->vals[g], gt->tupdesc, 3), "t") == 0 ? " WITH GRANT OPTION" : "");
-				exec_ddl(sql.data);
-			}
+			copy_sequence_grants(DatumGetObjectId(SPI_getbinval(tup, tt->tupdesc, 10, &isnull)), seq);
 		}
 	}
 }
@@ -1429,11 +1439,262 @@ clone_switch_sequences(TenantPlan *plan, const char *schema)
 	cm_restore_output_settings(nest);
 }
 
+/* a column whose default draws from a sequence it does not own */
+typedef struct SharedSeqUse
+{
+	Oid			target;			/* the tenant's table */
+	char	   *column;			/* unquoted */
+	Oid			seq;			/* the shared sequence */
+	Oid			tenant_seq;		/* its tenant's counterpart, once known */
+	char	   *expr;			/* the column's default, search_path pinned */
+} SharedSeqUse;
+
+/*
+ * The tenant's sequence for shared sequence seq: the one its owner column's
+ * copy owns (a serial another planned table draws from too), or a copy made
+ * now in the tenant's schema of a sequence of the source schema that no
+ * column owns; InvalidOid when it stays shared (a sequence elsewhere).
+ */
+static Oid
+tenant_sequence_for(TenantPlan *plan, const char *schema, Oid seq)
+{
+	Oid			types[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(seq)};
+	Oid			owner_rel = InvalidOid;
+	AttrNumber	owner_att = 0;
+	PlanTable  *pt;
+
+	if (SPI_execute_with_args("SELECT d.refobjid, d.refobjsubid FROM pg_depend d "
+							  "WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 "
+							  "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: sequence owner lookup failed");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		owner_rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		owner_att = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	if (OidIsValid(owner_rel))
+	{
+		ListCell   *lc;
+		Oid			target;
+		char	   *col;
+
+		pt = plan_find(plan, owner_rel);
+		if (pt == NULL || pt->position == 0)
+			return InvalidOid;
+		target = clone_target_relid(schema, pt->relname);
+		col = get_attname(owner_rel, owner_att, true);
+		if (!OidIsValid(target) || col == NULL)
+			return InvalidOid;
+		foreach(lc, clone_owned_sequences(target))
+		{
+			OwnedSequence *os = lfirst(lc);
+
+			if (strcmp(os->name, col) == 0)
+				return os->seq;
+		}
+		return InvalidOid;
+	}
+	if (get_rel_namespace(seq) != plan->source_nsp)
+		return InvalidOid;
+	{
+		Oid			nsp = get_namespace_oid(schema, false);
+		Oid			mine = get_relname_relid(get_rel_name(seq), nsp);
+		StringInfoData sql;
+		char	   *qseq = quote_qualified_identifier(schema, get_rel_name(seq));
+
+		if (OidIsValid(mine))
+			return get_rel_relkind(mine) == RELKIND_SEQUENCE ? mine : InvalidOid;
+		if (SPI_execute_with_args("SELECT format_type(seqtypid, NULL), seqincrement, seqmin, seqmax, seqstart, "
+								  "seqcache, seqcycle FROM pg_sequence WHERE seqrelid = $1",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "clinic_migrate: sequence %u not found", seq);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s "
+						 "START WITH %s CACHE %s %s", qseq,
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3),
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5),
+						 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6),
+						 strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7), "t") == 0 ? "CYCLE" : "NO CYCLE");
+		exec_ddl(sql.data);
+		CommandCounterIncrement();
+		mine = get_relname_relid(get_rel_name(seq), nsp);
+		/* whoever may take values of the shared sequence may take the tenant's */
+		copy_sequence_grants(seq, qseq);
+		return mine;
+	}
+}
+
+/*
+ * The columns of the tenant's tables whose default draws from a sequence
+ * they do not own: several planned tables drawing from one sequence draw
+ * from one sequence of the tenant's after finalize.
+ */
+static List *
+shared_sequence_uses(TenantPlan *plan, const char *schema)
+{
+	List	   *uses = NIL;
+
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+		Oid			target = clone_target_relid(schema, pt->relname);
+		Oid			types[1] = {OIDOID};
+		Datum		values[1] = {ObjectIdGetDatum(target)};
+		SPITupleTable *tt;
+		uint64		n;
+
+		if (!OidIsValid(target))
+			continue;
+		if (SPI_execute_with_args("SELECT a.attname, d.refobjid, pg_get_expr(ad.adbin, ad.adrelid) "
+								  "FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum "
+								  "JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid "
+								  "  AND d.refclassid = 'pg_class'::regclass "
+								  "JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' "
+								  "WHERE ad.adrelid = $1 AND NOT a.attisdropped AND a.attidentity = '' "
+								  "  AND NOT EXISTS (SELECT 1 FROM pg_depend o WHERE o.classid = 'pg_class'::regclass "
+								  "      AND o.objid = s.oid AND o.refclassid = 'pg_class'::regclass "
+								  "      AND o.refobjid = a.attrelid AND o.refobjsubid = a.attnum) "
+								  "ORDER BY a.attnum",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: sequence default lookup failed");
+		tt = SPI_tuptable;
+		n = SPI_processed;
+		for (uint64 r = 0; r < n; r++)
+		{
+			SharedSeqUse *u = palloc0(sizeof(SharedSeqUse));
+			bool		isnull;
+
+			u->target = target;
+			u->column = SPI_getvalue(tt->vals[r], tt->tupdesc, 1);
+			u->seq = DatumGetObjectId(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
+			u->expr = SPI_getvalue(tt->vals[r], tt->tupdesc, 3);
+			uses = lappend(uses, u);
+		}
+	}
+	return uses;
+}
+
+/* "nextval('<seq>'::regclass)" as pg_get_expr writes it with search_path pinned */
+static char *
+nextval_text(Oid seq)
+{
+	return psprintf("nextval(%s::regclass)", quote_literal_cstr(cm_qualified_relname(seq)));
+}
+
+/* the default expr with every call of nextval(from) made a call of nextval(to) */
+static char *
+replace_nextval(const char *expr, Oid from, Oid to)
+{
+	const char *old = nextval_text(from);
+	const char *new = nextval_text(to);
+	StringInfoData buf;
+	const char *p = expr;
+	const char *hit;
+
+	initStringInfo(&buf);
+	while ((hit = strstr(p, old)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, new);
+		p = hit + strlen(old);
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
+}
+
+/* point the columns at the tenant's sequences; set those past every column's values */
+static void
+restore_shared_sequences(TenantPlan *plan, const char *schema, List *uses)
+{
+	ListCell   *lc;
+	List	   *done = NIL;
+
+	foreach(lc, uses)
+	{
+		SharedSeqUse *u = lfirst(lc);
+		char	   *expr;
+
+		u->tenant_seq = tenant_sequence_for(plan, schema, u->seq);
+		if (!OidIsValid(u->tenant_seq))
+			continue;
+		expr = replace_nextval(u->expr, u->seq, u->tenant_seq);
+		if (strcmp(expr, u->expr) == 0)
+		{
+			u->tenant_seq = InvalidOid;
+			continue;
+		}
+		exec_ddl(psprintf("ALTER TABLE %s ALTER COLUMN %s SET DEFAULT %s", cm_qualified_relname(u->target),
+						  quote_identifier(u->column), expr));
+	}
+	CommandCounterIncrement();
+	/* each tenant sequence past the highest value any of its columns holds */
+	foreach(lc, uses)
+	{
+		SharedSeqUse *u = lfirst(lc);
+		StringInfoData sql;
+		ListCell   *oc;
+		Oid			stype[1] = {OIDOID};
+		Datum		sval[1];
+		int			n = 0;
+
+		if (!OidIsValid(u->tenant_seq) || list_member_oid(done, u->tenant_seq))
+			continue;
+		done = lappend_oid(done, u->tenant_seq);
+		initStringInfo(&sql);
+		appendStringInfoString(&sql, "SELECT pg_catalog.setval($1::pg_catalog.regclass, x.m::bigint) FROM (SELECT max(v) AS m FROM (");
+		foreach(oc, uses)
+		{
+			SharedSeqUse *o = lfirst(oc);
+
+			if (o->tenant_seq != u->tenant_seq)
+				continue;
+			appendStringInfo(&sql, "%sSELECT max(%s)::numeric AS v FROM %s", n++ ? " UNION ALL " : "",
+							 quote_identifier(o->column), cm_qualified_relname(o->target));
+		}
+		/* and the column that owns it, if one of the tenant's does */
+		{
+			Oid			types[1] = {OIDOID};
+			Datum		values[1] = {ObjectIdGetDatum(u->tenant_seq)};
+
+			if (SPI_execute_with_args("SELECT d.refobjid, a.attname FROM pg_depend d "
+									  "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+									  "WHERE d.classid = 'pg_class'::regclass AND d.objid = $1 "
+									  "AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a'",
+									  1, types, values, NULL, true, 0) == SPI_OK_SELECT && SPI_processed > 0)
+			{
+				bool		isnull;
+				Oid			rel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+				appendStringInfo(&sql, " UNION ALL SELECT max(%s)::numeric FROM %s",
+								 quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+								 cm_qualified_relname(rel));
+			}
+		}
+		appendStringInfo(&sql, ") y) x, %s q WHERE x.m IS NOT NULL AND (NOT q.is_called OR x.m > q.last_value)",
+						 cm_qualified_relname(u->tenant_seq));
+		sval[0] = ObjectIdGetDatum(u->tenant_seq);
+		if (SPI_execute_with_args(sql.data, 1, stype, sval, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "clinic_migrate: setval of a shared sequence failed");
+	}
+}
+
 void
 clone_restore_sequences(TenantPlan *plan, const char *schema)
 {
 	int			nest = cm_pin_search_path();
 	List	   *lock = NIL;
+	List	   *uses = shared_sequence_uses(plan, schema);
+	ListCell   *uc;
+
+	foreach(uc, uses)
+		lock = list_append_unique_oid(lock, ((SharedSeqUse *) lfirst(uc))->target);
 
 	/*
 	 * No key may be taken between reading the highest and switching: every
@@ -1453,7 +1714,7 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 
 			if (att != InvalidAttrNumber && attidentity(target, att) == '\0')
 			{
-				lock = lappend_oid(lock, target);
+				lock = list_append_unique_oid(lock, target);
 				break;
 			}
 		}
@@ -1531,6 +1792,7 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 		if (list_member_oid(lock, target))
 			clone_set_sequences(target);
 	}
+	restore_shared_sequences(plan, schema, uses);
 	cm_restore_output_settings(nest);
 }
 
