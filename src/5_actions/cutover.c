@@ -208,33 +208,71 @@ set_lock_timeout(instr_time t0, int budget_ms)
  * serialization failure) rolls back and is returned in a->error; anything
  * else is raised.
  */
+/* the shared tables that have a copy recorded for the tenant (SPI connected) */
+static List *
+recorded_tables(const char *tenant, MemoryContext mcxt)
+{
+	List	   *r = NIL;
+	MemoryContext old;
+
+	/* (a shared table dropped behind clinic_migrate's back has nothing to switch) */
+	cm_state_exec_tenant("SELECT tt.source_table FROM clinic_migrate.tenant_tables tt WHERE tt.tenant_id = $1 "
+						 "AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tt.source_table) "
+						 "ORDER BY tt.source_table", tenant);
+	/* (SPI leaves its own memory current, which SPI_finish frees) */
+	old = MemoryContextSwitchTo(mcxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		r = lappend_oid(r, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	MemoryContextSwitchTo(old);
+	return r;
+}
+
 /*
- * A table given to the tenant after its plan was read (a CREATE TABLE
- * while it moved, see ddl.c) must be drained too: the attempt is retried
- * with a plan read again.  Under the pause's lock, no other can come.
+ * A table given to the tenant, or dropped, after its plan was read (a
+ * CREATE or DROP TABLE while it moved, see ddl.c): the attempt is retried
+ * with the plan read again.  Under the pause's lock, no other can come.
  */
 static void
-check_plan_current(TenantPlan *plan, const char *tenant)
+check_plan_current(List *recorded, const char *tenant)
 {
-	Oid			types[2] = {TEXTOID, OIDARRAYOID};
-	Datum		values[2];
-	Datum	   *oids = palloc(sizeof(Datum) * Max(plan->ncopied, 1));
+	List	   *now = recorded_tables(tenant, CurrentMemoryContext);
 
-	for (int i = 0; i < plan->ncopied; i++)
-		oids[i] = ObjectIdGetDatum(plan->tables[i].relid);
-	values[0] = CStringGetTextDatum(tenant);
-	values[1] = PointerGetDatum(construct_array(oids, plan->ncopied, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
-	cm_state_exec("SELECT table_name FROM clinic_migrate.tenant_tables WHERE tenant_id = $1 "
-				  "AND source_table <> ALL ($2) LIMIT 1", 2, types, values, NULL, 0);
-	if (SPI_processed > 0)
+	if (list_length(now) != list_length(recorded) || list_difference_oid(now, recorded) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("table %s was added to tenant \"%s\" while it was being switched",
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), tenant)));
+				 errmsg("the tables of tenant \"%s\" changed while it was being switched", tenant)));
+}
+
+/*
+ * A table with a copy that the plan no longer takes (a foreign key that
+ * made it a child table was dropped, or it was excluded after the copy):
+ * switching now would leave its copy behind, unreplayed.
+ */
+static void
+check_recorded_in_plan(TenantPlan *plan, List *recorded, const char *tenant)
+{
+	ListCell   *lc;
+
+	foreach(lc, recorded)
+	{
+		PlanTable  *pt = plan_find(plan, lfirst_oid(lc));
+
+		if (pt == NULL || pt->position == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s has a copy in tenant \"%s\"'s schema but its plan no longer takes it",
+							get_rel_name(lfirst_oid(lc)) ? cm_qualified_relname(lfirst_oid(lc)) : "(dropped)", tenant),
+					 errdetail("A foreign key that made it a child table was dropped, or it was excluded after the copy."),
+					 errhint("Undo that change, or roll the tenant back and migrate it again.")));
+	}
 }
 
 static void
-pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan,
+pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan, List *recorded,
 			   const char *expect_state, const char *new_state, bool reverse,
 			   const char *point, Attempt *a)
 {
@@ -273,7 +311,7 @@ pause_and_flip(const char *tenant, const char *plan_schema, TenantPlan *plan,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("tenant \"%s\" changed state while it was being switched", tenant),
 					 errdetail("It is %s, not %s.", info.exists ? info.state : "gone", expect_state)));
-		check_plan_current(plan, tenant);
+		check_plan_current(recorded, tenant);
 
 		/*
 		 * One round drains everything: the snapshot was taken after the
@@ -362,6 +400,7 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "clinic_migrate switch",
 											  ALLOCSET_DEFAULT_SIZES);
 	TenantPlan *plan;
+	List	   *recorded = NIL;
 
 	catch_up(tenant, schema, cm_cutover_max_lag, cm_cutover_wait);
 
@@ -373,6 +412,9 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 
 		cm_current_settings(&s);
 		plan = clone_plan_for_tenant(&t, &s, cxt);
+		recorded = recorded_tables(tenant, cxt);
+		if (!reverse)
+			check_recorded_in_plan(plan, recorded, tenant);
 		if (precheck)
 		{
 			snprintf(activity, sizeof(activity), "clinic_migrate: validating %s before the pause", schema);
@@ -389,16 +431,17 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 		pgstat_report_activity(STATE_RUNNING, activity);
 		if (attempt > 1)
 		{
-			/* read again: a table may have been added (check_plan_current) */
+			/* read again: a table may have been added or dropped (check_plan_current) */
 			CmSettings	s;
 			char	   *t = (char *) tenant;
 
 			begin_txn();
 			cm_current_settings(&s);
 			plan = clone_plan_for_tenant(&t, &s, cxt);
+			recorded = recorded_tables(tenant, cxt);
 			end_txn();
 		}
-		pause_and_flip(tenant, schema, plan, expect_state, new_state, reverse, point, &a);
+		pause_and_flip(tenant, schema, plan, recorded, expect_state, new_state, reverse, point, &a);
 		begin_txn();
 		record_attempt(tenant, direction, attempt, &a, rows,
 					   a.done ? "done" : (attempt < cm_cutover_attempts ? "retried" : "failed"));
@@ -492,6 +535,9 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	begin_txn();
 	load_tenant(tenant, &info);
 	ddl_adopt_missing(tenant, info.state, info.schema_oid);
+	/* what it made is seen by the lookups below (the foreign keys it added) */
+	CommandCounterIncrement();
+	UpdateActiveSnapshotCommandId();
 	plan = load_tenant(tenant, &info);
 	capture_install_reverse(plan, schema, tenant);
 	clone_switch_sequences(plan, schema);

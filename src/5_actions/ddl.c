@@ -56,6 +56,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -450,7 +451,17 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 				refuse_change_of_copy(relid, "change the columns of");
 		}
 		/* a table the plan takes once it has a key: its copies now */
-		adopt_table(relid);
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableType t = ((AlterTableCmd *) lfirst(lc))->subtype;
+
+			if (t == AT_AddConstraint || t == AT_AddIndex || t == AT_AddIndexConstraint ||
+				t == AT_SetNotNull)
+			{
+				adopt_table(relid);
+				break;
+			}
+		}
 		return;
 	}
 
@@ -587,6 +598,7 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 	int			nest;
 	bool		save_applying = cm_applying;
 	int64		n;
+	CmRoleSave	save;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
@@ -594,8 +606,16 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 	appendStringInfo(&sql, ")%s SELECT ", always ? " OVERRIDING SYSTEM VALUE" : "");
 	cm_append_quoted_list(&sql, cols, "s");
 	plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+	/*
+	 * As the table's owner, in a security-restricted operation, past any
+	 * row security (the tenant's policies would hide rows without a current
+	 * tenant), with a snapshot taken now: after the capture's lock.
+	 */
+	cm_table_owner_begin(pt->relid, &save);
 	nest = cm_set_replica();
 	cm_applying = true;
+	PushActiveSnapshot(GetLatestSnapshot());
+	UpdateActiveSnapshotCommandId();
 	PG_TRY();
 	{
 		if (SPI_execute_with_args(sql.data, 1, &type, &value, NULL, false, 0) != SPI_OK_INSERT)
@@ -607,18 +627,12 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 		cm_applying = save_applying;
 	}
 	PG_END_TRY();
+	PopActiveSnapshot();
 	cm_restore_output_settings(nest);
+	cm_role_end(&save);
 	return n;
 }
 
-/*
- * The role creating a table the tenants' plan takes owns it: its copies
- * are made as that role and owned by it, as the clone hands a copy to the
- * shared table's owner and lets that owner create in the tenant's schema.
- * A schema made by a migrating role that could not hand its copies over
- * did not grant that: its owner grants it now (a GRANT, nothing else, in a
- * security-restricted operation).
- */
 static Oid
 namespace_owner(Oid nsp)
 {
@@ -632,26 +646,34 @@ namespace_owner(Oid nsp)
 	return owner;
 }
 
-static void
-grant_schema_to_creator(const char *tenant)
+/*
+ * The tenant's copy of a new table, made as the role running the statement
+ * (the new table's owner), which may create in the tenant's schema when the
+ * clone handed it its copies.  When it may not (a schema made by a
+ * migrating role that could not hand its copies over), the schema's owner
+ * makes the empty table, in a security-restricted operation (nothing of
+ * the application's runs: no rows yet), and hands it to the table's owner
+ * as the clone does; no right on the schema is granted to anyone.
+ */
+static char *
+clone_as_creator(const char *tenant, TenantPlan *one, CmSettings *s)
 {
 	TenantInfo	info;
 	Oid			owner;
 	Oid			save_user;
 	int			save_sec;
+	char	   *schema;
 
 	clone_tenant_info(tenant, &info);
 	if (!info.exists || !OidIsValid(info.schema_oid) || get_namespace_name(info.schema_oid) == NULL ||
 		pg_namespace_aclcheck(info.schema_oid, GetUserId(), ACL_CREATE) == ACLCHECK_OK)
-		return;
+		return clone_prepare_schema(tenant, one, s, false);
 	owner = namespace_owner(info.schema_oid);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	if (SPI_execute(psprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s", quote_identifier(info.schema_name),
-							 quote_identifier(GetUserNameFromId(save_user, false))), false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "clinic_migrate: could not grant CREATE on schema %s", info.schema_name);
+	schema = clone_prepare_schema(tenant, one, s, false);
 	SetUserIdAndSecContext(save_user, save_sec);
-	CommandCounterIncrement();
+	return schema;
 }
 
 /*
@@ -674,8 +696,8 @@ adopt_for_tenant(void *arg)
 	bool		started = strcmp(a->state, "schema_created") != 0;
 	CmRoleSave	save;
 
-	grant_schema_to_creator(a->tenant);
-	schema = clone_prepare_schema(a->tenant, a->plan, a->settings, false);
+	/* the table alone: no other table of the plan is made or recorded here */
+	schema = clone_as_creator(a->tenant, one, a->settings);
 	see_own_changes();
 	target = clone_target_relid(schema, a->pt->relname);
 	if (!loading)
@@ -686,6 +708,18 @@ adopt_for_tenant(void *arg)
 		Oid			types[3] = {TEXTOID, OIDOID, INT8OID};
 		Datum		values[3];
 
+		/*
+		 * Capture first, then the rows: under the capture's lock, with a
+		 * snapshot taken after it, every row is either read here or
+		 * written after and captured.
+		 */
+		cm_owner_begin(&save);
+		capture_install(one);
+		if (strcmp(a->state, "copied") == 0 || strcmp(a->state, "cut_over") == 0)
+			capture_install_reverse(one, schema, a->tenant);
+		cm_role_end(&save);
+		LockRelationOid(a->pt->relid, ShareRowExclusiveLock);
+		see_own_changes();
 		n = adopt_rows(a->plan, a->pt, a->tenant, target);
 		values[0] = CStringGetTextDatum(a->tenant);
 		values[1] = ObjectIdGetDatum(a->pt->relid);
@@ -693,13 +727,6 @@ adopt_for_tenant(void *arg)
 		cm_state_exec("UPDATE clinic_migrate.tenant_tables SET copied = true, indexed = true, "
 					  "rows_total = $3, rows_copied = $3 "
 					  "WHERE tenant_id = $1 AND source_table = $2", 3, types, values, NULL, 0);
-		see_own_changes();
-		/* our triggers, with our rights (the deployer may not EXECUTE their function) */
-		cm_owner_begin(&save);
-		capture_install(one);
-		if (strcmp(a->state, "copied") == 0 || strcmp(a->state, "cut_over") == 0)
-			capture_install_reverse(one, schema, a->tenant);
-		cm_role_end(&save);
 	}
 	see_own_changes();
 	if (strcmp(a->state, "cut_over") == 0)
@@ -788,6 +815,8 @@ adopt_table(Oid relid)
 		return;
 	/* the statement's last part (a CREATE TABLE's primary key) is not visible yet */
 	CommandCounterIncrement();
+
+	CommandCounterIncrement();
 	PushCopiedSnapshot(GetActiveSnapshot());
 	UpdateActiveSnapshotCommandId();
 	adopt_table_for_tenants(relid);
@@ -814,6 +843,22 @@ adopt_table_for_tenants(Oid relid)
 				  "ORDER BY t.tenant_id", 2, types, values, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
+	if (n > 0)
+	{
+		/*
+		 * An inheritance child (or parent): the shared scans of the tree would
+		 * count its rows where a copy of its own would not.  Left shared.
+		 */
+		if (has_superclass(relid) || has_subclass(relid))
+		{
+			ereport(WARNING,
+					(errmsg("table %s is part of an inheritance tree: the moving tenants get no copy of it",
+							cm_qualified_relname(relid)),
+					 errhint("Keep it shared with SELECT clinic_migrate.exclude_table('%s'), or make it a table of its own.",
+							 cm_qualified_relname(relid))));
+			return;
+		}
+	}
 	for (uint64 i = 0; i < n; i++)
 	{
 		char	   *tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
@@ -926,6 +971,14 @@ drop_of(ObjectType type, const char *schema, const char *name, DropBehavior beha
 	return d;
 }
 
+static void
+drop_log(void *arg)
+{
+	Oid			log = *(Oid *) arg;
+
+	cm_state_exec(psprintf("DROP TABLE %s", cm_qualified_relname(log)), 0, NULL, NULL, NULL, 0);
+}
+
 /* a planned table was dropped: its copies go, and their records and log */
 static void
 drop_table_copies(Oid source, const char *name, DropBehavior behavior, const char *query)
@@ -961,16 +1014,19 @@ drop_table_copies(Oid source, const char *name, DropBehavior behavior, const cha
 
 		if (!isnull && get_rel_name(log) != NULL)
 		{
+			ErrorData  *failed;
+
 			following = true;
-			PG_TRY();
+			failed = cm_try_in_subxact(drop_log, &log);
+			following = false;
+			if (failed)
 			{
-				cm_state_exec(psprintf("DROP TABLE %s", cm_qualified_relname(log)), 0, NULL, NULL, NULL, 0);
+				ereport(WARNING,
+						(errmsg("the capture log %s of the dropped table is left: %s",
+								cm_qualified_relname(log), failed->message),
+						 errhint("Drop it when what depends on it is gone.")));
+				FreeErrorData(failed);
 			}
-			PG_FINALLY();
-			{
-				following = false;
-			}
-			PG_END_TRY();
 		}
 	}
 }
@@ -986,6 +1042,11 @@ drop_index_copies(const char *schema, const char *name, DropBehavior behavior, c
 
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(schema));
 	values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+	/* an index still to build on the copies is not wanted any more */
+	if (OidIsValid(get_relname_relid("pending_indexes", get_namespace_oid(CM_SCHEMA, false))))
+		cm_state_exec("DELETE FROM clinic_migrate.pending_indexes p USING clinic_migrate.tenants t "
+					  "WHERE t.tenant_id = p.tenant_id AND t.source_schema = $1 AND p.index_name = $2 "
+					  "AND p.built_at IS NULL", 2, types, values, NULL, 0);
 	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, tt.target_table, n.nspname "
 				  "FROM clinic_migrate.tenants t "
 				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
@@ -1270,11 +1331,13 @@ follow_rename(RenameStmt *stmt, const char *query)
 static char *
 concurrent_def_for(Oid idx, Oid relid, Oid copy)
 {
+	int			nest = cm_pin_search_path();	/* every name qualified */
 	char	   *def = TextDatumGetCString(DirectFunctionCall1(pg_get_indexdef, ObjectIdGetDatum(idx)));
 	HeapTuple	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
 	const char *unique;
 	char	   *head;
 
+	cm_restore_output_settings(nest);
 	if (!HeapTupleIsValid(itup))
 		return NULL;
 	unique = ((Form_pg_index) GETSTRUCT(itup))->indisunique ? "UNIQUE " : "";
@@ -1364,6 +1427,7 @@ ddl_pending_indexes(const char *tenant)
 	/* one made by hand on the copy counts */
 	cm_state_exec_tenant("SELECT string_agg(quote_ident(p.index_name), ', ' ORDER BY p.index_name) "
 						 "FROM clinic_migrate.pending_indexes p WHERE p.tenant_id = $1 AND p.built_at IS NULL "
+						 "AND EXISTS (SELECT FROM pg_catalog.pg_class t WHERE t.oid = p.copy_table) "
 						 "AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i "
 						 "  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
 						 "  WHERE i.indrelid = p.copy_table AND c.relname = p.index_name AND i.indisvalid)",
@@ -1379,10 +1443,8 @@ ddl_pending_indexes(const char *tenant)
  * in READ COMMITTED as a client's would.  No transaction may be open.
  */
 static void
-run_concurrently(const char *ddl, Oid owner)
+run_concurrently(const char *ddl)
 {
-	Oid			save_user;
-	int			save_sec;
 
 	/*
 	 * The statement, and what runs it, live in a context of their own, as a
@@ -1421,18 +1483,21 @@ run_concurrently(const char *ddl, Oid owner)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(portal);
-	GetUserIdAndSecContext(&save_user, &save_sec);
 	following = true;
 	PG_TRY();
 	{
-		/* as the copy's owner, whose index it is, in a security-restricted operation */
-		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		/*
+		 * As the job's role, who made the shared index and is a member of
+		 * the copy's owner (checked): PostgreSQL itself evaluates the
+		 * index's expressions as the table's owner, restricted.  (No
+		 * security-restricted context of ours may span the statement's own
+		 * transactions.)
+		 */
 		ProcessUtility(ps, ddl, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL, None_Receiver, NULL);
 	}
 	PG_FINALLY();
 	{
 		following = false;
-		SetUserIdAndSecContext(save_user, save_sec);
 	}
 	PG_END_TRY();
 	if (ActiveSnapshotSet())
@@ -1469,9 +1534,9 @@ drop_invalid_index(const char *tenant, const char *index_name, const char *error
 	{
 		char	   *q = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
-		/* as its owner, in a security-restricted operation; an error unwinds the switch */
+		/* as its owner (nothing of the application's runs in a DROP INDEX) */
 		GetUserIdAndSecContext(&save_user, &save_sec);
-		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		following = true;
 		if (SPI_execute(psprintf("DROP INDEX IF EXISTS %s", q), false, 0) < 0)
 			elog(ERROR, "clinic_migrate: could not drop invalid index %s", q);
@@ -1488,7 +1553,7 @@ build_one(const char *tenant, const char *name, const char *ddl, Oid owner, Memo
 {
 	PG_TRY();
 	{
-		run_concurrently(ddl, owner);
+		run_concurrently(ddl);
 	}
 	PG_CATCH();
 	{

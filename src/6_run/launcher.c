@@ -1018,6 +1018,7 @@ cm_run_action(CmWorkerShared *req, CmWorkerShared *result)
 			   *detail = NULL,
 			   *hint = NULL;
 	bool		paused;
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (cm_scheduler_pid(MyDatabaseId) == 0)
 	{
@@ -1078,10 +1079,11 @@ cm_run_action(CmWorkerShared *req, CmWorkerShared *result)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job " INT64_FORMAT " of tenant \"%s\" is gone", job, req->tenant)));
-	state = pstrdup(state);
-	error = error ? pstrdup(error) : NULL;
-	detail = detail ? pstrdup(detail) : NULL;
-	hint = hint ? pstrdup(hint) : NULL;
+	/* out of SPI's memory, which SPI_finish frees, into the caller's */
+	state = MemoryContextStrdup(caller, state);
+	error = error ? MemoryContextStrdup(caller, error) : NULL;
+	detail = detail ? MemoryContextStrdup(caller, detail) : NULL;
+	hint = hint ? MemoryContextStrdup(caller, hint) : NULL;
 	SPI_finish();
 	if (strcmp(state, "done") != 0)
 		ereport(ERROR,

@@ -318,7 +318,8 @@ cm_wait(PG_FUNCTION_ARGS)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
-	state = pstrdup(state);
+	/* SPI_palloc: in the caller's memory, which SPI_finish leaves alone */
+	state = strcpy(SPI_palloc(strlen(state) + 1), state);
 	SPI_finish();
 	PG_RETURN_TEXT_P(cstring_to_text(state));
 }

@@ -13,8 +13,9 @@
 # every table, the new one included, its copy has the shared table's shape, and
 # every patient pgbench inserted has exactly one audit row: the shared table's
 # trigger before cutover, the copy's after it, and never one from the copy or the
-# replay.
-# Data: test/gen/clinic.sql with 4 tenants and about 20,000 rows.
+# replay. Then t1 and 49 more tenants are finalized and two more deploys reach the 50
+# schemas by fan_out, and a view made again in t1's schema reads its rows.
+# Data: test/gen/clinic.sql with 52 tenants and about 20,000 rows.
 
 use strict;
 use warnings;
@@ -27,7 +28,7 @@ use lib "$ENV{TESTDIR}/test/t";
 use ClinicTest;
 
 my $node = ClinicTest::start_clinic(
-	tenants => 4,
+	tenants => 52,
 	rows => 20000,
 	conf => q{
 shared_preload_libraries = 'clinic_migrate'
@@ -45,6 +46,7 @@ BEGIN
   RETURN NULL;
 END $$;
 CREATE TRIGGER patients_audit AFTER INSERT ON public.patients FOR EACH ROW EXECUTE FUNCTION public.audit_insert();
+CREATE VIEW public.patient_names AS SELECT tenant_id, id, first_name, last_name FROM public.patients;
 ALTER TABLE public.patients ADD COLUMN legacy integer;
 CREATE ROLE app LOGIN;
 GRANT USAGE ON SCHEMA public TO app;
@@ -154,10 +156,6 @@ UPDATE public.patients SET insurance = 'basic'
 WHERE id IN (SELECT id FROM public.patients WHERE insurance = 'none' ORDER BY id LIMIT 2000)});
 }
 deploy('V2 a type change', q{ALTER TABLE public.patients ALTER COLUMN insurance TYPE varchar(40)});
-my $cic = deploy('V3 an index, concurrently',
-	q{CREATE INDEX CONCURRENTLY patients_insurance ON public.patients (insurance)});
-like($cic, qr/NOTICE:  the index is queued for the copies of public.patients of 1 moving tenants/,
-	'V3: CREATE INDEX CONCURRENTLY queues the copy\'s index');
 deploy('V4 a CHECK, NOT VALID then validated', q{
 ALTER TABLE public.patients ADD CONSTRAINT insurance_known CHECK (insurance IS NOT NULL) NOT VALID;
 ALTER TABLE public.patients VALIDATE CONSTRAINT insurance_known;});
@@ -176,6 +174,12 @@ SELECT tenant_id, coalesce(balance * 100, 0)::integer, 'opening balance' FROM pu
 
 $migrate->finish;
 like($mout, qr/^tenant_t1$/m, 'migrate_tenant(t1) ends under the deploys') or diag($merr);
+# (after the copy: CREATE INDEX CONCURRENTLY waits for every older transaction,
+# the session waiting in migrate_tenant() included)
+my $cic = deploy('V3 an index, concurrently',
+	q{CREATE INDEX CONCURRENTLY patients_insurance ON public.patients (insurance)});
+like($cic, qr/NOTICE:  the index is queued for the copies of public.patients of 1 moving tenants/,
+	'V3: CREATE INDEX CONCURRENTLY queues the copy\'s index');
 finish_load($load, 'copy and deploys');
 
 # The scheduler's index job built the copy's index (cutover would wait for it).
@@ -230,6 +234,44 @@ WHERE a.tenant = 't1' AND NOT EXISTS (SELECT 1 FROM tenant_t1.patients p WHERE p
 is( $node->safe_psql('postgres',
 		q{SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'tenant_t1.patients'::regclass AND tgname = 'patients_audit'}),
 	'O', 'the audit trigger is on the copy, plain ENABLE');
+
+# 4. After the move: t1 and 49 more tenants finalized in schemas of their own, then
+# two more deploys by fan_out across the 50 schemas, worked by the scheduler.
+is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.finalize_tenant('t1')}),
+	'tenant_t1', 't1 finalizes');
+$node->safe_psql(
+	'postgres', q{
+SELECT clinic_migrate.migrate_tenant('t' || i), clinic_migrate.cutover('t' || i),
+       clinic_migrate.finalize_tenant('t' || i)
+FROM generate_series(4, 52) i});
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM clinic_migrate.tenants WHERE state = 'finalized'}),
+	'50', '50 tenants live in schemas of their own');
+is($node->safe_psql('postgres', q{SELECT clinic_migrate.fan_out('V7', 'ALTER TABLE patients ADD COLUMN vip boolean NOT NULL DEFAULT false')}),
+	'50', 'V7 by fan_out: a job per finalized tenant');
+is($node->safe_psql('postgres', q{SELECT clinic_migrate.fan_out('V8', 'CREATE INDEX patients_vip ON patients (vip) WHERE vip')}),
+	'50', 'V8 by fan_out: a job per finalized tenant');
+ok( $node->poll_query_until('postgres',
+		q{SELECT count(*) = 100 FROM clinic_migrate.tenant_schema_versions}),
+	'the scheduler applies both versions to every tenant schema')
+  or diag($node->safe_psql('postgres',
+	q{SELECT tenant_id, action, state, error FROM clinic_migrate.job_queue WHERE state <> 'done' LIMIT 5}));
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FILTER (WHERE s.schema_version = 'V8') || ' / '
+       || (SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+           WHERE a.attname = 'vip' AND c.relname = 'patients') || ' / '
+       || (SELECT count(*) FROM pg_class WHERE relname = 'patients_vip')
+FROM clinic_migrate.status s WHERE s.state = 'finalized'}),
+	'50 / 51 / 51', 'every tenant schema is at V8, with the column and the index, and so are the shared tables');
+# a routed session reads its own rows through the view, made again in its schema
+is( $node->safe_psql(
+		'postgres', q{
+BEGIN;
+SELECT clinic_migrate.set_tenant('t1', true) \g /dev/null
+SELECT count(*) = (SELECT count(*) FROM tenant_t1.patients) AND bool_and(tenant_id = 't1') FROM patient_names;
+COMMIT;}),
+	't', 'after finalize, t1 reads its own rows through the view');
 
 $node->stop;
 done_testing();
