@@ -633,47 +633,32 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 	return n;
 }
 
-static Oid
-namespace_owner(Oid nsp)
-{
-	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "clinic_migrate: schema %u is gone", nsp);
-	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
 
 /*
  * The tenant's copy of a new table, made as the role running the statement
  * (the new table's owner), which may create in the tenant's schema when the
  * clone handed it its copies.  When it may not (a schema made by a
- * migrating role that could not hand its copies over), the schema's owner
- * makes the empty table, in a security-restricted operation (nothing of
- * the application's runs: no rows yet), and hands it to the table's owner
- * as the clone does; no right on the schema is granted to anyone.
+ * migrating role that could not hand its copies over), nothing is made
+ * here and NULL returned: the tenant's cutover makes the copy, as that
+ * role.  No right on the schema is granted to anyone.
  */
 static char *
 clone_as_creator(const char *tenant, TenantPlan *one, CmSettings *s)
 {
 	TenantInfo	info;
-	Oid			owner;
-	Oid			save_user;
-	int			save_sec;
-	char	   *schema;
 
 	clone_tenant_info(tenant, &info);
-	if (!info.exists || !OidIsValid(info.schema_oid) || get_namespace_name(info.schema_oid) == NULL ||
-		pg_namespace_aclcheck(info.schema_oid, GetUserId(), ACL_CREATE) == ACLCHECK_OK)
-		return clone_prepare_schema(tenant, one, s, false);
-	owner = namespace_owner(info.schema_oid);
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	schema = clone_prepare_schema(tenant, one, s, false);
-	SetUserIdAndSecContext(save_user, save_sec);
-	return schema;
+	if (info.exists && OidIsValid(info.schema_oid) && get_namespace_name(info.schema_oid) != NULL &&
+		pg_namespace_aclcheck(info.schema_oid, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+	{
+		ereport(WARNING,
+				(errmsg("table %s has no copy in tenant \"%s\"'s schema yet: role \"%s\" may not create in \"%s\"",
+						cm_qualified_relname(one->tables[0].relid), tenant,
+						GetUserNameFromId(GetUserId(), false), info.schema_name),
+				 errhint("The tenant's cutover makes it, as the role that runs it.")));
+		return NULL;
+	}
+	return clone_prepare_schema(tenant, one, s, false);
 }
 
 /*
@@ -698,6 +683,8 @@ adopt_for_tenant(void *arg)
 
 	/* the table alone: no other table of the plan is made or recorded here */
 	schema = clone_as_creator(a->tenant, one, a->settings);
+	if (schema == NULL)
+		return;
 	see_own_changes();
 	target = clone_target_relid(schema, a->pt->relname);
 	if (!loading)

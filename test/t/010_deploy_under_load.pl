@@ -249,6 +249,9 @@ is( $node->safe_psql('postgres',
 	'50', '50 tenants live in schemas of their own');
 is($node->safe_psql('postgres', q{SELECT clinic_migrate.fan_out('V7', 'ALTER TABLE patients ADD COLUMN vip boolean NOT NULL DEFAULT false')}),
 	'50', 'V7 by fan_out: a job per finalized tenant');
+ok( $node->poll_query_until('postgres',
+		q{SELECT count(*) = 50 FROM clinic_migrate.tenant_schema_versions WHERE version = 'V7'}),
+	'the scheduler applies V7 to every tenant schema');
 is($node->safe_psql('postgres', q{SELECT clinic_migrate.fan_out('V8', 'CREATE INDEX patients_vip ON patients (vip) WHERE vip')}),
 	'50', 'V8 by fan_out: a job per finalized tenant');
 ok( $node->poll_query_until('postgres',
