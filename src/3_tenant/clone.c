@@ -155,6 +155,28 @@ clone_settings_for_tenant(const char *tenant, CmSettings *s)
 	}
 }
 
+List *
+clone_recorded_tables(const char *tenant, MemoryContext mcxt)
+{
+	List	   *r = NIL;
+	MemoryContext old;
+
+	/* (a shared table dropped behind clinic_migrate's back has no copy to speak of) */
+	cm_state_exec_tenant("SELECT tt.source_table FROM clinic_migrate.tenant_tables tt WHERE tt.tenant_id = $1 "
+						 "AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tt.source_table) "
+						 "ORDER BY tt.source_table", tenant);
+	/* (SPI leaves its own memory current, which SPI_finish frees) */
+	old = MemoryContextSwitchTo(mcxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		r = lappend_oid(r, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
+	}
+	MemoryContextSwitchTo(old);
+	return r;
+}
+
 static void plan_keep_recorded(TenantPlan *plan, const char *tenant);
 
 static TenantPlan *plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt, bool recorded_only);
@@ -214,14 +236,7 @@ plan_keep_recorded(TenantPlan *plan, const char *tenant)
 	if (!info.exists || (strcmp(info.state, "cut_over") != 0 && strcmp(info.state, "rolling_back") != 0 &&
 						 strcmp(info.state, "finalizing") != 0 && strcmp(info.state, "finalized") != 0))
 		return;
-	cm_state_exec_tenant("SELECT source_table FROM clinic_migrate.tenant_tables WHERE tenant_id = $1", tenant);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		recorded = lappend_oid(recorded, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-																		 SPI_tuptable->tupdesc, 1, &isnull)));
-	}
+	recorded = clone_recorded_tables(tenant, CurrentMemoryContext);
 	kept = MemoryContextAlloc(GetMemoryChunkContext(plan->tables), sizeof(PlanTable) * plan->ntables);
 	for (int pass = 0; pass < 2; pass++)
 		for (int i = 0; i < plan->ntables; i++)

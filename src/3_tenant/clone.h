@@ -42,6 +42,8 @@ extern TenantPlan *clone_plan_for_tenant(char **tenant, CmSettings *s, MemoryCon
  * table the catalog would give it (to give it one that has a copy now).
  */
 extern TenantPlan *clone_catalog_plan_for_tenant(char **tenant, CmSettings *s, MemoryContext mcxt);
+/* the shared tables that have a copy recorded for the tenant, in mcxt (SPI connected) */
+extern List *clone_recorded_tables(const char *tenant, MemoryContext mcxt);
 
 /* error (with the GRANT to run) unless the caller may do the whole migration */
 extern void clone_check_privileges(TenantPlan *plan, const char *tenant);

@@ -208,29 +208,6 @@ set_lock_timeout(instr_time t0, int budget_ms)
  * serialization failure) rolls back and is returned in a->error; anything
  * else is raised.
  */
-/* the shared tables that have a copy recorded for the tenant (SPI connected) */
-static List *
-recorded_tables(const char *tenant, MemoryContext mcxt)
-{
-	List	   *r = NIL;
-	MemoryContext old;
-
-	/* (a shared table dropped behind clinic_migrate's back has nothing to switch) */
-	cm_state_exec_tenant("SELECT tt.source_table FROM clinic_migrate.tenant_tables tt WHERE tt.tenant_id = $1 "
-						 "AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tt.source_table) "
-						 "ORDER BY tt.source_table", tenant);
-	/* (SPI leaves its own memory current, which SPI_finish frees) */
-	old = MemoryContextSwitchTo(mcxt);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		r = lappend_oid(r, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
-	}
-	MemoryContextSwitchTo(old);
-	return r;
-}
-
 /*
  * A table given to the tenant, or dropped, after its plan was read (a
  * CREATE or DROP TABLE while it moved, see ddl.c): the attempt is retried
@@ -239,7 +216,7 @@ recorded_tables(const char *tenant, MemoryContext mcxt)
 static void
 check_plan_current(List *recorded, const char *tenant)
 {
-	List	   *now = recorded_tables(tenant, CurrentMemoryContext);
+	List	   *now = clone_recorded_tables(tenant, CurrentMemoryContext);
 
 	if (list_length(now) != list_length(recorded) || list_difference_oid(now, recorded) != NIL)
 		ereport(ERROR,
@@ -412,7 +389,7 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 
 		cm_current_settings(&s);
 		plan = clone_plan_for_tenant(&t, &s, cxt);
-		recorded = recorded_tables(tenant, cxt);
+		recorded = clone_recorded_tables(tenant, cxt);
 		if (!reverse)
 			check_recorded_in_plan(plan, recorded, tenant);
 		if (precheck)
@@ -438,7 +415,7 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 			begin_txn();
 			cm_current_settings(&s);
 			plan = clone_plan_for_tenant(&t, &s, cxt);
-			recorded = recorded_tables(tenant, cxt);
+			recorded = clone_recorded_tables(tenant, cxt);
 			end_txn();
 		}
 		pause_and_flip(tenant, schema, plan, recorded, expect_state, new_state, reverse, point, &a);

@@ -749,14 +749,7 @@ ddl_adopt_missing(const char *tenant, const char *state, Oid schema_oid)
 	cm_current_settings(&s);
 	plan = clone_catalog_plan_for_tenant(&t, &s, CurrentMemoryContext);
 
-	cm_state_exec_tenant("SELECT source_table FROM clinic_migrate.tenant_tables WHERE tenant_id = $1", tenant);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		recorded = lappend_oid(recorded, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-																		 SPI_tuptable->tupdesc, 1, &isnull)));
-	}
+	recorded = clone_recorded_tables(tenant, CurrentMemoryContext);
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
