@@ -58,12 +58,13 @@ SELECT count(*) AS tenant_1_still_there FROM clinic_migrate.tenants WHERE tenant
 DROP VIEW edge_out.ward_names;
 SELECT clinic_migrate.rollback_tenant('01') AS rolled_back;
 
--- a partitioned table with tenant rows is reported, not silently left behind
+-- a partitioned table with tenant rows moves with the tenant (0.7), partitions and all
 CREATE TABLE edge.events (clinic_no int NOT NULL, id int NOT NULL, PRIMARY KEY (clinic_no, id))
     PARTITION BY LIST (clinic_no);
 CREATE TABLE edge.events_all PARTITION OF edge.events FOR VALUES IN (1, 2, 3);
 INSERT INTO edge.events VALUES (3, 1);
 SELECT schema_name, tables FROM clinic_migrate.migrate_tenant('3');
+SELECT tableoid::regclass AS partition, clinic_no, id FROM tenant_3.events;
 DROP TABLE edge.events;
 
 -- a duplicated row is named; max_keys = 0 names nothing but still fails

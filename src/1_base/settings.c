@@ -25,6 +25,7 @@ int			cm_cutover_max_lag = 1000;
 int			cm_cutover_max_pause = 200;
 bool		cm_follow_ddl_on = true;
 bool		cm_shared_foreign_keys = true;
+bool		cm_keep_partitions = true;
 int			cm_cutover_attempts = 10;
 int			cm_cutover_wait = 300;
 int			cm_archive_batch_size = 10000;
@@ -148,6 +149,11 @@ cm_settings_init(void)
 							 "table), which every tenant's keys make longer to load and every delete of a "
 							 "referenced row checks against every tenant's table.",
 							 &cm_shared_foreign_keys, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("clinic_migrate.keep_partitions",
+							 "Whether a tenant's copy of a partitioned table is partitioned the same way, with the same partitions.",
+							 "Off: the copy is one plain table holding all the tenant's rows. Read when the copy is made "
+							 "(migrate_tenant passes it to its worker; a queued job takes the database's setting).",
+							 &cm_keep_partitions, true, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("clinic_migrate.follow_ddl",
 							 "Whether ALTER TABLE, RENAME and CREATE INDEX of a shared table run again on the copies of the tenants moving.",
 							 "Off in a session: its schema changes reach the shared tables only, and the copies must be changed by hand before cutover.",
@@ -217,6 +223,7 @@ cm_current_settings(CmSettings *s)
 	s->lock_timeout = cm_lock_timeout;
 	s->lock_retry_time = cm_lock_retry_time;
 	s->shared_foreign_keys = cm_shared_foreign_keys;
+	s->keep_partitions = cm_keep_partitions;
 	strlcpy(s->archive_schema, cm_archive_schema ? cm_archive_schema : "", NAMEDATALEN);
 	strlcpy(s->registry_schema_column, cm_registry_schema_column ? cm_registry_schema_column : "",
 			NAMEDATALEN);
@@ -247,6 +254,7 @@ cm_apply_settings(const CmSettings *s)
 	SET_INT("lock_timeout", s->lock_timeout);
 	SET_INT("lock_retry_time", s->lock_retry_time);
 	SET_STR("shared_foreign_keys", s->shared_foreign_keys ? "on" : "off");
+	SET_STR("keep_partitions", s->keep_partitions ? "on" : "off");
 	SET_STR("archive_schema", s->archive_schema);
 	SET_STR("registry_schema_column", s->registry_schema_column);
 	SET_STR("registry_status_column", s->registry_status_column);

@@ -21,6 +21,7 @@ extern int	cm_sync_interval;
 extern int	cm_cutover_max_lag;
 extern int	cm_cutover_max_pause;
 extern bool cm_shared_foreign_keys;
+extern bool cm_keep_partitions;
 extern bool cm_follow_ddl_on;
 extern int	cm_cutover_attempts;
 extern int	cm_cutover_wait;
@@ -62,6 +63,7 @@ typedef struct CmSettings
 	int			lock_timeout;
 	int			lock_retry_time;
 	bool		shared_foreign_keys;
+	bool		keep_partitions;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);

@@ -7,6 +7,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "common/hashfn.h"
 #include "utils/resowner.h"
@@ -191,6 +192,12 @@ cm_qualified_relname(Oid relid)
 		elog(ERROR, "cache lookup failed for relation %u", relid);
 	nsp = get_namespace_name(get_rel_namespace(relid));
 	return quote_qualified_identifier(nsp, rel);
+}
+
+const char *
+cm_only(Oid relid)
+{
+	return get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ";
 }
 
 /* append prefix."a", prefix."b", ... (prefix may be NULL) */

@@ -63,6 +63,13 @@ extern int	cm_set_replica(void);
 /* "schema"."table" for a relation OID, quoted */
 extern char *cm_qualified_relname(Oid relid);
 
+/*
+ * "ONLY " before a table name in a scan or DELETE of one table's rows (an
+ * inheritance parent's own rows), "" for a partitioned table, whose rows
+ * are all in its partitions: ONLY would find none.
+ */
+extern const char *cm_only(Oid relid);
+
 /* a ParamListInfo of non-null constants, for SPI_execute_extended */
 struct ParamListInfoData;
 extern struct ParamListInfoData *cm_param_list(int n, Oid *types, Datum *values);

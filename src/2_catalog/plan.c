@@ -365,7 +365,6 @@ plan_read_tables(TenantPlan *plan, const CmSettings *s)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		PlanTable  *pt = &plan->tables[i];
 		bool		isnull;
-		char	   *relkind = SPI_getvalue(tup, desc, 3);
 		char	   *ext = SPI_getvalue(tup, desc, 4);
 		bool		excluded = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 
@@ -381,11 +380,6 @@ plan_read_tables(TenantPlan *plan, const CmSettings *s)
 		{
 			pt->kind = PLAN_REFERENCE;
 			add_note(pt, "belongs to extension %s", ext);
-		}
-		else if (relkind[0] == 'p')
-		{
-			pt->kind = PLAN_UNSUPPORTED;
-			add_note(pt, "partitioned tables are not migrated yet; it stays shared");
 		}
 		else if (pt->relid == plan->registry)
 			pt->kind = PLAN_REGISTRY;
@@ -413,7 +407,8 @@ plan_read_fks(TenantPlan *plan, int *nfks_p)
 	ret = SPI_execute_with_args(
 								"SELECT con.oid, con.conrelid, con.confrelid, con.conkey, con.confkey "
 								"FROM pg_constraint con "
-								"WHERE con.contype = 'f' AND con.conrelid IN " CM_RELS_OF_NAMESPACE("$1") " "
+								"WHERE con.contype = 'f' AND con.conparentid = 0 "
+								"  AND con.conrelid IN " CM_RELS_OF_NAMESPACE("$1") " "
 								"ORDER BY con.conrelid, con.conname COLLATE \"C\"",
 								1, types, values, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)

@@ -353,7 +353,7 @@ clone_check_privileges(TenantPlan *plan, const char *tenant)
 		for (int h = 0; h < pt->nhops; h++)
 			require_privilege(pt->hops[h].parent, ACL_SELECT, "SELECT");
 		if (SPI_execute_with_args("SELECT DISTINCT confrelid FROM pg_constraint "
-								  "WHERE conrelid = $1 AND contype = 'f'",
+								  "WHERE conrelid = $1 AND contype = 'f' AND conparentid = 0",
 								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: foreign key lookup failed");
 		n = SPI_processed;
@@ -664,24 +664,107 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	}
 }
 
-/* Create one table of the tenant's schema; returns its OID. */
+/* " PARTITION BY ..." of a partitioned table, or "" */
+static char *
+partition_by(Oid relid)
+{
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(relid);
+	char	   *key;
+
+	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		return "";
+	key = query_text("SELECT pg_catalog.pg_get_partkeydef($1)", 1, &type, &value);
+	return key ? psprintf(" PARTITION BY %s", key) : "";
+}
+
+/*
+ * The partitions of the shared table src, made under the tenant's parent
+ * qparent with the same names and bounds (sub-partitions the same way, at
+ * every level), each with its owner, grants, comment and storage
+ * parameters.  Indexes, triggers and constraints of the parent reach them
+ * as PostgreSQL carries them to partitions; what a partition has of its
+ * own (an index on one partition only) is not carried.
+ */
+static void
+clone_partitions(Oid src, const char *schema, const char *qparent)
+{
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(src);
+	Oid		   *oids;
+	char	  **names;
+	char	  **bounds;
+	uint64		n;
+
+	if (SPI_execute_with_args("SELECT c.oid, c.relname, pg_catalog.pg_get_expr(c.relpartbound, c.oid) "
+							  "FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+							  "WHERE i.inhparent = $1 AND c.relispartition AND NOT i.inhdetachpending "
+							  "ORDER BY c.relname COLLATE \"C\"",
+							  1, &type, &value, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: partition lookup failed");
+	/* read out first: each partition's own statements reuse SPI's result */
+	n = SPI_processed;
+	oids = palloc(sizeof(Oid) * Max(n, 1));
+	names = palloc(sizeof(char *) * Max(n, 1));
+	bounds = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		oids[i] = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		bounds[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+	}
+	for (uint64 i = 0; i < n; i++)
+		clone_one_partition(oids[i], schema, qparent, quote_qualified_identifier(schema, names[i]),
+							bounds[i]);
+}
+
+void
+clone_one_partition(Oid part, const char *schema, const char *qparent, const char *qpart,
+					const char *bound)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE TABLE %s PARTITION OF %s %s%s", qpart, qparent, bound,
+					 partition_by(part));
+	exec_ddl(sql.data);
+	CommandCounterIncrement();
+	clone_table_properties(part, schema, qpart);
+	CommandCounterIncrement();
+	if (get_rel_relkind(part) == RELKIND_PARTITIONED_TABLE)
+		clone_partitions(part, schema, qpart);
+}
+
+/*
+ * Create one table of the tenant's schema; returns its OID.  A partitioned
+ * table's copy is partitioned the same way, with the same partitions
+ * (clinic_migrate.keep_partitions, on by default), or one plain table.
+ */
 static Oid
 clone_create_table(PlanTable *pt, const char *schema)
 {
 	char	   *qtarget = quote_qualified_identifier(schema, pt->relname);
 	StringInfoData sql;
+	bool		partitioned = cm_keep_partitions &&
+		get_rel_relkind(pt->relid) == RELKIND_PARTITIONED_TABLE;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE TABLE %s (LIKE %s INCLUDING COMMENTS INCLUDING COMPRESSION "
 					 "INCLUDING CONSTRAINTS INCLUDING DEFAULTS INCLUDING GENERATED "
-					 "INCLUDING IDENTITY INCLUDING STATISTICS INCLUDING STORAGE)",
-					 qtarget, cm_qualified_relname(pt->relid));
+					 "INCLUDING IDENTITY INCLUDING STATISTICS INCLUDING STORAGE)%s",
+					 qtarget, cm_qualified_relname(pt->relid),
+					 partitioned ? partition_by(pt->relid) : "");
 	exec_ddl(sql.data);
 	CommandCounterIncrement();
 	clone_serial_sequences(pt->relid, schema, qtarget);
 	clone_table_properties(pt->relid, schema, qtarget);
 	CommandCounterIncrement();
+	/* after the defaults point at the tenant's sequences: partitions take the parent's */
+	if (partitioned)
+		clone_partitions(pt->relid, schema, qtarget);
 	return clone_target_relid(schema, pt->relname);
 }
 
@@ -819,7 +902,7 @@ clone_reset_if_empty(const char *tenant, const char *schema)
 	if (SPI_execute_with_args(
 							  "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname) "
 							  "FROM pg_constraint c "
-							  "WHERE c.contype = 'f' AND c.oid IN (SELECT fd.objid FROM pg_depend fd "
+							  "WHERE c.contype = 'f' AND c.conparentid = 0 AND c.oid IN (SELECT fd.objid FROM pg_depend fd "
 							  "  WHERE fd.classid = 'pg_constraint'::regclass AND fd.refclassid = 'pg_class'::regclass "
 							  "    AND fd.refobjid IN " CM_RELS_OF_NAMESPACE("$1") ") "
 							  "UNION ALL "
@@ -1269,7 +1352,7 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 								  "SELECT quote_ident(c.conname), c.confrelid, c.conkey, c.confkey, "
 								  "  c.confupdtype::text, c.confdeltype::text, c.confmatchtype::text, "
 								  "  c.condeferrable, c.condeferred, c.convalidated, c.confdelsetcols "
-								  "FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' "
+								  "FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' AND c.conparentid = 0 "
 								  "  AND NOT EXISTS (SELECT 1 FROM pg_constraint t "
 								  "                  WHERE t.conrelid = $2 AND t.conname = c.conname) "
 								  "ORDER BY c.conname",
@@ -1318,7 +1401,14 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 				appendStringInfoString(&sql, " DEFERRABLE");
 			if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
 				appendStringInfoString(&sql, " INITIALLY DEFERRED");
-			appendStringInfoString(&sql, " NOT VALID");
+			/*
+			 * PostgreSQL 15 has no NOT VALID key on a partitioned table: a
+			 * partitioned copy's key is checked as it is added.
+			 */
+			if (get_rel_relkind(target) != RELKIND_PARTITIONED_TABLE)
+				appendStringInfoString(&sql, " NOT VALID");
+			else
+				validated = false;
 			/* locks the referenced table, maybe a busy shared one: briefly */
 			cm_ddl_with_retry(sql.data);
 			if (validated)

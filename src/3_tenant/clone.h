@@ -73,6 +73,14 @@ extern bool clone_reset_if_empty(const char *tenant, const char *schema);
 /* indexes (and key constraints) of one table that are still missing */
 extern void clone_finish_table(PlanTable *pt, const char *schema);
 
+/*
+ * The tenant's partition qpart of its partitioned table qparent, made as
+ * the shared partition part is (bound: pg_get_expr of its relpartbound),
+ * with its own partitions; SPI connected.
+ */
+extern void clone_one_partition(Oid part, const char *schema, const char *qparent,
+								const char *qpart, const char *bound);
+
 /* foreign keys still missing, re-pointed to the tenant's tables */
 extern void clone_finish_schema(TenantPlan *plan, const char *schema);
 /* the same for one table (views not included) */

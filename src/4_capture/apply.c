@@ -217,7 +217,8 @@ static void
 append_source_rows(StringInfo sql, Replay *r, PlanTable *pt)
 {
 	if (r->reverse)
-		appendStringInfo(sql, " FROM ONLY %s s WHERE true", cm_qualified_relname(source_rel(r, pt)));
+		appendStringInfo(sql, " FROM %s%s s WHERE true", cm_only(source_rel(r, pt)),
+						 cm_qualified_relname(source_rel(r, pt)));
 	else
 		plan_append_tenant_rows(sql, r->plan, pt, 0, 0);
 }
@@ -259,7 +260,7 @@ check_foreign_keys_taken(Replay *r, PlanTable *pt)
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "SELECT ");
 	cm_append_quoted_list(&sql, plan_key_columns(pt), "t");
-	appendStringInfo(&sql, " FROM ONLY %s t JOIN %s k ON (",
+	appendStringInfo(&sql, " FROM %s%s t JOIN %s k ON (", cm_only(pt->relid),
 					 cm_qualified_relname(pt->relid), keys_relname(pt));
 	append_key_match(&sql, pt, "t", "k");
 	appendStringInfoString(&sql, ") WHERE (");
@@ -290,7 +291,7 @@ delete_gone(Replay *r, PlanTable *pt)
 	StringInfoData sql;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "DELETE FROM ONLY %s t USING %s k WHERE ",
+	appendStringInfo(&sql, "DELETE FROM %s%s t USING %s k WHERE ", cm_only(target_rel(r, pt)),
 					 cm_qualified_relname(target_rel(r, pt)), keys_relname(pt));
 	append_key_match(&sql, pt, "t", "k");
 	appendStringInfoString(&sql, " AND NOT EXISTS (SELECT 1");
@@ -453,7 +454,7 @@ upsert_rows(Replay *r, PlanTable *pt, bool *updates)
 		bool		ignored;
 
 		initStringInfo(&del);
-		appendStringInfo(&del, "DELETE FROM ONLY %s t USING %s k WHERE ",
+		appendStringInfo(&del, "DELETE FROM %s%s t USING %s k WHERE ", cm_only(target_rel(r, pt)),
 						 cm_qualified_relname(target_rel(r, pt)), keys_relname(pt));
 		append_key_match(&del, pt, "t", "k");
 		if (r->reverse)

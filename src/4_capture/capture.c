@@ -27,6 +27,8 @@
 #include "postgres.h"
 #include "utils/syscache.h"
 #include "catalog/objectaddress.h"
+#include "catalog/partition.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/dependency.h"
 
@@ -402,6 +404,37 @@ tenant_table_source(Oid target)
 }
 
 /*
+ * The table a row trigger's rows belong to: the partitioned table at the
+ * top for a partition (PostgreSQL clones the triggers of a partitioned
+ * table onto its partitions, where they fire with the partition's rows;
+ * the plan, the logs and the records name the partitioned table), else
+ * the table itself.
+ */
+static Oid
+base_relid(Relation rel)
+{
+	if (rel->rd_rel->relispartition)
+	{
+		List	   *up = get_partition_ancestors(RelationGetRelid(rel));
+
+		if (up != NIL)
+			return llast_oid(up);
+	}
+	return RelationGetRelid(rel);
+}
+
+static List *partitions_of(Oid relid);
+
+/* attnum of base's column att in rel (a partition may number them otherwise) */
+static AttrNumber
+att_in(Relation rel, Oid base, AttrNumber att)
+{
+	if (base == RelationGetRelid(rel))
+		return att;
+	return attnameAttNum(rel, get_attname(base, att, false), false);
+}
+
+/*
  * A name for a new log: log_<table>, made unique in our schema (two source
  * schemas may have tables of one name; a restored database has the logs of
  * its tables under their old names).
@@ -425,6 +458,7 @@ static CaptureTable *
 capture_table_get(Relation rel, Trigger *trigger)
 {
 	Oid			relid = RelationGetRelid(rel);
+	Oid			base = base_relid(rel);
 	bool		found;
 	CaptureTable *ct;
 	Relation	logrel;
@@ -465,11 +499,32 @@ capture_table_get(Relation rel, Trigger *trigger)
 		 * that of the shared table it was copied from.
 		 */
 		bool		present;
-		Oid			source = trigger->tgnargs >= 3 ? tenant_table_source(relid) : relid;
+		Oid			source = trigger->tgnargs >= 3 ? tenant_table_source(base) : base;
 
 		ct->log_relid = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
+
+		/*
+		 * Any role may call the trigger functions (a partition made under a
+		 * captured table gets our triggers as its maker), so a trigger of
+		 * another table (a role's own, made with our function) finds no log
+		 * and is an error.  Before 0.3 there was no map: the argument was
+		 * the log's OID, and the log was log_<table OID> in our schema.
+		 */
+		if (!present && OidIsValid(get_relname_relid("capture_logs", get_namespace_oid(CM_SCHEMA, false))))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s is not captured by clinic_migrate",
+							RelationGetRelationName(rel)),
+					 errhint("clinic_migrate's trigger functions are for the triggers it makes itself.")));
 		if (!present)
+		{
 			ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
+			if (ct->log_relid != get_relname_relid(psprintf("log_%u", source), get_namespace_oid(CM_SCHEMA, false)))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("table %s is not captured by clinic_migrate",
+								RelationGetRelationName(rel))));
+		}
 		else if (!OidIsValid(ct->log_relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -572,12 +627,13 @@ append_hop_joins(StringInfo sql, PlanTable *pt, int nhops)
 {
 	Oid			child = pt->relid;
 
-	appendStringInfo(sql, " FROM ONLY %s a0", cm_qualified_relname(pt->relid));
+	appendStringInfo(sql, " FROM %s%s a0", cm_only(pt->relid), cm_qualified_relname(pt->relid));
 	for (int h = 0; h < nhops; h++)
 	{
 		PlanHop    *hop = &pt->hops[h];
 
-		appendStringInfo(sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+		appendStringInfo(sql, " JOIN %s%s a%d ON (", cm_only(hop->parent),
+						 cm_qualified_relname(hop->parent), h + 1);
 		for (int k = 0; k < hop->nkeys; k++)
 		{
 			char	   *l = psprintf("a%d.%s", h, quote_identifier(get_attname(child, hop->child_att[k], false)));
@@ -623,7 +679,7 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		/* the plan reads the catalogs and clinic_migrate's own tables */
 		cm_owner_begin(&save);
 		plan = plan_of(rel);
-		pt = plan_find(plan, RelationGetRelid(rel));
+		pt = plan_find(plan, base_relid(rel));
 		if (pt == NULL || pt->nhops == 0)
 		{
 			cm_role_end(&save);
@@ -635,7 +691,8 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		appendStringInfo(&sql, "SELECT a%d.%s::pg_catalog.text", pt->nhops,
 						 quote_identifier(get_attname(root->relid, root->tenant_att, false)));
 		/* the row's own foreign key columns are parameters: no a0, start at its parent */
-		appendStringInfo(&sql, " FROM ONLY %s a1", cm_qualified_relname(pt->hops[0].parent));
+		appendStringInfo(&sql, " FROM %s%s a1", cm_only(pt->hops[0].parent),
+						 cm_qualified_relname(pt->hops[0].parent));
 		{
 			Oid			child = pt->hops[0].parent;
 
@@ -643,7 +700,8 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 			{
 				PlanHop    *hop = &pt->hops[h];
 
-				appendStringInfo(&sql, " JOIN ONLY %s a%d ON (", cm_qualified_relname(hop->parent), h + 1);
+				appendStringInfo(&sql, " JOIN %s%s a%d ON (", cm_only(hop->parent),
+								 cm_qualified_relname(hop->parent), h + 1);
 				for (int k = 0; k < hop->nkeys; k++)
 				{
 					if (k)
@@ -662,8 +720,8 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		ct->nfk = pt->hops[0].nkeys;
 		for (int k = 0; k < ct->nfk; k++)
 		{
-			ct->fk_att[k] = pt->hops[0].child_att[k];
-			ct->fk_type[k] = get_atttype(pt->relid, ct->fk_att[k]);
+			ct->fk_att[k] = att_in(rel, pt->relid, pt->hops[0].child_att[k]);
+			ct->fk_type[k] = get_atttype(pt->relid, pt->hops[0].child_att[k]);
 			if (k)
 				appendStringInfoString(&sql, " AND ");
 			cm_append_eq(&sql,
@@ -725,7 +783,7 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 	while ((m = hash_seq_search(&seq)) != NULL)
 	{
 		Oid			nsp = get_namespace_oid(m->schema, true);
-		Oid			target = OidIsValid(nsp) ? get_relname_relid(RelationGetRelationName(rel), nsp) : InvalidOid;
+		Oid			target = OidIsValid(nsp) ? get_relname_relid(get_rel_name(base_relid(rel)), nsp) : InvalidOid;
 		StringInfoData sql;
 		Datum		values[INDEX_MAX_KEYS];
 		char		nulls[INDEX_MAX_KEYS];
@@ -736,7 +794,7 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		if (!OidIsValid(target) || result || !shared_trigger_acts(m->state))
 			continue;
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT 1 FROM ONLY %s t WHERE ", cm_qualified_relname(target));
+		appendStringInfo(&sql, "SELECT 1 FROM %s%s t WHERE ", cm_only(target), cm_qualified_relname(target));
 		for (int k = 0; k < ct->nkey; k++)
 		{
 			bool		isnull;
@@ -855,7 +913,7 @@ static void
 build_descendants(Relation rel, CaptureTable *ct)
 {
 	TenantPlan *plan;
-	Oid			relid = RelationGetRelid(rel);
+	Oid			relid = base_relid(rel);
 	MemoryContext old;
 	CmRoleSave	save;
 	List	   *found = NIL;
@@ -897,7 +955,7 @@ build_descendants(Relation rel, CaptureTable *ct)
 			d->nparams = hop->nkeys;
 			for (int k = 0; k < hop->nkeys; k++)
 			{
-				d->param_att[k] = hop->parent_att[k];
+				d->param_att[k] = att_in(rel, relid, hop->parent_att[k]);
 				d->param_type[k] = get_atttype(relid, hop->parent_att[k]);
 				if (k)
 					appendStringInfoString(&sql, " AND ");
@@ -1389,6 +1447,136 @@ create_trigger(Oid relid, const char *name, const char *def)
 	EnableDisableTrigger(rel, name, TRIGGER_FIRES_ALWAYS, false, ShareRowExclusiveLock);
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
+	capture_fix_partitions(relid);
+}
+
+/* the partitions of relid, at every level (not relid itself) */
+static List *
+partitions_of(Oid relid)
+{
+	List	   *all;
+
+	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		return NIL;
+	all = find_all_inheritors(relid, NoLock, NULL);
+	return list_delete_first(all);
+}
+
+/* a copy of pg_trigger's row of trigger trig, or NULL */
+static HeapTuple
+trigger_row(Oid trig)
+{
+	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	ScanKeyInit(&key, Anum_pg_trigger_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(trig));
+	scan = systable_beginscan(tgrel, TriggerOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		tup = heap_copytuple(tup);
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return tup;
+}
+
+/*
+ * A partitioned table's row triggers are cloned onto its partitions (now,
+ * and onto each partition made or attached later), but as plain ENABLE
+ * triggers, and its statement triggers are not: TRUNCATE of one partition
+ * would pass the guard by.  For each partition of relid: our row triggers
+ * fire ALWAYS as relid's do, and relid's truncate guard is there too, with
+ * its argument.  The caller holds a lock on relid that keeps DDL out.
+ */
+void
+capture_fix_partitions(Oid relid)
+{
+	List	   *parts = partitions_of(relid);
+	ListCell   *lc;
+	Oid			guard;
+	char	   *guard_args = NULL;
+
+	if (parts == NIL)
+		return;
+	guard = our_trigger_oid(relid, "clinic_migrate_guard_truncate", false);
+	if (OidIsValid(guard))
+	{
+		HeapTuple	tup = trigger_row(guard);
+		Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
+
+		guard_args = "";
+		if (HeapTupleIsValid(tup) && ((Form_pg_trigger) GETSTRUCT(tup))->tgnargs > 0)
+		{
+			bool		isnull;
+			bytea	   *val = DatumGetByteaPP(heap_getattr(tup, Anum_pg_trigger_tgargs,
+														   RelationGetDescr(tgrel), &isnull));
+
+			guard_args = quote_literal_cstr((char *) VARDATA_ANY(val));
+		}
+		table_close(tgrel, AccessShareLock);
+	}
+	foreach(lc, parts)
+	{
+		Oid			part = lfirst_oid(lc);
+		Relation	rel = table_open(part, ShareRowExclusiveLock);
+		const char *rows[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+		"clinic_migrate_capture_delete", "clinic_migrate_capture_reverse"};
+
+		for (int k = 0; k < 4; k++)
+		{
+			Oid			mine = our_trigger_oid(relid, rows[k], false);
+			Oid			theirs = our_trigger_oid(part, rows[k], false);
+			HeapTuple	tup;
+
+			if (!OidIsValid(mine) || !OidIsValid(theirs))
+				continue;
+			tup = trigger_row(theirs);
+			if (HeapTupleIsValid(tup))
+			{
+				bool		always = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled == TRIGGER_FIRES_ALWAYS;
+
+				heap_freetuple(tup);
+				if (!always)
+				{
+					EnableDisableTrigger(rel, rows[k], TRIGGER_FIRES_ALWAYS, false, ShareRowExclusiveLock);
+					CommandCounterIncrement();
+				}
+			}
+		}
+		table_close(rel, NoLock);
+		if (guard_args && !OidIsValid(our_trigger_oid(part, "clinic_migrate_guard_truncate", true)))
+		{
+			cm_ddl_with_retry(psprintf("CREATE TRIGGER clinic_migrate_guard_truncate BEFORE TRUNCATE ON %s "
+									   "FOR EACH STATEMENT EXECUTE FUNCTION clinic_migrate.guard_truncate(%s)",
+									   cm_qualified_relname(part), guard_args));
+			CommandCounterIncrement();
+			rel = table_open(part, ShareRowExclusiveLock);
+			EnableDisableTrigger(rel, "clinic_migrate_guard_truncate", TRIGGER_FIRES_ALWAYS, false,
+								 ShareRowExclusiveLock);
+			table_close(rel, NoLock);
+			CommandCounterIncrement();
+		}
+	}
+}
+
+/* our truncate guards on relid's partitions go (their row triggers go with relid's) */
+static void
+drop_partition_guards(Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, partitions_of(relid))
+	{
+		Oid			trig = our_trigger_oid(lfirst_oid(lc), "clinic_migrate_guard_truncate", false);
+		ObjectAddress obj;
+
+		if (!OidIsValid(trig))
+			continue;
+		ObjectAddressSet(obj, TriggerRelationId, trig);
+		performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+		CommandCounterIncrement();
+	}
 }
 
 void
@@ -1424,6 +1612,8 @@ capture_install(TenantPlan *plan)
 				if (!OidIsValid(our_trigger_oid(plan->tables[i].relid, all[k], true)))
 				{
 					lock = lappend_oid(lock, plan->tables[i].relid);
+					/* the triggers go onto its partitions too */
+					lock = list_concat(lock, partitions_of(plan->tables[i].relid));
 					break;
 				}
 		cm_lock_relations(lock, ShareRowExclusiveLock, false);
@@ -1507,7 +1697,10 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 		if (OidIsValid(target) &&
 			(!OidIsValid(our_trigger_oid(target, "clinic_migrate_capture_reverse", true)) ||
 			 !OidIsValid(our_trigger_oid(target, "clinic_migrate_guard_truncate", true))))
+		{
 			lock = lappend_oid(lock, target);
+			lock = list_concat(lock, partitions_of(target));
+		}
 	}
 	cm_lock_relations(lock, ShareRowExclusiveLock, true);
 
@@ -1567,6 +1760,12 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 			 OidIsValid(our_trigger_oid(target, names[1], false))))
 			lock = lappend_oid(lock, target);
 	}
+	{
+		ListCell   *lc;
+
+		foreach(lc, list_copy(lock))
+			lock = list_concat(lock, partitions_of(lfirst_oid(lc)));
+	}
 	cm_lock_relations(lock, AccessExclusiveLock, true);
 
 	for (int i = 0; i < plan->ncopied; i++)
@@ -1579,6 +1778,8 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 			if (OidIsValid(our_trigger_oid(target, names[k], false)))
 				cm_ddl_with_retry(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[k]),
 										   cm_qualified_relname(target)));
+		CommandCounterIncrement();
+		drop_partition_guards(target);
 	}
 }
 
@@ -1651,8 +1852,15 @@ capture_uninstall_if_unused(void)
 	 * in a few short attempts only.  This can wait for a quieter moment;
 	 * an installer waiting for the lock we hold cannot.
 	 */
-	if (!cm_try_lock_relations(tables, AccessExclusiveLock, 3))
-		return -1;
+	{
+		List	   *all = list_copy(tables);
+
+		/* a partitioned table's triggers are on its partitions too */
+		foreach(lc, tables)
+			all = list_concat(all, partitions_of(lfirst_oid(lc)));
+		if (!cm_try_lock_relations(all, AccessExclusiveLock, 3))
+			return -1;
+	}
 	foreach(lc, tables)
 	{
 		Oid			relid = lfirst_oid(lc);
@@ -1667,6 +1875,8 @@ capture_uninstall_if_unused(void)
 			ObjectAddressSet(obj, TriggerRelationId, trig);
 			performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
 		}
+		CommandCounterIncrement();
+		drop_partition_guards(relid);
 	}
 	CommandCounterIncrement();
 	ereport(LOG,

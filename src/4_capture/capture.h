@@ -59,6 +59,13 @@ extern void capture_install_reverse(TenantPlan *plan, const char *schema, const 
 extern void capture_drop_reverse(TenantPlan *plan, const char *schema);
 
 /*
+ * After partitions of a partitioned table with our triggers were made or
+ * attached (and at install): our row triggers there fire ALWAYS, and our
+ * truncate guard is on each partition too.
+ */
+extern void capture_fix_partitions(Oid relid);
+
+/*
  * Drop the shared tables' capture triggers when no tenant needs them (see
  * capture.c); the number of tables, -1 when they were busy.  SPI connected.
  */

@@ -211,8 +211,9 @@ static bool
 bulk_allowed(Oid source, Oid target)
 {
 	Relation	rel = table_open(target, AccessShareLock);
-	bool		ok = !rel->rd_rel->relhasindex && rel->trigdesc == NULL &&
-		!rel->rd_rel->relhasrules;
+	/* a partitioned table has no storage: its rows are routed to partitions */
+	bool		ok = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relhasindex &&
+		rel->trigdesc == NULL && !rel->rd_rel->relhasrules;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(source)};
 

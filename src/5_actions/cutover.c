@@ -706,7 +706,7 @@ check_no_outside_references(TenantPlan *plan, const char *tenant)
 		uint64		n;
 
 		if (SPI_execute_with_args("SELECT conrelid, conkey, confkey, conname FROM pg_constraint "
-								  "WHERE confrelid = $1 AND contype = 'f' ORDER BY conname",
+								  "WHERE confrelid = $1 AND contype = 'f' AND conparentid = 0 ORDER BY conname",
 								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "clinic_migrate: foreign key lookup failed");
 		tt = SPI_tuptable;

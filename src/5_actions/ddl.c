@@ -42,6 +42,7 @@
 #include "catalog/dependency.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_attrdef.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
@@ -89,6 +90,9 @@ typedef struct TenantCopy
 static bool following = false;
 
 static void adopt_table(Oid relid);
+static void follow_new_partition(Oid part, bool attached);
+static void refuse_detach(Oid relid, Oid part);
+static void refuse_in_transition(TenantCopy *c, const char *what);
 static void queue_concurrent_index(Oid relid, List *copies);
 static void refuse_change_of_copy(Oid relid, const char *what);
 
@@ -116,7 +120,8 @@ copies_of(Oid relid)
 
 	/* only a plain table outside our schema can have copies */
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)) ||
-		!OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+		!OidIsValid(relid) ||
+		(get_rel_relkind(relid) != RELKIND_RELATION && get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE) ||
 		get_rel_namespace(relid) == nsp)
 		return NIL;
 	return copies_recorded(relid);
@@ -440,6 +445,21 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	if (stmt->relation == NULL)
 		return;
 	relid = changed_relid(stmt->relation);
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst(lc);
+
+		if (cmd->subtype == AT_AttachPartition || cmd->subtype == AT_DetachPartition)
+		{
+			PartitionCmd *pc = (PartitionCmd *) cmd->def;
+			Oid			part = RangeVarGetRelid(pc->name, NoLock, true);
+
+			if (cmd->subtype == AT_AttachPartition)
+				follow_new_partition(part, true);
+			else
+				refuse_detach(relid, part);
+		}
+	}
 	copies = copies_of(relid);
 	if (copies == NIL)
 	{
@@ -505,7 +525,8 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 	 * change too, which this does not carry.  ALTER TABLE ONLY the parent,
 	 * then each child, is carried table by table.
 	 */
-	if (stmt->relation->inh && has_subclass(relid) && find_inheritance_children(relid, NoLock) != NIL)
+	if (stmt->relation->inh && get_rel_relkind(relid) == RELKIND_RELATION && has_subclass(relid) &&
+		find_inheritance_children(relid, NoLock) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot change %s and its inheritance children while tenant \"%s\" has a copy of it",
@@ -790,11 +811,17 @@ adopt_table(Oid relid)
 {
 	Oid			nsp = get_namespace_oid(CM_SCHEMA, true);
 
-	if (!OidIsValid(nsp) || !OidIsValid(relid) || get_rel_relkind(relid) != RELKIND_RELATION ||
+	if (!OidIsValid(nsp) || !OidIsValid(relid) ||
+		(get_rel_relkind(relid) != RELKIND_RELATION && get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE) ||
 		get_rel_persistence(relid) == RELPERSISTENCE_TEMP || get_rel_namespace(relid) == nsp)
 		return;
 	/* the statement's last part (a CREATE TABLE's primary key) is not visible yet */
 	CommandCounterIncrement();
+	if (get_rel_relispartition(relid))
+	{
+		follow_new_partition(relid, false);
+		return;
+	}
 
 	CommandCounterIncrement();
 	PushCopiedSnapshot(GetActiveSnapshot());
@@ -829,7 +856,7 @@ adopt_table_for_tenants(Oid relid)
 		 * An inheritance child (or parent): the shared scans of the tree would
 		 * count its rows where a copy of its own would not.  Left shared.
 		 */
-		if (has_superclass(relid) || has_subclass(relid))
+		if (get_rel_relkind(relid) == RELKIND_RELATION && (has_superclass(relid) || has_subclass(relid)))
 		{
 			ereport(WARNING,
 					(errmsg("table %s is part of an inheritance tree: the moving tenants get no copy of it",
@@ -925,6 +952,194 @@ refuse_change_of_copy(Oid relid, const char *what)
 	}
 }
 
+/* ---- partitions of a planned partitioned table ---- */
+
+typedef struct PartitionArgs
+{
+	Oid			part;			/* the shared partition */
+	Oid			parent_copy;	/* the tenant's copy of its parent */
+	const char *schema;
+} PartitionArgs;
+
+static void
+make_partition(void *arg)
+{
+	PartitionArgs *pa = arg;
+	Oid			type = OIDOID;
+	Datum		value = ObjectIdGetDatum(pa->part);
+	char	   *bound;
+
+	cm_state_exec("SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c "
+				  "WHERE c.oid OPERATOR(pg_catalog.=) $1", 1, &type, &value, NULL, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "clinic_migrate: partition %u has no bound", pa->part);
+	bound = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	clone_one_partition(pa->part, pa->schema, cm_qualified_relname(pa->parent_copy),
+						quote_qualified_identifier(pa->schema, get_rel_name(pa->part)), bound);
+}
+
+/*
+ * Does the shared partition part hold rows of tenant c (read as the
+ * shared table's owner)?
+ */
+static bool
+partition_has_rows_of(Oid root, Oid part, TenantCopy *c)
+{
+	CmSettings	s;
+	char	   *t = c->tenant;
+	TenantPlan *plan;
+	PlanTable  *pt;
+	StringInfoData sql;
+	Oid			types[2];
+	Datum		values[2];
+	CmRoleSave	save;
+	int			ret;
+
+	cm_current_settings(&s);
+	plan = clone_catalog_plan_for_tenant(&t, &s, CurrentMemoryContext);
+	pt = plan_find(plan, root);
+	if (pt == NULL || pt->position == 0)
+		return false;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT 1");
+	plan_append_tenant_rows(&sql, plan, pt, 0, 0);
+	appendStringInfoString(&sql, " AND s.tableoid OPERATOR(pg_catalog.=) ANY "
+						   "(SELECT p.relid FROM pg_catalog.pg_partition_tree($2) p) LIMIT 1");
+	types[0] = plan_root(plan, pt)->tenant_type;
+	values[0] = plan_tenant_datum(plan_root(plan, pt), c->tenant);
+	types[1] = REGCLASSOID;
+	values[1] = ObjectIdGetDatum(part);
+	cm_table_owner_begin(root, &save);
+	ret = SPI_execute_with_args(sql.data, 2, types, values, NULL, true, 1);
+	cm_role_end(&save);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: could not read partition %s", cm_qualified_relname(part));
+	return SPI_processed > 0;
+}
+
+/*
+ * A partition made (CREATE TABLE ... PARTITION OF) or attached under a
+ * planned partitioned table, or under one of its partitions, while tenants
+ * have copies: each partitioned copy gets the same partition, as the
+ * copy's owner, in the same transaction (rows routed to the shared
+ * partition are captured, and replayed into the copy's).  A one-table
+ * copy (keep_partitions off) takes rows of any partition as they are.
+ * Rows an attached table brings come with no trigger: if a moving tenant
+ * has some there, the ATTACH is refused.
+ */
+static void
+follow_new_partition(Oid part, bool attached)
+{
+	List	   *up;
+	Oid			parent;
+	Oid			root;
+	List	   *copies;
+	ListCell   *lc;
+
+	if (!OidIsValid(part) || !get_rel_relispartition(part))
+		return;
+	up = get_partition_ancestors(part);
+	if (up == NIL)
+		return;
+	parent = linitial_oid(up);
+	root = llast_oid(up);
+	copies = copies_of(root);
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		Oid			nsp = get_rel_namespace(c->target);
+		Oid			parent_copy;
+		Oid			mine;
+		Oid			owner = cm_rel_owner(c->target);
+		PartitionArgs pa;
+		CmRoleSave	save;
+
+		if (get_rel_relkind(c->target) != RELKIND_PARTITIONED_TABLE)
+			continue;
+		refuse_in_transition(c, psprintf("add partition %s", cm_qualified_relname(part)));
+		if (attached && partition_has_rows_of(root, part, c))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("cannot attach %s while it holds rows of tenant \"%s\", which has a copy of %s",
+							cm_qualified_relname(part), c->tenant, cm_qualified_relname(root)),
+					 errdetail("The tenant's state is %s. Rows an ATTACH brings fire no trigger: they would not reach the tenant's copy.",
+							   c->state),
+					 errhint("Attach the table without those rows and insert them through %s, or attach it after the tenant's move is finalized or rolled back.",
+							 cm_qualified_relname(root))));
+		parent_copy = parent == root ? c->target : get_relname_relid(get_rel_name(parent), nsp);
+		mine = get_relname_relid(get_rel_name(part), nsp);
+		if (OidIsValid(mine) && get_rel_relispartition(mine) &&
+			get_partition_parent(mine, true) == parent_copy)
+			continue;			/* made by hand already */
+		if (!OidIsValid(parent_copy) || get_rel_relkind(parent_copy) != RELKIND_PARTITIONED_TABLE ||
+			OidIsValid(mine))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot add partition %s to tenant \"%s\"'s copy of %s",
+							cm_qualified_relname(part), c->tenant, cm_qualified_relname(root)),
+					 OidIsValid(mine) ?
+					 errdetail("Schema %s has a table named %s that is not a partition of its %s.",
+							   quote_identifier(get_namespace_name(nsp)), quote_identifier(get_rel_name(part)),
+							   quote_identifier(get_rel_name(parent))) :
+					 errdetail("Schema %s has no partitioned table %s.",
+							   quote_identifier(get_namespace_name(nsp)), quote_identifier(get_rel_name(parent))),
+					 errhint("Make the tenant's tables match the shared ones, or roll the tenant back (rollback_tenant) and migrate it again.")));
+		if (owner != GetUserId() && !has_privs_of_role(GetUserId(), owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to add a partition to tenant \"%s\"'s copy %s", c->tenant,
+							cm_qualified_relname(c->target)),
+					 errdetail("A new partition of the shared table is made in each copy, which role \"%s\" owns.",
+							   GetUserNameFromId(owner, false)),
+					 errhint("Run the statement as a member of role \"%s\".", GetUserNameFromId(owner, false))));
+		pa.part = part;
+		pa.parent_copy = parent_copy;
+		pa.schema = get_namespace_name(nsp);
+		/* as the copy's owner, in a security-restricted operation; not followed again */
+		cm_table_owner_begin(c->target, &save);
+		following = true;
+		PG_TRY();
+		{
+			make_partition(&pa);
+		}
+		PG_FINALLY();
+		{
+			following = false;
+		}
+		PG_END_TRY();
+		cm_role_end(&save);
+		capture_fix_partitions(c->target);
+	}
+	if (copies != NIL)
+		capture_fix_partitions(root);
+}
+
+/* DETACH PARTITION of a planned partitioned table: refused while a tenant has a copy */
+static void
+refuse_detach(Oid relid, Oid part)
+{
+	List	   *up = OidIsValid(part) ? get_partition_ancestors(part) : NIL;
+	Oid			root = up != NIL ? llast_oid(up) : relid;
+	List	   *copies = copies_of(root);
+
+	/* once detached, part is no partition: relid's ancestors lead to the root */
+	if (copies == NIL && OidIsValid(relid) && get_rel_relispartition(relid))
+	{
+		up = get_partition_ancestors(relid);
+		root = llast_oid(up);
+		copies = copies_of(root);
+	}
+	if (copies == NIL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("cannot detach a partition of %s while tenant \"%s\" has a copy of it",
+					cm_qualified_relname(root), ((TenantCopy *) linitial(copies))->tenant),
+			 errdetail("The tenant's state is %s. Its rows in the partition would leave the shared table with no trigger fired: its copy would keep them.",
+					   ((TenantCopy *) linitial(copies))->state),
+			 errhint("Drop the partition instead (its rows go from the copies too), or detach it after the tenant's move is finalized or rolled back.")));
+}
+
 /* ---- DROP TABLE, DROP INDEX (sql_drop), COMMENT, GRANT and REVOKE ---- */
 
 static void
@@ -1008,6 +1223,48 @@ drop_table_copies(Oid source, const char *name, DropBehavior behavior, const cha
 				FreeErrorData(failed);
 			}
 		}
+	}
+}
+
+/*
+ * A partition of a planned partitioned table was dropped (a retention job
+ * dropping old months): the copies' partition of that name goes too, with
+ * the tenant's rows in it, as the shared rows went.
+ */
+static void
+drop_partition_copies(const char *schema, const char *name, DropBehavior behavior, const char *query)
+{
+	Oid			types[2] = {NAMEOID, NAMEOID};
+	Datum		values[2];
+	SPITupleTable *tt;
+	uint64		n;
+
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(schema));
+	values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, c.oid, n.nspname "
+				  "FROM clinic_migrate.tenants t "
+				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
+				  "JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) t.schema_oid "
+				  "  AND c.relname OPERATOR(pg_catalog.=) $2 AND c.relispartition "
+				  "JOIN clinic_migrate.tenant_tables tt ON tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+				  "  AND tt.target_table OPERATOR(pg_catalog.=) pg_catalog.pg_partition_root(c.oid) "
+				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id",
+				  2, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		TenantCopy	c;
+		bool		isnull;
+
+		c.tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		c.state = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+		c.tenant_column = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
+		c.target = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+		refuse_in_transition(&c, psprintf("drop table %s", quote_qualified_identifier(schema, name)));
+		run_on_copy((Node *) drop_of(OBJECT_TABLE, SPI_getvalue(tt->vals[i], tt->tupdesc, 5), name, behavior),
+					query, &c);
 	}
 }
 
@@ -1122,8 +1379,10 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 	{
 		DroppedRel *d = lfirst(lc);
 
-		if (d->is_table)
+		if (d->is_table && copies_recorded(d->objid) != NIL)
 			drop_table_copies(d->objid, quote_qualified_identifier(d->schema, d->name), behavior, query);
+		else if (d->is_table)
+			drop_partition_copies(d->schema, d->name, behavior, query);
 	}
 	foreach(lc, dropped)
 	{

@@ -337,7 +337,7 @@ count_orphans(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target)
 	int64		orphans = 0;
 
 	if (SPI_execute_with_args("SELECT c.confrelid, c.conkey, c.confkey FROM pg_constraint c "
-							  "WHERE c.conrelid = $1 AND c.contype = 'f' ORDER BY c.conname",
+							  "WHERE c.conrelid = $1 AND c.contype = 'f' AND c.conparentid = 0 ORDER BY c.conname",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: foreign key lookup failed");
 	tt = SPI_tuptable;
