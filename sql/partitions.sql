@@ -14,11 +14,14 @@ CREATE DATABASE regress_clinic_partitions;
 CREATE EXTENSION clinic_migrate;
 RESET client_min_messages;
 SET clinic_migrate.progress_interval = 0;
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
 \pset null '(null)'
 
 CREATE ROLE regress_pt_owner;
 CREATE ROLE regress_pt_app;
 GRANT CREATE ON SCHEMA public TO regress_pt_owner;
+CREATE SCHEMA regress_pt_own AUTHORIZATION regress_pt_owner;
 SET ROLE regress_pt_owner;
 CREATE TABLE tenants (tenant_id text PRIMARY KEY);
 -- seed 004's usage events: by month, with a default partition
@@ -31,9 +34,13 @@ CREATE TABLE usage_events_2026_12 PARTITION OF usage_events
   FOR VALUES FROM ('2026-12-01 00:00+00') TO ('2027-01-01 00:00+00');
 CREATE TABLE usage_events_default PARTITION OF usage_events DEFAULT;
 CREATE INDEX usage_events_kind ON usage_events (tenant_id, kind);
--- two levels: by region, then by hash
+-- two levels: by region, then by hash; the region a domain whose CHECK the
+-- owner wrote (evaluated again when a partition bound is: never as a superuser)
+CREATE FUNCTION region_ok(text) RETURNS boolean LANGUAGE sql AS
+$$SELECT $1 IS NOT NULL AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)$$;
+CREATE DOMAIN region_code AS text CHECK (public.region_ok(VALUE));
 CREATE TABLE invoices (tenant_id text NOT NULL REFERENCES tenants, id integer NOT NULL,
-                       region text NOT NULL, amount integer NOT NULL CHECK (amount >= 0),
+                       region region_code NOT NULL, amount integer NOT NULL CHECK (amount >= 0),
                        PRIMARY KEY (tenant_id, id, region)) PARTITION BY LIST (region);
 CREATE TABLE invoices_us PARTITION OF invoices FOR VALUES IN ('us');
 CREATE TABLE invoices_eu PARTITION OF invoices FOR VALUES IN ('eu') PARTITION BY HASH (id);
@@ -41,7 +48,7 @@ CREATE TABLE invoices_eu_0 PARTITION OF invoices_eu FOR VALUES WITH (MODULUS 2, 
 CREATE TABLE invoices_eu_1 PARTITION OF invoices_eu FOR VALUES WITH (MODULUS 2, REMAINDER 1);
 -- a child found through its foreign key to a partitioned table
 CREATE TABLE invoice_lines (line_id serial PRIMARY KEY, tenant text NOT NULL, invoice_id integer NOT NULL,
-                            region text NOT NULL, what text,
+                            region region_code NOT NULL, what text,
                             FOREIGN KEY (tenant, invoice_id, region) REFERENCES invoices ON UPDATE CASCADE ON DELETE CASCADE);
 CREATE INDEX ON invoice_lines (tenant, invoice_id, region);
 -- the application's trigger fires once per application write, never for the copy
@@ -64,7 +71,8 @@ SELECT clinic_migrate.exclude_table('event_audit');
 -- partitioned tables are planned like any table, their partitions with them
 SELECT position, table_name, kind FROM clinic_migrate.plan() ORDER BY table_name;
 
--- t1 copied and in sync, t2 cut over
+-- t1 copied and in sync (its schema made first, then emptied and loaded), t2 cut over
+SELECT clinic_migrate.create_tenant_schema('t1');
 SELECT schema_name FROM clinic_migrate.migrate_tenant('t1');
 SELECT schema_name FROM clinic_migrate.migrate_tenant('t2');
 SELECT c.oid::regclass AS copy, pg_get_partkeydef(c.oid) AS partition_key,
@@ -121,7 +129,17 @@ CREATE TABLE usage_events_2027_01 PARTITION OF usage_events
   FOR VALUES FROM ('2027-01-01 00:00+00') TO ('2027-02-01 00:00+00');
 -- a partition one level down
 CREATE TABLE invoices_apac PARTITION OF invoices FOR VALUES IN ('apac');
+-- a session whose zone's abbreviation is ambiguous (CST) and whose dates are not ISO
+SET TimeZone = 'Asia/Shanghai';
+SET DateStyle = 'Postgres, MDY';
+CREATE TABLE usage_events_2031_06 PARTITION OF usage_events
+  FOR VALUES FROM ('2031-06-01 00:00+00') TO ('2031-07-01 00:00+00');
 RESET ROLE;
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+SELECT count(*) AS copies, count(DISTINCT pg_get_expr(c.relpartbound, c.oid)) AS bounds,
+       min(pg_get_expr(c.relpartbound, c.oid)) AS bound
+FROM pg_class c WHERE c.relname = 'usage_events_2031_06';
 SELECT c.oid::regclass AS partition, pg_get_expr(c.relpartbound, c.oid) AS bound
 FROM pg_class c WHERE c.relname = 'invoices_apac' ORDER BY 1;
 SELECT c.oid::regclass AS partition, pg_get_expr(c.relpartbound, c.oid) AS bound, pg_get_userbyid(c.relowner) AS owner
@@ -140,16 +158,33 @@ RESET ROLE;
 -- an empty table attached: the copies get the partition; one holding a
 -- moving tenant's rows is refused (ATTACH fires no trigger); DETACH too
 SET ROLE regress_pt_owner;
-CREATE TABLE usage_events_2027_02 (tenant_id text NOT NULL, id bigint NOT NULL, at timestamptz NOT NULL, kind text);
-INSERT INTO usage_events_2027_02 VALUES ('t4', 9001, '2027-02-03 00:00+00', 'staying tenant');
+-- (its columns in another order, one dropped: its attribute numbers are not the parent's)
+CREATE TABLE usage_events_2027_02 (kind text, junk integer, at timestamptz NOT NULL, id bigint NOT NULL,
+                                   tenant_id text NOT NULL);
+ALTER TABLE usage_events_2027_02 DROP COLUMN junk;
+INSERT INTO usage_events_2027_02 (tenant_id, id, at, kind) VALUES ('t4', 9001, '2027-02-03 00:00+00', 'staying tenant');
 ALTER TABLE usage_events ATTACH PARTITION usage_events_2027_02
   FOR VALUES FROM ('2027-02-01 00:00+00') TO ('2027-03-01 00:00+00');
+RESET ROLE;
+SET ROLE regress_pt_app;
+INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t1', '2027-02-10 00:00+00', 'february');
+UPDATE usage_events SET at = '2027-02-11 00:00+00', kind = 'moved to february' WHERE tenant_id = 't1' AND kind = 'january';
+DELETE FROM usage_events WHERE tenant_id = 't1' AND kind = 'february';
+INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t1', '2027-02-12 00:00+00', 'february');
+RESET ROLE;
+SET ROLE regress_pt_owner;
 CREATE TABLE usage_events_2027_03 (tenant_id text NOT NULL, id bigint NOT NULL, at timestamptz NOT NULL, kind text);
 INSERT INTO usage_events_2027_03 VALUES ('t1', 9002, '2027-03-03 00:00+00', 'moving tenant');
 ALTER TABLE usage_events ATTACH PARTITION usage_events_2027_03
   FOR VALUES FROM ('2027-03-01 00:00+00') TO ('2027-04-01 00:00+00');
 DROP TABLE usage_events_2027_03;
 ALTER TABLE usage_events DETACH PARTITION usage_events_2026_12;
+ALTER TABLE usage_events DETACH PARTITION usage_events_2026_12 CONCURRENTLY;
+ALTER TABLE usage_events DETACH PARTITION usage_events_2026_12 FINALIZE;
+SELECT count(*) AS detach_pending FROM pg_inherits WHERE inhdetachpending;
+-- the copies' partitions are found by name: no rename while a tenant moves
+ALTER TABLE usage_events_2026_12 RENAME TO usage_events_december;
+ALTER TABLE usage_events_2026_12 SET SCHEMA regress_pt_own;
 -- a column added to the partitioned table reaches every copy's partitions
 ALTER TABLE usage_events ADD COLUMN source text DEFAULT 'app';
 -- retention drops the oldest month: the copies' partition goes with it
@@ -172,6 +207,21 @@ WHERE c.relnamespace = 'tenant_t3'::regnamespace AND c.relkind IN ('r', 'p') ORD
 INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t3', '2027-01-09 00:00+00', 'one table');
 SELECT clinic_migrate.sync_now('t3') >= 0 AS replayed;
 SELECT table_name, source_rows, target_rows, match FROM clinic_migrate.validate_migration('t3') ORDER BY 1;
+-- t3's copy is one table: a dropped partition would leave its rows there (refused);
+-- an attached table with t3's rows could not reach it (refused)
+SET ROLE regress_pt_owner;
+DROP TABLE usage_events_2027_01;
+CREATE TABLE usage_events_2027_03 (LIKE usage_events);
+INSERT INTO usage_events_2027_03 (tenant_id, id, at) VALUES ('t3', 9003, '2027-03-03 00:00+00');
+ALTER TABLE usage_events ATTACH PARTITION usage_events_2027_03
+  FOR VALUES FROM ('2027-03-01 00:00+00') TO ('2027-04-01 00:00+00');
+DROP TABLE usage_events_2027_03;
+-- a table of that name that is no partition: its drop touches no copy
+CREATE TABLE regress_pt_own.usage_events_2027_02 (x integer);
+DROP TABLE regress_pt_own.usage_events_2027_02;
+RESET ROLE;
+SELECT count(*) AS t1_february_partition FROM pg_class WHERE relname = 'usage_events_2027_02'
+  AND relnamespace = 'tenant_t1'::regnamespace;
 SELECT schema_name FROM clinic_migrate.cutover('t3');
 
 -- t2 rolls back: its writes after cutover are in the shared partitions
@@ -195,7 +245,6 @@ RESET ROLE;
 SELECT op, count(*) FROM event_audit GROUP BY 1;
 -- the trigger functions are open to every role (a partition's maker gets
 -- our triggers), and do nothing but fail on a table clinic_migrate does not capture
-CREATE SCHEMA regress_pt_own AUTHORIZATION regress_pt_owner;
 SET ROLE regress_pt_owner;
 CREATE TABLE regress_pt_own.mine (tenant_id text, id integer PRIMARY KEY);
 CREATE TRIGGER decoy AFTER INSERT ON regress_pt_own.mine FOR EACH ROW
@@ -207,6 +256,7 @@ DROP TRIGGER decoy ON regress_pt_own.mine;
 INSERT INTO regress_pt_own.mine VALUES ('t2', 1);
 SELECT clinic_migrate.capture();
 RESET ROLE;
+SELECT clinic_migrate.guard_ddl();
 
 \c :regress_db
 SET client_min_messages = warning;

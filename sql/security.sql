@@ -551,6 +551,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.enqueue(text[],text,integer,timestamp with time zone,boolean)',
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
     'clinic_migrate.fan_out(text,text)', 'clinic_migrate.follow_ddl()', 'clinic_migrate.follow_drop()',
+    'clinic_migrate.guard_ddl()',
     'clinic_migrate.uncarried()',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',

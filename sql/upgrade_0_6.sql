@@ -4,11 +4,13 @@
 --
 \set from '0.6'
 \ir sql/upgrade_start.psql
--- what 0.7 changed: the trigger functions may be called by any role (a
--- partition's maker gets the partitioned table's triggers)
+-- what 0.7 added: an event trigger at the start of ALTER and DROP TABLE, its
+-- function not open to PUBLIC, nor are the trigger functions
+SELECT evtname, evtevent, evtenabled, evttags, evtfoid::regprocedure
+FROM pg_event_trigger WHERE evtname LIKE 'clinic\_migrate%' ORDER BY evtname;
 SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_call
 FROM pg_proc p WHERE p.pronamespace = 'clinic_migrate'::regnamespace
-  AND p.proname IN ('capture', 'capture_reverse', 'guard_truncate', 'follow_ddl', 'follow_drop')
+  AND p.proname IN ('capture', 'capture_reverse', 'guard_truncate', 'guard_ddl')
 ORDER BY 1::text;
 -- a partitioned table made now moves with u1's next move, partitions and all
 CREATE TABLE readings (tenant_id text NOT NULL REFERENCES tenants, id integer NOT NULL,

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_collation.h"
 #include "common/hashfn.h"
 #include "utils/resowner.h"
@@ -198,6 +199,14 @@ const char *
 cm_only(Oid relid)
 {
 	return get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ";
+}
+
+List *
+cm_partitions_of(Oid relid)
+{
+	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		return NIL;
+	return list_delete_first(find_all_inheritors(relid, NoLock, NULL));
 }
 
 /* append prefix."a", prefix."b", ... (prefix may be NULL) */

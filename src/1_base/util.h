@@ -70,6 +70,9 @@ extern char *cm_qualified_relname(Oid relid);
  */
 extern const char *cm_only(Oid relid);
 
+/* the partitions of a partitioned table, at every level (not relid); NIL otherwise */
+extern List *cm_partitions_of(Oid relid);
+
 /* a ParamListInfo of non-null constants, for SPI_execute_extended */
 struct ParamListInfoData;
 extern struct ParamListInfoData *cm_param_list(int n, Oid *types, Datum *values);

@@ -603,6 +603,24 @@ plan_build(const CmSettings *s, MemoryContext mcxt)
 	fks = plan_read_fks(plan, &nfks);
 	plan_find_paths(plan, fks, nfks);
 	plan_find_keys(plan, s);
+
+	/*
+	 * A partitioned table without a key of its own (keys on its partitions
+	 * only) stays shared, as every partitioned table did before 0.7: a
+	 * database that has one is not stopped from moving its tenants.
+	 */
+	for (int i = 0; i < plan->ntables; i++)
+	{
+		PlanTable  *pt = &plan->tables[i];
+
+		if ((pt->kind == PLAN_TENANT || pt->kind == PLAN_CHILD) && pt->nkey == 0 &&
+			get_rel_relkind(pt->relid) == RELKIND_PARTITIONED_TABLE)
+		{
+			pt->kind = PLAN_UNSUPPORTED;
+			pt->note = NULL;
+			add_note(pt, "partitioned table without a primary key or unique not-null key of its own: it stays shared");
+		}
+	}
 	plan_check_paths_indexed(plan);
 	order_tables(plan, fks, nfks);
 	qsort(plan->tables, plan->ntables, sizeof(PlanTable), cmp_position);

@@ -512,6 +512,7 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	int			ret,
 				n;
 	SPITupleTable *tt;
+	SPITupleTable *grants_tt;
 
 	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(src));
 	if (!HeapTupleIsValid(ctup))
@@ -574,6 +575,7 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: grant lookup failed");
 	tt = SPI_tuptable;
+	grants_tt = tt;
 	n = SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
@@ -588,9 +590,29 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 						 col ? " (" : "", col ? quote_identifier(col) : "", col ? ")" : "",
 						 qtarget, grantee, grantable ? " WITH GRANT OPTION" : "");
 		exec_ddl(sql.data);
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema), grantee);
-		exec_ddl(sql.data);
+		/* USAGE on the schema, unless the grantee has it (a partition's, made as its owner) */
+		{
+			Oid			qtypes[2] = {TEXTOID, TEXTOID};
+			Datum		qvalues[2];
+			char	   *has;
+
+			qvalues[0] = CStringGetTextDatum(strcmp(grantee, "PUBLIC") == 0 ? "public" : grantee);
+			qvalues[1] = CStringGetTextDatum(quote_identifier(schema));
+			has = query_text("SELECT pg_catalog.has_schema_privilege("
+							 "CASE WHEN $1 OPERATOR(pg_catalog.=) 'public' THEN 'public' "
+							 "ELSE (SELECT r.rolname FROM pg_catalog.pg_roles r "
+							 "WHERE pg_catalog.quote_ident(r.rolname) OPERATOR(pg_catalog.=) $1) END, "
+							 "pg_catalog.to_regnamespace($2), 'USAGE')::pg_catalog.text",
+							 2, qtypes, qvalues);
+			if (has == NULL || strcmp(has, "true") != 0)
+			{
+				resetStringInfo(&sql);
+				appendStringInfo(&sql, "GRANT USAGE ON SCHEMA %s TO %s", quote_identifier(schema), grantee);
+				exec_ddl(sql.data);
+			}
+		}
+		/* tt is SPI's: read again by the next round */
+		tt = grants_tt;
 	}
 
 	/* the same owner, when we may hand the table over */
@@ -607,7 +629,8 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 		 */
 		resetStringInfo(&sql);
 		appendStringInfo(&sql, "GRANT USAGE%s ON SCHEMA %s TO %s",
-						 get_rel_relkind(src) == RELKIND_RELATION ? ", CREATE" : "",
+						 get_rel_relkind(src) == RELKIND_RELATION ||
+						 get_rel_relkind(src) == RELKIND_PARTITIONED_TABLE ? ", CREATE" : "",
 						 quote_identifier(schema), quote_identifier(GetUserNameFromId(owner, false)));
 		exec_ddl(sql.data);
 	}
@@ -720,6 +743,40 @@ clone_partitions(Oid src, const char *schema, const char *qparent)
 							bounds[i]);
 }
 
+/*
+ * The partitions of the tenant's partitioned table, made as its owner in a
+ * security-restricted operation: a partition bound is parsed again, and a
+ * domain's CHECK or a cast the owner wrote may run while it is; never with
+ * the rights of the role that migrates.  A copy its owner could not be
+ * handed (the migrating role is not a member of the shared table's owner)
+ * gets no partitions that way: refused.
+ */
+static void
+clone_partitions_as_owner(Oid src, const char *schema, const char *qparent, Oid parent_copy)
+{
+	Oid			owner = cm_rel_owner(parent_copy);
+	Oid			shared_owner = cm_rel_owner(src);
+	CmRoleSave	save;
+
+	if (owner != shared_owner && !has_privs_of_role(shared_owner, owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot make the partitions of %s as role \"%s\"", qparent,
+						GetUserNameFromId(owner, false)),
+				 errdetail("%s is owned by role \"%s\"; its partition bounds are evaluated as the copy's owner, which could not be made that role.",
+						   cm_qualified_relname(src), GetUserNameFromId(shared_owner, false)),
+				 errhint("Migrate as a member of role \"%s\".", GetUserNameFromId(shared_owner, false))));
+	cm_table_owner_begin(parent_copy, &save);
+	{
+		/* bounds rendered and read back in one fixed style: no zone abbreviation to misread */
+		int			nest = cm_stable_output_settings();
+
+		clone_partitions(src, schema, qparent);
+		cm_restore_output_settings(nest);
+	}
+	cm_role_end(&save);
+}
+
 void
 clone_one_partition(Oid part, const char *schema, const char *qparent, const char *qpart,
 					const char *bound)
@@ -764,7 +821,7 @@ clone_create_table(PlanTable *pt, const char *schema)
 	CommandCounterIncrement();
 	/* after the defaults point at the tenant's sequences: partitions take the parent's */
 	if (partitioned)
-		clone_partitions(pt->relid, schema, qtarget);
+		clone_partitions_as_owner(pt->relid, schema, qtarget, clone_target_relid(schema, pt->relname));
 	return clone_target_relid(schema, pt->relname);
 }
 
@@ -911,7 +968,10 @@ clone_reset_if_empty(const char *tenant, const char *schema)
 							  "  ELSE format('DROP INDEX %s', i.indexrelid::regclass) END "
 							  "FROM pg_index i "
 							  "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.contype IN ('p', 'u', 'x') "
-							  "WHERE i.indrelid IN " CM_RELS_OF_NAMESPACE("$1") " ORDER BY i.indexrelid) x",
+							  "WHERE i.indrelid IN " CM_RELS_OF_NAMESPACE("$1") " "
+							  /* a partition's index goes with its partitioned table's */
+							  "  AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) "
+							  "ORDER BY i.indexrelid) x",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: constraint lookup failed");
 	tt = SPI_tuptable;
@@ -1820,6 +1880,8 @@ clone_restore_sequences(TenantPlan *plan, const char *schema)
 			if (att != InvalidAttrNumber && attidentity(target, att) == '\0')
 			{
 				lock = list_append_unique_oid(lock, target);
+				/* SET DEFAULT reaches the partitions too: locked with it */
+				lock = list_concat_unique_oid(lock, cm_partitions_of(target));
 				break;
 			}
 		}

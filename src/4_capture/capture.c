@@ -108,6 +108,7 @@ typedef struct CaptureTable
 {
 	Oid			relid;			/* hash key */
 	bool		valid;			/* false: rebuild before use */
+	Oid			base;			/* the partitioned table at the top, or relid */
 	MemoryContext cxt;			/* what the entry allocated; reset on rebuild */
 	Oid			log_relid;
 	int			log_natts;
@@ -458,7 +459,7 @@ static CaptureTable *
 capture_table_get(Relation rel, Trigger *trigger)
 {
 	Oid			relid = RelationGetRelid(rel);
-	Oid			base = base_relid(rel);
+	Oid			base;
 	bool		found;
 	CaptureTable *ct;
 	Relation	logrel;
@@ -486,6 +487,8 @@ capture_table_get(Relation rel, Trigger *trigger)
 		MemoryContextDelete(ct->cxt);
 
 	memset(((char *) ct) + sizeof(Oid), 0, sizeof(CaptureTable) - sizeof(Oid));
+	/* looked up once per entry: a pg_inherits scan per level */
+	base = ct->base = base_relid(rel);
 	if (trigger->tgnargs < 1)
 		elog(ERROR, "clinic_migrate: capture trigger on %s has no log table argument",
 			 RelationGetRelationName(rel));
@@ -504,18 +507,11 @@ capture_table_get(Relation rel, Trigger *trigger)
 		ct->log_relid = state_oid_lookup("capture_logs", "source_table", source, "log_table", &present);
 
 		/*
-		 * Any role may call the trigger functions (a partition made under a
-		 * captured table gets our triggers as its maker), so a trigger of
-		 * another table (a role's own, made with our function) finds no log
-		 * and is an error.  Before 0.3 there was no map: the argument was
-		 * the log's OID, and the log was log_<table OID> in our schema.
+		 * A trigger of a table clinic_migrate does not capture (a role that
+		 * may execute our functions made it) finds no log: an error below.
+		 * Before 0.3 there was no map: the argument was the log's OID, and
+		 * the log was log_<table OID> in our schema; nothing else is taken.
 		 */
-		if (!present && OidIsValid(get_relname_relid("capture_logs", get_namespace_oid(CM_SCHEMA, false))))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("table %s is not captured by clinic_migrate",
-							RelationGetRelationName(rel)),
-					 errhint("clinic_migrate's trigger functions are for the triggers it makes itself.")));
 		if (!present)
 		{
 			ct->log_relid = DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(trigger->tgargs[0])));
@@ -614,7 +610,8 @@ plan_of(Relation rel)
 	CmSettings	s;
 
 	cm_current_settings(&s);
-	strlcpy(s.source_schema, get_namespace_name(RelationGetNamespace(rel)), NAMEDATALEN);
+	/* a partition's plan is that of its partitioned table's schema */
+	strlcpy(s.source_schema, get_namespace_name(get_rel_namespace(base_relid(rel))), NAMEDATALEN);
 	return plan_build(&s, CurrentMemoryContext);
 }
 
@@ -749,7 +746,7 @@ child_tenant(Relation rel, CaptureTable *ct, HeapTuple tuple)
 		}
 	}
 	/* the lookup itself reads the application's tables: as the table's owner */
-	cm_table_owner_begin(RelationGetRelid(rel), &save);
+	cm_table_owner_begin(ct->base, &save);
 	if (SPI_execute_snapshot(ct->tenant_lookup, values, nulls, GetLatestSnapshot(),
 							 InvalidSnapshot, false, false, 1) == SPI_OK_SELECT &&
 		SPI_processed > 0)
@@ -783,7 +780,7 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 	while ((m = hash_seq_search(&seq)) != NULL)
 	{
 		Oid			nsp = get_namespace_oid(m->schema, true);
-		Oid			target = OidIsValid(nsp) ? get_relname_relid(get_rel_name(base_relid(rel)), nsp) : InvalidOid;
+		Oid			target = OidIsValid(nsp) ? get_relname_relid(get_rel_name(ct->base), nsp) : InvalidOid;
 		StringInfoData sql;
 		Datum		values[INDEX_MAX_KEYS];
 		char		nulls[INDEX_MAX_KEYS];
@@ -1454,12 +1451,7 @@ create_trigger(Oid relid, const char *name, const char *def)
 static List *
 partitions_of(Oid relid)
 {
-	List	   *all;
-
-	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
-		return NIL;
-	all = find_all_inheritors(relid, NoLock, NULL);
-	return list_delete_first(all);
+	return cm_partitions_of(relid);
 }
 
 /* a copy of pg_trigger's row of trigger trig, or NULL */
@@ -1496,6 +1488,9 @@ capture_fix_partitions(Oid relid)
 	ListCell   *lc;
 	Oid			guard;
 	char	   *guard_args = NULL;
+	const char *rows[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+	"clinic_migrate_capture_delete", "clinic_migrate_capture_reverse"};
+	List	   *todo = NIL;
 
 	if (parts == NIL)
 		return;
@@ -1516,22 +1511,48 @@ capture_fix_partitions(Oid relid)
 		}
 		table_close(tgrel, AccessShareLock);
 	}
+
+	/* what needs a change, looked at first: nothing locked when nothing does */
 	foreach(lc, parts)
 	{
 		Oid			part = lfirst_oid(lc);
-		Relation	rel = table_open(part, ShareRowExclusiveLock);
-		const char *rows[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
-		"clinic_migrate_capture_delete", "clinic_migrate_capture_reverse"};
+		bool		needed = false;
+
+		/* a foreign table partition takes no TRUNCATE trigger, and has no rows here */
+		if (get_rel_relkind(part) == RELKIND_FOREIGN_TABLE)
+			continue;
+		for (int k = 0; k < 4 && !needed; k++)
+		{
+			Oid			theirs = OidIsValid(our_trigger_oid(relid, rows[k], false)) ?
+				our_trigger_oid(part, rows[k], false) : InvalidOid;
+			HeapTuple	tup = OidIsValid(theirs) ? trigger_row(theirs) : NULL;
+
+			if (HeapTupleIsValid(tup))
+			{
+				needed = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled != TRIGGER_FIRES_ALWAYS;
+				heap_freetuple(tup);
+			}
+		}
+		if (!needed && guard_args && !OidIsValid(our_trigger_oid(part, "clinic_migrate_guard_truncate", true)))
+			needed = true;
+		if (needed)
+			todo = lappend_oid(todo, part);
+	}
+	if (todo == NIL)
+		return;
+	/* all at once, as the application's tables always are */
+	cm_lock_relations(todo, ShareRowExclusiveLock, false);
+	foreach(lc, todo)
+	{
+		Oid			part = lfirst_oid(lc);
+		Relation	rel = table_open(part, NoLock);
 
 		for (int k = 0; k < 4; k++)
 		{
-			Oid			mine = our_trigger_oid(relid, rows[k], false);
-			Oid			theirs = our_trigger_oid(part, rows[k], false);
-			HeapTuple	tup;
+			Oid			theirs = OidIsValid(our_trigger_oid(relid, rows[k], false)) ?
+				our_trigger_oid(part, rows[k], false) : InvalidOid;
+			HeapTuple	tup = OidIsValid(theirs) ? trigger_row(theirs) : NULL;
 
-			if (!OidIsValid(mine) || !OidIsValid(theirs))
-				continue;
-			tup = trigger_row(theirs);
 			if (HeapTupleIsValid(tup))
 			{
 				bool		always = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled == TRIGGER_FIRES_ALWAYS;
@@ -1551,7 +1572,7 @@ capture_fix_partitions(Oid relid)
 									   "FOR EACH STATEMENT EXECUTE FUNCTION clinic_migrate.guard_truncate(%s)",
 									   cm_qualified_relname(part), guard_args));
 			CommandCounterIncrement();
-			rel = table_open(part, ShareRowExclusiveLock);
+			rel = table_open(part, NoLock);
 			EnableDisableTrigger(rel, "clinic_migrate_guard_truncate", TRIGGER_FIRES_ALWAYS, false,
 								 ShareRowExclusiveLock);
 			table_close(rel, NoLock);
@@ -1577,6 +1598,30 @@ drop_partition_guards(Oid relid)
 		performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
 		CommandCounterIncrement();
 	}
+}
+
+/*
+ * A partition made or attached under a table with our row triggers gets
+ * them as its maker, which PostgreSQL allows only to a role that may
+ * execute their functions.  Only the table's owner (or a member) may make
+ * its partitions: that role is let execute funcs (the grant is made as
+ * the extension's owner).  It could already drop or disable our triggers
+ * on its own tables; nothing is open to PUBLIC.
+ */
+static void
+grant_trigger_functions(Oid relid, const char *funcs)
+{
+	Oid			owner;
+
+	if (get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		return;
+	owner = cm_rel_owner(relid);
+	if (superuser_arg(owner))
+		return;
+	cm_state_exec(psprintf("GRANT EXECUTE ON FUNCTION %s TO %s", funcs,
+						   quote_identifier(GetUserNameFromId(owner, false))),
+				  0, NULL, NULL, NULL, 0);
+	CommandCounterIncrement();
 }
 
 void
@@ -1676,6 +1721,7 @@ capture_install(TenantPlan *plan)
 									pt->kind == PLAN_CHILD ? "" : ", ",
 									pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));
 		}
+		grant_trigger_functions(pt->relid, "clinic_migrate.capture(), clinic_migrate.guard_truncate()");
 		create_trigger(pt->relid, "clinic_migrate_guard_truncate",
 					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
 								"EXECUTE FUNCTION clinic_migrate.guard_truncate()", qrel));
@@ -1731,6 +1777,7 @@ capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant
 							false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "clinic_migrate: could not grant SELECT on %s", qrel);
 		}
+		grant_trigger_functions(target, "clinic_migrate.capture_reverse(), clinic_migrate.guard_truncate()");
 		create_trigger(target, "clinic_migrate_capture_reverse",
 					   psprintf("AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW "
 								"EXECUTE FUNCTION clinic_migrate.capture_reverse(%s, %s, %s)",

@@ -1007,7 +1007,11 @@ cm_finalize_tenant(CmWorkerShared *sh, int64 *run_id)
 			Oid			target = clone_target_relid(schema, plan->tables[i].relname);
 
 			if (OidIsValid(target))
+			{
 				all = lappend_oid(all, target);
+				/* defaults and triggers of a partitioned table reach its partitions */
+				all = list_concat(all, cm_partitions_of(target));
+			}
 		}
 		cm_lock_relations(all, AccessExclusiveLock, true);
 	}

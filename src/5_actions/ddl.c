@@ -58,6 +58,7 @@
 #include "nodes/parsenodes.h"
 #include "optimizer/optimizer.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -457,7 +458,7 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 			if (cmd->subtype == AT_AttachPartition)
 				follow_new_partition(part, true);
 			else
-				refuse_detach(relid, part);
+				refuse_detach(relid, part);	/* refused at the start already, unless follow_ddl changed */
 		}
 	}
 	copies = copies_of(relid);
@@ -968,14 +969,17 @@ make_partition(void *arg)
 	Oid			type = OIDOID;
 	Datum		value = ObjectIdGetDatum(pa->part);
 	char	   *bound;
+	/* the bound rendered and read back in one fixed style: no zone abbreviation to misread */
+	int			nest = cm_stable_output_settings();
 
 	cm_state_exec("SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM pg_catalog.pg_class c "
 				  "WHERE c.oid OPERATOR(pg_catalog.=) $1", 1, &type, &value, NULL, 0);
 	if (SPI_processed != 1)
-		elog(ERROR, "clinic_migrate: partition %u has no bound", pa->part);
+		elog(ERROR, "clinic_migrate: a partition of %s has no bound", cm_qualified_relname(pa->parent_copy));
 	bound = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	clone_one_partition(pa->part, pa->schema, cm_qualified_relname(pa->parent_copy),
 						quote_qualified_identifier(pa->schema, get_rel_name(pa->part)), bound);
+	cm_restore_output_settings(nest);
 }
 
 /*
@@ -1054,9 +1058,6 @@ follow_new_partition(Oid part, bool attached)
 		PartitionArgs pa;
 		CmRoleSave	save;
 
-		if (get_rel_relkind(c->target) != RELKIND_PARTITIONED_TABLE)
-			continue;
-		refuse_in_transition(c, psprintf("add partition %s", cm_qualified_relname(part)));
 		if (attached && partition_has_rows_of(root, part, c))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_IN_USE),
@@ -1066,11 +1067,16 @@ follow_new_partition(Oid part, bool attached)
 							   c->state),
 					 errhint("Attach the table without those rows and insert them through %s, or attach it after the tenant's move is finalized or rolled back.",
 							 cm_qualified_relname(root))));
+		/* a one-table copy takes the rows of every partition as they come */
+		if (get_rel_relkind(c->target) != RELKIND_PARTITIONED_TABLE)
+			continue;
 		parent_copy = parent == root ? c->target : get_relname_relid(get_rel_name(parent), nsp);
 		mine = get_relname_relid(get_rel_name(part), nsp);
+		/* there already (made by hand, or an ALTER of a partition the copy has) */
 		if (OidIsValid(mine) && get_rel_relispartition(mine) &&
 			get_partition_parent(mine, true) == parent_copy)
-			continue;			/* made by hand already */
+			continue;
+		refuse_in_transition(c, psprintf("add partition %s", cm_qualified_relname(part)));
 		if (!OidIsValid(parent_copy) || get_rel_relkind(parent_copy) != RELKIND_PARTITIONED_TABLE ||
 			OidIsValid(mine))
 			ereport(ERROR,
@@ -1110,6 +1116,7 @@ follow_new_partition(Oid part, bool attached)
 		cm_role_end(&save);
 		capture_fix_partitions(c->target);
 	}
+	/* the shared partition: our triggers ALWAYS, and the guard (nothing locked if it has them) */
 	if (copies != NIL)
 		capture_fix_partitions(root);
 }
@@ -1227,44 +1234,65 @@ drop_table_copies(Oid source, const char *name, DropBehavior behavior, const cha
 }
 
 /*
+ * The partitions of planned partitioned tables that a DROP TABLE names,
+ * found at its start (clinic_migrate_guard_ddl): at sql_drop, a dropped
+ * partition's parent is no longer in the catalogs.  Valid for the
+ * statement of the transaction that found them.
+ */
+typedef struct DroppingPartition
+{
+	Oid			part;
+	Oid			root;
+	char	   *name;
+} DroppingPartition;
+
+static List *dropping_partitions = NIL;
+static LocalTransactionId dropping_lxid = InvalidLocalTransactionId;
+
+static DroppingPartition *
+dropping_partition(Oid part)
+{
+	ListCell   *lc;
+
+	if (dropping_lxid != MyProc->lxid)
+		return NULL;
+	foreach(lc, dropping_partitions)
+	{
+		DroppingPartition *d = lfirst(lc);
+
+		if (d->part == part)
+			return d;
+	}
+	return NULL;
+}
+
+/*
  * A partition of a planned partitioned table was dropped (a retention job
- * dropping old months): the copies' partition of that name goes too, with
- * the tenant's rows in it, as the shared rows went.
+ * dropping old months): each partitioned copy's partition of that name
+ * goes too, with the tenant's rows in it, as the shared rows went.
  */
 static void
-drop_partition_copies(const char *schema, const char *name, DropBehavior behavior, const char *query)
+drop_partition_copies(DroppingPartition *d, DropBehavior behavior, const char *query)
 {
-	Oid			types[2] = {NAMEOID, NAMEOID};
-	Datum		values[2];
-	SPITupleTable *tt;
-	uint64		n;
+	List	   *copies = copies_of(d->root);
+	ListCell   *lc;
 
-	values[0] = DirectFunctionCall1(namein, CStringGetDatum(schema));
-	values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
-	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column, c.oid, n.nspname "
-				  "FROM clinic_migrate.tenants t "
-				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
-				  "JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) t.schema_oid "
-				  "  AND c.relname OPERATOR(pg_catalog.=) $2 AND c.relispartition "
-				  "JOIN clinic_migrate.tenant_tables tt ON tt.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-				  "  AND tt.target_table OPERATOR(pg_catalog.=) pg_catalog.pg_partition_root(c.oid) "
-				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
-				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id",
-				  2, types, values, NULL, 0);
-	tt = SPI_tuptable;
-	n = SPI_processed;
-	for (uint64 i = 0; i < n; i++)
+	foreach(lc, copies)
 	{
-		TenantCopy	c;
-		bool		isnull;
+		TenantCopy *c = lfirst(lc);
+		TenantCopy	pc = *c;
+		Oid			nsp = get_rel_namespace(c->target);
+		Oid			mine = get_relname_relid(d->name, nsp);
+		List	   *up;
 
-		c.tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
-		c.state = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
-		c.tenant_column = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
-		c.target = DatumGetObjectId(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
-		refuse_in_transition(&c, psprintf("drop table %s", quote_qualified_identifier(schema, name)));
-		run_on_copy((Node *) drop_of(OBJECT_TABLE, SPI_getvalue(tt->vals[i], tt->tupdesc, 5), name, behavior),
-					query, &c);
+		if (!OidIsValid(mine) || !get_rel_relispartition(mine))
+			continue;
+		up = get_partition_ancestors(mine);
+		if (up == NIL || llast_oid(up) != c->target)
+			continue;
+		refuse_in_transition(c, psprintf("drop partition %s", quote_identifier(d->name)));
+		pc.target = mine;
+		run_on_copy((Node *) drop_of(OBJECT_TABLE, get_namespace_name(nsp), d->name, behavior), query, &pc);
 	}
 }
 
@@ -1379,10 +1407,10 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 	{
 		DroppedRel *d = lfirst(lc);
 
-		if (d->is_table && copies_recorded(d->objid) != NIL)
-			drop_table_copies(d->objid, quote_qualified_identifier(d->schema, d->name), behavior, query);
+		if (d->is_table && dropping_partition(d->objid) != NULL)
+			drop_partition_copies(dropping_partition(d->objid), behavior, query);
 		else if (d->is_table)
-			drop_partition_copies(d->schema, d->name, behavior, query);
+			drop_table_copies(d->objid, quote_qualified_identifier(d->schema, d->name), behavior, query);
 	}
 	foreach(lc, dropped)
 	{
@@ -2012,6 +2040,204 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 		default:
 			break;
 	}
+	SPI_finish();
+	PG_RETURN_NULL();
+}
+
+/* ---- at the start of ALTER TABLE and DROP TABLE: what cannot be undone at their end ---- */
+
+/* the planned partitioned table at the top of relid's tree, and its copies; NIL if none */
+static List *
+partition_root_copies(Oid relid, Oid *root)
+{
+	List	   *up;
+
+	*root = InvalidOid;
+	if (!OidIsValid(relid))
+		return NIL;
+	if (!get_rel_relispartition(relid))
+	{
+		*root = relid;
+		return get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? copies_of(relid) : NIL;
+	}
+	up = get_partition_ancestors(relid);
+	if (up == NIL)
+		return NIL;
+	*root = llast_oid(up);
+	return copies_of(*root);
+}
+
+static void
+refuse_partition_change(Oid root, List *copies, const char *what, const char *hint)
+{
+	TenantCopy *c = linitial(copies);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("cannot %s while tenant \"%s\" has a copy of %s", what, c->tenant,
+					cm_qualified_relname(root)),
+			 errdetail("The tenant's state is %s.", c->state),
+			 errhint("%s", hint)));
+}
+
+/*
+ * DROP TABLE of a partition: recorded for sql_drop, which drops the
+ * copies' partition of that name; refused when a copy is one table
+ * (keep_partitions off), which would keep the dropped rows.
+ */
+static void
+guard_drop(DropStmt *stmt)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	if (stmt->removeType != OBJECT_TABLE)
+		return;
+	foreach(lc, stmt->objects)
+	{
+		RangeVar   *rv = makeRangeVarFromNameList((List *) lfirst(lc));
+		Oid			part = RangeVarGetRelid(rv, NoLock, true);
+		Oid			root;
+		List	   *copies;
+		ListCell   *cl;
+		DroppingPartition *d;
+
+		if (!OidIsValid(part) || !get_rel_relispartition(part))
+			continue;
+		copies = partition_root_copies(part, &root);
+		if (copies == NIL)
+			continue;
+		foreach(cl, copies)
+		{
+			TenantCopy *c = lfirst(cl);
+
+			if (get_rel_relkind(c->target) != RELKIND_PARTITIONED_TABLE)
+				refuse_partition_change(root, list_make1(c), psprintf("drop partition %s", cm_qualified_relname(part)),
+										"The tenant's copy is one table (clinic_migrate.keep_partitions was off): it would keep the partition's rows. "
+										"Delete the tenant's rows of the partition first, or drop it after the tenant's move is finalized or rolled back.");
+		}
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		if (dropping_lxid != MyProc->lxid)
+		{
+			dropping_partitions = NIL;
+			dropping_lxid = MyProc->lxid;
+		}
+		d = palloc(sizeof(DroppingPartition));
+		d->part = part;
+		d->root = root;
+		d->name = pstrdup(get_rel_name(part));
+		dropping_partitions = lappend(dropping_partitions, d);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * DETACH PARTITION (also CONCURRENTLY, whose first transaction commits
+ * before any end-of-statement check, and FINALIZE), and RENAME or SET
+ * SCHEMA of a partition: refused while a tenant has a copy of its tree.
+ */
+static void
+guard_alter(Node *parsetree)
+{
+	Oid			root;
+	List	   *copies;
+
+	if (IsA(parsetree, AlterTableStmt))
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		ListCell   *lc;
+
+		if (stmt->relation == NULL)
+			return;
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableCmd *cmd = lfirst(lc);
+
+			if (cmd->subtype != AT_DetachPartition && cmd->subtype != AT_DetachPartitionFinalize)
+				continue;
+			copies = partition_root_copies(RangeVarGetRelid(stmt->relation, NoLock, true), &root);
+			if (copies != NIL)
+				refuse_partition_change(root, copies, "detach a partition",
+										"Its rows would leave the shared table with no trigger fired: the tenant's copy would keep them. "
+										"Drop the partition instead (its rows go from the copies too), or detach it after the tenant's move is finalized or rolled back.");
+		}
+		return;
+	}
+	if (IsA(parsetree, RenameStmt))
+	{
+		RenameStmt *stmt = (RenameStmt *) parsetree;
+
+		if (stmt->relation == NULL || stmt->renameType != OBJECT_TABLE)
+			return;
+		{
+			Oid			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+
+			if (!OidIsValid(relid) || !get_rel_relispartition(relid))
+				return;
+			copies = partition_root_copies(relid, &root);
+		}
+		if (copies != NIL)
+			refuse_partition_change(root, copies, "rename a partition",
+									"The copies' partitions are found by name. Rename it after the tenant's move is finalized or rolled back.");
+		return;
+	}
+	if (IsA(parsetree, AlterObjectSchemaStmt))
+	{
+		AlterObjectSchemaStmt *stmt = (AlterObjectSchemaStmt *) parsetree;
+		Oid			relid;
+
+		if (stmt->relation == NULL || stmt->objectType != OBJECT_TABLE)
+			return;
+		relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+		if (!OidIsValid(relid) || !get_rel_relispartition(relid))
+			return;
+		copies = partition_root_copies(relid, &root);
+		if (copies != NIL)
+			refuse_partition_change(root, copies, "move a partition to another schema",
+									"The copies' partitions are found by name. Move it after the tenant's move is finalized or rolled back.");
+	}
+}
+
+PG_FUNCTION_INFO_V1(cm_guard_ddl);
+Datum
+cm_guard_ddl(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trig;
+	Node	   *parsetree;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.guard_ddl() must be an event trigger")));
+	trig = (EventTriggerData *) fcinfo->context;
+	parsetree = trig->parsetree;
+	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on || restoring())
+		PG_RETURN_NULL();
+	/* nothing to look at: no SPI, no catalog read */
+	if (!IsA(parsetree, DropStmt) && !IsA(parsetree, AlterTableStmt) &&
+		!IsA(parsetree, RenameStmt) && !IsA(parsetree, AlterObjectSchemaStmt))
+		PG_RETURN_NULL();
+	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType != OBJECT_TABLE)
+		PG_RETURN_NULL();
+	if (IsA(parsetree, AlterTableStmt))
+	{
+		ListCell   *lc;
+		bool		detach = false;
+
+		foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+		{
+			AlterTableCmd *cmd = lfirst(lc);
+
+			detach |= cmd->subtype == AT_DetachPartition || cmd->subtype == AT_DetachPartitionFinalize;
+		}
+		if (!detach)
+			PG_RETURN_NULL();
+	}
+	SPI_connect();
+	if (IsA(parsetree, DropStmt))
+		guard_drop((DropStmt *) parsetree);
+	else
+		guard_alter(parsetree);
 	SPI_finish();
 	PG_RETURN_NULL();
 }
