@@ -243,8 +243,28 @@ SELECT tableoid::regclass AS partition FROM usage_events WHERE kind = 'mine';
 COMMIT;
 RESET ROLE;
 SELECT op, count(*) FROM event_audit GROUP BY 1;
--- the trigger functions are open to every role (a partition's maker gets
--- our triggers), and do nothing but fail on a table clinic_migrate does not capture
+-- tenants that stay (row level security): a query that names a partition
+-- itself is covered too, not only one through the partitioned table
+SELECT clinic_migrate.enable_tenant_rls(ARRAY['regress_pt_app'], 'enforce') AS tables;
+SELECT c.oid::regclass AS "table", c.relrowsecurity AS rls, count(p.polname) AS policies
+FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid AND p.polname LIKE 'clinic\_migrate\_%'
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+  AND (c.relname LIKE 'usage\_events%' OR c.relname LIKE 'invoice%')
+GROUP BY 1, 2 ORDER BY 1::text;
+SET ROLE regress_pt_app;
+BEGIN;
+SELECT clinic_migrate.set_tenant('t4', true) IS NOT NULL AS routed;
+SELECT string_agg(DISTINCT tenant_id, ',') AS seen_through_parent FROM usage_events;
+SELECT string_agg(DISTINCT tenant_id, ',') AS seen_in_a_partition FROM usage_events_2026_12;
+SELECT string_agg(DISTINCT tenant_id, ',') AS seen_in_a_subpartition FROM invoices_eu_1;
+COMMIT;
+RESET ROLE;
+SELECT clinic_migrate.disable_tenant_rls() AS uncovered;
+SELECT count(*) AS policies_left FROM pg_policy WHERE polname LIKE 'clinic\_migrate\_%';
+
+-- the owner of a captured partitioned table may execute the trigger
+-- functions (a partition's maker gets our triggers): on a table
+-- clinic_migrate does not capture, they do nothing but fail
 SET ROLE regress_pt_owner;
 CREATE TABLE regress_pt_own.mine (tenant_id text, id integer PRIMARY KEY);
 CREATE TRIGGER decoy AFTER INSERT ON regress_pt_own.mine FOR EACH ROW

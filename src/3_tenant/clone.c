@@ -1411,7 +1411,7 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 		if (SPI_execute_with_args(
 								  "SELECT quote_ident(c.conname), c.confrelid, c.conkey, c.confkey, "
 								  "  c.confupdtype::text, c.confdeltype::text, c.confmatchtype::text, "
-								  "  c.condeferrable, c.condeferred, c.convalidated, c.confdelsetcols "
+								  "  c.condeferrable, c.condeferred, c.convalidated, c.confdelsetcols, c.conname "
 								  "FROM pg_constraint c WHERE c.conrelid = $1 AND c.contype = 'f' AND c.conparentid = 0 "
 								  "  AND NOT EXISTS (SELECT 1 FROM pg_constraint t "
 								  "                  WHERE t.conrelid = $2 AND t.conname = c.conname) "
@@ -1462,13 +1462,44 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 			if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
 				appendStringInfoString(&sql, " INITIALLY DEFERRED");
 			/*
-			 * PostgreSQL 15 has no NOT VALID key on a partitioned table: a
-			 * partitioned copy's key is checked as it is added.
+			 * PostgreSQL 15 has no NOT VALID key on a partitioned table:
+			 * added there, the key is checked under a SHARE ROW EXCLUSIVE
+			 * lock on the referenced (maybe shared, busy) table, which
+			 * would stop its writers for the whole scan.  So each leaf
+			 * partition gets the key NOT VALID (a brief lock), validated
+			 * there (no lock that stops writers), and the partitioned
+			 * table's key, added last, takes theirs over without a scan.
 			 */
 			if (get_rel_relkind(target) != RELKIND_PARTITIONED_TABLE)
 				appendStringInfoString(&sql, " NOT VALID");
 			else
+			{
+				if (validated)
+				{
+					ListCell   *pl;
+					const char *rest = strstr(sql.data, " FOREIGN KEY (");
+
+					foreach(pl, cm_partitions_of(target))
+					{
+						Oid			part = lfirst_oid(pl);
+						StringInfoData leaf;
+
+						if (get_rel_relkind(part) != RELKIND_RELATION ||
+							OidIsValid(get_relation_constraint_oid(part, SPI_getvalue(tup, desc, 12), true)))
+							continue;
+						initStringInfo(&leaf);
+						appendStringInfo(&leaf, "ALTER TABLE %s ADD CONSTRAINT %s%s NOT VALID",
+										 cm_qualified_relname(part), conname, rest);
+						cm_ddl_with_retry(leaf.data);
+						resetStringInfo(&leaf);
+						appendStringInfo(&leaf, "ALTER TABLE %s VALIDATE CONSTRAINT %s",
+										 cm_qualified_relname(part), conname);
+						exec_ddl(leaf.data);
+						CommandCounterIncrement();
+					}
+				}
 				validated = false;
+			}
 			/* locks the referenced table, maybe a busy shared one: briefly */
 			cm_ddl_with_retry(sql.data);
 			if (validated)

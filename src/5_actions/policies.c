@@ -583,7 +583,7 @@ append_tenant_in_key(StringInfo buf, PlanTable *root, PlanTable *pt, const char 
 
 /* the policy's expression: the row belongs to the session's tenant */
 static char *
-policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce)
+policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce, const char *alias)
 {
 	PlanTable  *root = plan_root(plan, pt);
 	StringInfoData buf;
@@ -594,7 +594,7 @@ policy_expr(TenantPlan *plan, PlanTable *pt, bool enforce)
 	if (!enforce)
 		appendStringInfoChar(&buf, '(');
 	if (!append_tenant_in_key(&buf, root, pt, tenant))
-		plan_append_belongs_to(&buf, plan, pt, quote_identifier(pt->relname), "clinic_migrate_p", tenant);
+		plan_append_belongs_to(&buf, plan, pt, quote_identifier(alias), "clinic_migrate_p", tenant);
 	if (!enforce)
 		appendStringInfo(&buf, " OR clinic_migrate.tenant_rls_audit(%s::pg_catalog.regclass))",
 						 quote_literal_cstr(cm_qualified_relname(pt->relid)));
@@ -666,7 +666,7 @@ warn_uncovered(TenantPlan *plan)
 		ereport(WARNING,
 				(errmsg("tables with the tenant column that get no tenant policy: %s", names.data),
 				 errdetail("Every role reads all of their rows."),
-				 errhint("Partitioned tables are not planned; excluded ones are kept out by exclude_table().")));
+				 errhint("Excluded tables are kept out by exclude_table(); a partitioned table without a key of its own is not planned.")));
 }
 
 static List *
@@ -865,7 +865,10 @@ lock_list(List *tables, List *ttables, List *recs)
 	ListCell   *lc;
 
 	foreach(lc, tables)
+	{
 		relids = list_append_unique_oid(relids, ((PlanTable *) lfirst(lc))->relid);
+		relids = list_concat_unique_oid(relids, cm_partitions_of(((PlanTable *) lfirst(lc))->relid));
+	}
 	foreach(lc, ttables)
 		relids = list_append_unique_oid(relids, ((TenantTable *) lfirst(lc))->target);
 	foreach(lc, recs)
@@ -918,7 +921,28 @@ cm_rls_enable(List *roles, const char *mode)
 
 		if (rec)
 			rec->covered = true;
-		cover(pt->relid, policy_expr(plan, pt, enforce), rec, roles, mode, enforce);
+		cover(pt->relid, policy_expr(plan, pt, enforce, pt->relname), rec, roles, mode, enforce);
+
+		/*
+		 * A query may name a partition itself, which the partitioned
+		 * table's policies do not cover: each partition gets its own (its
+		 * name in the expression where the table's was).
+		 */
+		{
+			ListCell   *pl;
+
+			foreach(pl, cm_partitions_of(pt->relid))
+			{
+				Oid			part = lfirst_oid(pl);
+				RlsRecord  *prec = find_record(recs, part);
+
+				if (get_rel_relkind(part) == RELKIND_FOREIGN_TABLE)
+					continue;
+				if (prec)
+					prec->covered = true;
+				cover(part, policy_expr(plan, pt, enforce, get_rel_name(part)), prec, roles, mode, enforce);
+			}
+		}
 	}
 	/* the tenants' schemas: the copies of those tables */
 	foreach(lc, ttables)
