@@ -1987,24 +1987,45 @@ capture_wait_for_writers(TenantPlan *plan)
 	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   (int64) cm_lock_retry_time * 1000);
 
+	List	   *rels = NIL;
+	LockData   *locks;
+
+	/* a partitioned table's writers may lock only the partition they write */
 	for (int i = 0; i < plan->ncopied; i++)
 	{
-		LOCKTAG		tag;
-		VirtualTransactionId *vxids;
+		rels = lappend_oid(rels, plan->tables[i].relid);
+		rels = list_concat(rels, cm_partitions_of(plan->tables[i].relid));
+	}
 
-		SET_LOCKTAG_RELATION(tag, MyDatabaseId, plan->tables[i].relid);
-		vxids = GetLockConflicts(&tag, ShareLock, NULL);
-		for (; VirtualTransactionIdIsValid(*vxids); vxids++)
-		{
-			PGPROC	   *proc = BackendIdGetProc(vxids->backendId);
-			VirtualTransactionId *v;
+	/*
+	 * Only the holders of ROW EXCLUSIVE: SHARE UPDATE EXCLUSIVE (CREATE
+	 * INDEX CONCURRENTLY, VACUUM, ANALYZE) and SHARE ROW EXCLUSIVE (CREATE
+	 * TRIGGER) write no rows, and a CREATE INDEX CONCURRENTLY waits for
+	 * this very migration's transaction: waiting for it back, each would
+	 * wait for the other until one gave up.  Fast-path locks included.
+	 */
+	locks = GetLockStatusData();
+	for (int i = 0; i < locks->nelements; i++)
+	{
+		LockInstanceData *inst = &locks->locks[i];
+		VirtualTransactionId *v;
+		PGPROC	   *proc;
 
-			if (proc && (proc->statusFlags & PROC_IS_AUTOVACUUM))
-				continue;
-			v = palloc(sizeof(VirtualTransactionId));
-			*v = *vxids;
-			wait = lappend(wait, v);
-		}
+		if (inst->locktag.locktag_type != LOCKTAG_RELATION ||
+			inst->locktag.locktag_field1 != MyDatabaseId ||
+			!(inst->holdMask & LOCKBIT_ON(RowExclusiveLock)) ||
+			!list_member_oid(rels, (Oid) inst->locktag.locktag_field2) ||
+			(inst->backend == MyBackendId && inst->lxid == MyProc->lxid))
+			continue;
+		proc = BackendIdGetProc(inst->backend);
+		if (proc && (proc->statusFlags & PROC_IS_AUTOVACUUM))
+			continue;
+		v = palloc(sizeof(VirtualTransactionId));
+		v->backendId = inst->backend;
+		v->localTransactionId = inst->lxid;
+		if (!VirtualTransactionIdIsValid(*v))
+			continue;
+		wait = lappend(wait, v);
 	}
 	foreach(lc, wait)
 	{
