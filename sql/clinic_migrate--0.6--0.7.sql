@@ -17,3 +17,25 @@ CREATE EVENT TRIGGER clinic_migrate_guard_ddl ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'DROP TABLE')
     EXECUTE FUNCTION clinic_migrate.guard_ddl();
 ALTER EVENT TRIGGER clinic_migrate_guard_ddl ENABLE ALWAYS;
+
+-- CREATE TRIGGER on a planned table, and CREATE VIEW or MATERIALIZED VIEW in a
+-- source schema, reach the copies too; DROP TRIGGER as well.  An event
+-- trigger's tags cannot be altered: made again, with the new ones.
+DROP EVENT TRIGGER clinic_migrate_follow_ddl;
+CREATE EVENT TRIGGER clinic_migrate_follow_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'ALTER INDEX', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
+                 'ALTER FOREIGN TABLE', 'ALTER SEQUENCE',
+                 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'COMMENT', 'GRANT', 'REVOKE',
+                 'CREATE TRIGGER', 'CREATE VIEW', 'CREATE MATERIALIZED VIEW')
+    EXECUTE FUNCTION clinic_migrate.follow_ddl();
+ALTER EVENT TRIGGER clinic_migrate_follow_ddl ENABLE ALWAYS;
+COMMENT ON FUNCTION clinic_migrate.follow_ddl() IS
+'event trigger: ALTER TABLE, RENAME, CREATE INDEX, CREATE TRIGGER, COMMENT, GRANT and REVOKE of a shared table run again on the copies of the tenants moving; a new table the plan takes, a new partition, a new view get theirs';
+
+DROP EVENT TRIGGER clinic_migrate_follow_drop;
+CREATE EVENT TRIGGER clinic_migrate_follow_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP INDEX', 'DROP TRIGGER')
+    EXECUTE FUNCTION clinic_migrate.follow_drop();
+ALTER EVENT TRIGGER clinic_migrate_follow_drop ENABLE ALWAYS;
+COMMENT ON FUNCTION clinic_migrate.follow_drop() IS
+'event trigger: DROP TABLE, DROP INDEX and DROP TRIGGER of a shared table (or a partition) drop the copies'' of the tenants moving';

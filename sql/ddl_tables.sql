@@ -169,6 +169,33 @@ CREATE INDEX CONCURRENTLY invoices_patient ON tenant_t1.invoices USING btree (te
 SELECT count(*) AS t1_tables FROM clinic_migrate.validate_migration('t1');
 SELECT clinic_migrate.cancel(job_id) FROM clinic_migrate.job_queue WHERE tenant_id = 't1';
 
+-- a trigger made on a planned table during the move reaches the copies
+-- (0.7): it fires for the application's writes, once, in the shared table or
+-- in a cut-over tenant's schema, never for the replay; DROP TRIGGER reaches
+-- them too. A view made over a planned table reaches the tenants' schemas.
+SET ROLE regress_dt_owner;
+CREATE TABLE patient_log (n serial PRIMARY KEY, tbl text NOT NULL, name text);
+CREATE FUNCTION log_patient() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN INSERT INTO public.patient_log (tbl, name) VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, NEW.name); RETURN NEW; END$$;
+CREATE TRIGGER patients_log AFTER INSERT ON patients FOR EACH ROW EXECUTE FUNCTION log_patient();
+CREATE VIEW patient_names AS SELECT tenant_id, name FROM patients;
+RESET ROLE;
+SELECT tgrelid::regclass AS "table", tgname, tgenabled FROM pg_trigger WHERE tgname = 'patients_log'
+ORDER BY 1::text;
+SELECT c.oid::regclass AS view FROM pg_class c WHERE c.relname = 'patient_names' ORDER BY 1::text;
+INSERT INTO patients (tenant_id, name) VALUES ('t1', 'written for t1');
+BEGIN;
+SELECT clinic_migrate.set_tenant('t2', true) IS NOT NULL AS routed;
+INSERT INTO patients (tenant_id, name) VALUES ('t2', 'written for t2');
+SELECT tenant_id, name FROM patient_names WHERE name LIKE 'written%';
+COMMIT;
+SELECT clinic_migrate.sync_now('t1') >= 0 AS replayed, clinic_migrate.sync_now('t2') >= 0 AS replayed;
+SELECT tbl, name FROM patient_log ORDER BY n;
+SET ROLE regress_dt_owner;
+DROP TRIGGER patients_log ON patients;
+RESET ROLE;
+SELECT count(*) AS patients_log_triggers FROM pg_trigger WHERE tgname = 'patients_log';
+
 -- both tenants validate with the new tables; t2 rolls back (its invoice
 -- written in its schema is in the shared table again), t1 cuts over and
 -- finalizes

@@ -1010,7 +1010,7 @@ relation_exists(const char *schema, const char *name)
  * Ours, the internal ones (foreign keys) and constraint triggers are not
  * carried (the last with a WARNING).  One that is there already stays.
  */
-static void
+void
 clone_triggers(Oid source, Oid target)
 {
 	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
@@ -1304,8 +1304,8 @@ clone_one_view(void *arg)
  * a WARNING.  A materialized view is filled by REFRESH, as its owner.  One
  * that is there already stays.
  */
-static void
-clone_views(TenantPlan *plan, const char *schema)
+void
+clone_views(TenantPlan *plan, const char *schema, Oid only)
 {
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(plan->source_nsp)};
@@ -1339,6 +1339,9 @@ clone_views(TenantPlan *plan, const char *schema)
 			taken = lappend_oid(taken, view);
 			continue;
 		}
+		/* one view only (a new one): what it reads was made before, or not */
+		if (OidIsValid(only) && view != only)
+			continue;
 		/* the relations its query reads */
 		if (SPI_execute_with_args("SELECT DISTINCT d.refobjid FROM pg_catalog.pg_rewrite r "
 								  "JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
@@ -1389,7 +1392,7 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 
 	for (int i = 0; i < plan->ncopied; i++)
 		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
-	clone_views(plan, schema);
+	clone_views(plan, schema, InvalidOid);
 	cm_restore_output_settings(nest);
 }
 

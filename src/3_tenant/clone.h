@@ -74,6 +74,20 @@ extern bool clone_reset_if_empty(const char *tenant, const char *schema);
 extern void clone_finish_table(PlanTable *pt, const char *schema);
 
 /*
+ * The application's triggers of shared table source that target lacks,
+ * made on target (the copy and replay write as a replica: they fire for
+ * the application's writes only); as the current role.
+ */
+extern void clone_triggers(Oid source, Oid target);
+
+/*
+ * The views of the source schema over the tenant's planned tables that the
+ * tenant's schema lacks (all, or only view only), made there (one that
+ * cannot be: a WARNING).
+ */
+extern void clone_views(TenantPlan *plan, const char *schema, Oid only);
+
+/*
  * The tenant's partition qpart of its partitioned table qparent, made as
  * the shared partition part is (bound: pg_get_expr of its relpartbound),
  * with its own partitions; SPI connected.

@@ -1402,6 +1402,44 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 		if (d->schema && d->name && strcmp(d->schema, CM_SCHEMA) != 0)
 			dropped = lappend(dropped, d);
 	}
+	/* triggers of planned tables (not ours): the copies' trigger of that name goes */
+	if (SPI_execute("SELECT d.address_names[1], d.address_names[2], d.address_names[3] "
+					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND NOT d.is_temporary "
+					"AND pg_catalog.cardinality(d.address_names) OPERATOR(pg_catalog.=) 3",
+					true, 0) == SPI_OK_SELECT)
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		uint64		n = SPI_processed;
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			char	   *tschema = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+			char	   *tname = SPI_getvalue(tt->vals[i], tt->tupdesc, 2);
+			char	   *trig = SPI_getvalue(tt->vals[i], tt->tupdesc, 3);
+			Oid			relid;
+			ListCell   *cl;
+
+			if (!tschema || !tname || !trig || strncmp(trig, "clinic_migrate_", 15) == 0)
+				continue;
+			relid = get_relname_relid(tname, get_namespace_oid(tschema, true));
+			foreach(cl, copies_of(relid))
+			{
+				TenantCopy *c = lfirst(cl);
+				DropStmt   *ds = makeNode(DropStmt);
+
+				refuse_in_transition(c, psprintf("drop trigger %s", quote_identifier(trig)));
+				ds->removeType = OBJECT_TRIGGER;
+				ds->objects = list_make1(list_make3(makeString(get_namespace_name(get_rel_namespace(c->target))),
+													makeString(get_rel_name(c->target)),
+													makeString(pstrdup(trig))));
+				ds->behavior = behavior;
+				ds->missing_ok = true;
+				run_on_copy((Node *) ds, query, c);
+			}
+		}
+	}
+
 	/* tables first: the indexes of a dropped table went with its copies */
 	foreach(lc, dropped)
 	{
@@ -1980,6 +2018,109 @@ follow_index(IndexStmt *stmt, const char *query)
 	}
 }
 
+/* ---- CREATE TRIGGER, CREATE VIEW, CREATE MATERIALIZED VIEW (0.7) ---- */
+
+/*
+ * A trigger made on a planned shared table: each copy gets it, as the
+ * clone makes the application's triggers (firing for the application's
+ * writes only; ours and constraint triggers are not carried).  As the role
+ * running the statement, which PostgreSQL checks for TRIGGER on the copy
+ * (the copy has the shared table's grants) and EXECUTE on the function.
+ */
+static void
+follow_trigger(CreateTrigStmt *stmt, const char *query)
+{
+	Oid			relid;
+	List	   *copies;
+	ListCell   *lc;
+
+	if (stmt->relation == NULL || stmt->trigname == NULL ||
+		strncmp(stmt->trigname, "clinic_migrate_", 15) == 0)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	copies = copies_of(relid);
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		ErrorContextCallback errcb;
+		FollowContext fc = {c};
+
+		refuse_in_transition(c, psprintf("create trigger %s on %s", quote_identifier(stmt->trigname),
+										 cm_qualified_relname(relid)));
+		following = true;
+		PG_TRY();
+		{
+			errcb.callback = follow_error_context;
+			errcb.arg = &fc;
+			errcb.previous = error_context_stack;
+			error_context_stack = &errcb;
+			clone_triggers(relid, c->target);
+			error_context_stack = errcb.previous;
+		}
+		PG_FINALLY();
+		{
+			following = false;
+		}
+		PG_END_TRY();
+	}
+}
+
+/*
+ * A view or materialized view made in a source schema: each tenant moving
+ * from it (its schema made, not finalized) gets it over its own tables
+ * when it reads a planned table, as the clone makes them (as the role
+ * running the statement; one that cannot be made: a WARNING).
+ */
+static void
+follow_view(Oid view)
+{
+	Oid			types[1] = {NAMEOID};
+	Datum		values[1];
+	SPITupleTable *tt;
+	uint64		n;
+
+	if (!OidIsValid(view) || get_rel_persistence(view) == RELPERSISTENCE_TEMP)
+		return;
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(get_namespace_name(get_rel_namespace(view))));
+	cm_state_exec("SELECT t.tenant_id FROM clinic_migrate.tenants t "
+				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
+				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+				  /* the others get their views when their copy is finished */
+				  "AND t.state IN ('schema_created', 'copied', 'cut_over') ORDER BY t.tenant_id",
+				  1, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *tenant = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		char	   *t = tenant;
+		CmSettings	s;
+		TenantPlan *plan;
+		TenantInfo	info;
+
+		cm_current_settings(&s);
+		plan = clone_plan_for_tenant(&t, &s, CurrentMemoryContext);
+		clone_tenant_info(tenant, &info);
+		if (!info.exists || get_namespace_name(info.schema_oid) == NULL)
+			continue;
+		following = true;
+		PG_TRY();
+		{
+			/* read-only SPI reads the active snapshot: one that sees the new view */
+			CommandCounterIncrement();
+			PushCopiedSnapshot(GetActiveSnapshot());
+			UpdateActiveSnapshotCommandId();
+			clone_views(plan, get_namespace_name(info.schema_oid), view);
+			PopActiveSnapshot();
+		}
+		PG_FINALLY();
+		{
+			following = false;
+		}
+		PG_END_TRY();
+	}
+}
+
 PG_FUNCTION_INFO_V1(cm_follow_ddl);
 Datum
 cm_follow_ddl(PG_FUNCTION_ARGS)
@@ -2024,8 +2165,16 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 				adopt_table(collected_relid());
 			break;
 		case T_CreateTableAsStmt:
-			if (((CreateTableAsStmt *) parsetree)->into->rel->relpersistence != RELPERSISTENCE_TEMP)
+			if (((CreateTableAsStmt *) parsetree)->objtype == OBJECT_MATVIEW)
+				follow_view(collected_relid());
+			else if (((CreateTableAsStmt *) parsetree)->into->rel->relpersistence != RELPERSISTENCE_TEMP)
 				adopt_table(collected_relid());
+			break;
+		case T_ViewStmt:
+			follow_view(collected_relid());
+			break;
+		case T_CreateTrigStmt:
+			follow_trigger((CreateTrigStmt *) parsetree, query);
 			break;
 		case T_AlterObjectSchemaStmt:
 			{
