@@ -907,6 +907,31 @@ adopt_table_for_tenants(Oid relid)
 
 		/* as a writer of the tenant: a cutover's pause waits for this transaction */
 		(void) cm_tenant_write_lock(schema_oid, false);
+
+		/*
+		 * The state again, read after the lock: a cutover (or its rollback)
+		 * that committed while this waited for it changed what the copy
+		 * needs (the reverse capture, the shared sequence).
+		 */
+		{
+			Oid			ttype = TEXTOID;
+			Datum		tvalue = CStringGetTextDatum(tenant);
+
+			cm_state_exec("SELECT t.state FROM clinic_migrate.tenants t WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
+						  1, &ttype, &tvalue, NULL, 0);
+			if (SPI_processed != 1)
+				continue;
+			a.state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			if (strcmp(a.state, "finalized") == 0 || strcmp(a.state, "rolled_back") == 0)
+				continue;
+			if (strcmp(a.state, "finalizing") == 0 || strcmp(a.state, "rolling_back") == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_IN_USE),
+						 errmsg("cannot create table %s while tenant \"%s\" is %s",
+								cm_qualified_relname(relid), tenant,
+								strcmp(a.state, "finalizing") == 0 ? "being finalized" : "being rolled back"),
+						 errhint("Run the statement again when clinic_migrate.status shows the tenant finalized or rolled back.")));
+		}
 		adopt_following(&a);
 	}
 }
