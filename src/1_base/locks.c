@@ -396,7 +396,11 @@ run_with_lock_retry(const char *sql, List *relids, LOCKMODE mode, int timeout_ms
 			if (failed == NULL)
 				return true;
 			if (failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			{
+				/* the user's error, not our statement's text */
+				cm_hide_internal_sql(failed);
 				ReThrowError(failed);
+			}
 			FreeErrorData(failed);
 			if (attempt.waiting > 0)
 			{

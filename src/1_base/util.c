@@ -201,6 +201,30 @@ cm_only(Oid relid)
 	return get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ";
 }
 
+void
+cm_hide_internal_sql(ErrorData *edata)
+{
+	edata->internalquery = NULL;
+	edata->internalpos = 0;
+	if (edata->context)
+	{
+		StringInfoData kept;
+		char	   *line = edata->context;
+
+		initStringInfo(&kept);
+		while (line && *line)
+		{
+			char	   *end = strchr(line, '\n');
+			int			len = end ? (int) (end - line) : (int) strlen(line);
+
+			if (strncmp(line, "SQL statement \"", 15) != 0)
+				appendStringInfo(&kept, "%s%.*s", kept.len ? "\n" : "", len, line);
+			line = end ? end + 1 : NULL;
+		}
+		edata->context = kept.len ? kept.data : NULL;
+	}
+}
+
 List *
 cm_partitions_of(Oid relid)
 {

@@ -70,6 +70,14 @@ extern char *cm_qualified_relname(Oid relid);
  */
 extern const char *cm_only(Oid relid);
 
+/*
+ * An error raised inside a statement clinic_migrate built: its text is
+ * ours, not the user's (the "SQL statement" context line and the internal
+ * query go); the message, detail and hint stay.
+ */
+struct ErrorData;
+extern void cm_hide_internal_sql(struct ErrorData *edata);
+
 /* the partitions of a partitioned table, at every level (not relid); NIL otherwise */
 extern List *cm_partitions_of(Oid relid);
 

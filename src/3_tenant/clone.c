@@ -68,10 +68,27 @@
 static void
 exec_ddl(const char *sql)
 {
-	int			ret = SPI_execute(sql, false, 0);
+	MemoryContext cxt = CurrentMemoryContext;
+	int			ret = 0;
 
+	PG_TRY();
+	{
+		ret = SPI_execute(sql, false, 0);
+	}
+	PG_CATCH();
+	{
+		/* the user's error (a permission, a CHECK), without our statement's text */
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		cm_hide_internal_sql(edata);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	if (ret < 0)
-		elog(ERROR, "clinic_migrate: SPI error %d in \"%s\"", ret, sql);
+		elog(ERROR, "clinic_migrate: SPI error %d", ret);
 }
 
 /* first column of the first row as text, or NULL */

@@ -621,6 +621,7 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 	bool		save_applying = cm_applying;
 	int64		n;
 	CmRoleSave	save;
+	MemoryContext cxt = CurrentMemoryContext;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s (", cm_qualified_relname(target));
@@ -644,11 +645,20 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 			elog(ERROR, "clinic_migrate: copy of a new table failed");
 		n = (int64) SPI_processed;
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
+		/* the application's error (a CHECK the rows fail), without our statement */
+		ErrorData  *edata;
+
 		cm_applying = save_applying;
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		cm_hide_internal_sql(edata);
+		ReThrowError(edata);
 	}
 	PG_END_TRY();
+	cm_applying = save_applying;
 	PopActiveSnapshot();
 	cm_restore_output_settings(nest);
 	cm_role_end(&save);
