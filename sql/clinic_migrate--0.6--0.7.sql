@@ -32,10 +32,13 @@ ALTER EVENT TRIGGER clinic_migrate_follow_ddl ENABLE ALWAYS;
 COMMENT ON FUNCTION clinic_migrate.follow_ddl() IS
 'event trigger: ALTER TABLE, RENAME, CREATE INDEX, CREATE TRIGGER, COMMENT, GRANT and REVOKE of a shared table run again on the copies of the tenants moving; a new table the plan takes, a new partition, a new view get theirs';
 
+
+-- DROP TRIGGER reaches the copies; DROP OWNED and DROP SCHEMA drop shared
+-- tables too: their copies, records and capture logs go as with DROP TABLE.
 DROP EVENT TRIGGER clinic_migrate_follow_drop;
 CREATE EVENT TRIGGER clinic_migrate_follow_drop ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP INDEX', 'DROP TRIGGER')
+    WHEN TAG IN ('DROP TABLE', 'DROP INDEX', 'DROP TRIGGER', 'DROP OWNED', 'DROP SCHEMA')
     EXECUTE FUNCTION clinic_migrate.follow_drop();
 ALTER EVENT TRIGGER clinic_migrate_follow_drop ENABLE ALWAYS;
 COMMENT ON FUNCTION clinic_migrate.follow_drop() IS
-'event trigger: DROP TABLE, DROP INDEX and DROP TRIGGER of a shared table (or a partition) drop the copies'' of the tenants moving';
+'event trigger: DROP TABLE, DROP INDEX, DROP TRIGGER, DROP OWNED and DROP SCHEMA of shared tables (or partitions) drop the copies of the tenants moving';

@@ -195,6 +195,15 @@ SET ROLE regress_dt_owner;
 DROP TRIGGER patients_log ON patients;
 RESET ROLE;
 SELECT count(*) AS patients_log_triggers FROM pg_trigger WHERE tgname = 'patients_log';
+-- a function put in a tenant's schema to take the place of the one a new
+-- view calls: that tenant's view is not made (it would run the planted
+-- function for whoever reads it)
+SET ROLE regress_dt_owner;
+CREATE FUNCTION public.label(t text) RETURNS text LANGUAGE sql AS 'SELECT upper(t)';
+CREATE FUNCTION tenant_t2.label(t text) RETURNS text LANGUAGE sql AS 'SELECT ''planted'' || t';
+RESET ROLE;
+CREATE VIEW patient_labels AS SELECT tenant_id, label(name) AS label FROM patients;
+SELECT c.oid::regclass AS view FROM pg_class c WHERE c.relname = 'patient_labels' ORDER BY 1::text;
 
 -- both tenants validate with the new tables; t2 rolls back (its invoice
 -- written in its schema is in the shared table again), t1 cuts over and
@@ -236,6 +245,32 @@ INSERT INTO docs (tenant_id) VALUES ('t4') RETURNING id;
 INSERT INTO memos (tenant_id) VALUES ('t4') RETURNING id, patient_seq;
 INSERT INTO patients (tenant_id, name) VALUES ('t4', 'new') RETURNING id;
 COMMIT;
+
+-- a table of another role that references a planned table is dropped: the
+-- foreign key's internal triggers on the planned table go with it, and are
+-- not the copies' business
+CREATE SCHEMA reader_s AUTHORIZATION regress_dt_reader;
+GRANT REFERENCES ON patients TO regress_dt_reader;
+SET ROLE regress_dt_reader;
+CREATE TABLE reader_s.refs (n integer PRIMARY KEY, tenant_id text NOT NULL, patient_id integer NOT NULL,
+                            FOREIGN KEY (tenant_id, patient_id) REFERENCES public.patients);
+DROP TABLE reader_s.refs;
+RESET ROLE;
+DROP SCHEMA reader_s;
+REVOKE REFERENCES ON patients FROM regress_dt_reader;
+
+-- DROP OWNED drops a planned table too (0.7): the moving tenant's copy, its
+-- record and the capture log go with it
+CREATE ROLE regress_dt_leaver;
+CREATE TABLE leftover (tenant_id text NOT NULL REFERENCES tenants, id integer NOT NULL, PRIMARY KEY (tenant_id, id));
+ALTER TABLE leftover OWNER TO regress_dt_leaver;
+SELECT tenant_id, table_name FROM clinic_migrate.tenant_tables WHERE table_name::text LIKE '%leftover' ORDER BY 1;
+SELECT count(*) AS t3_records FROM clinic_migrate.tenant_tables WHERE tenant_id = 't3';
+DROP OWNED BY regress_dt_leaver;
+DROP ROLE regress_dt_leaver;
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname LIKE 'leftover%' OR c.relname LIKE 'log\_leftover%' ORDER BY 1, 2;
+SELECT count(*) AS t3_records FROM clinic_migrate.tenant_tables WHERE tenant_id = 't3';
 
 -- the event trigger function is not for calling
 SELECT clinic_migrate.follow_drop();

@@ -91,6 +91,19 @@ exec_ddl(const char *sql)
 		elog(ERROR, "clinic_migrate: SPI error %d", ret);
 }
 
+/* query_text with a snapshot taken for it (sees this command's catalog changes) */
+static char *
+query_text_rw(const char *sql, int nargs, Oid *types, Datum *values, bool read_only)
+{
+	int			ret = SPI_execute_with_args(sql, nargs, types, values, NULL, read_only, 1);
+
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "clinic_migrate: catalog query failed");
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
 /* first column of the first row as text, or NULL */
 static char *
 query_text(const char *sql, int nargs, Oid *types, Datum *values)
@@ -1028,7 +1041,7 @@ relation_exists(const char *schema, const char *name)
  * carried (the last with a WARNING).  One that is there already stays.
  */
 void
-clone_triggers(Oid source, Oid target)
+clone_triggers(Oid source, Oid target, const char *only)
 {
 	Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
 	Relation	srcrel = table_open(source, AccessShareLock);
@@ -1051,6 +1064,7 @@ clone_triggers(Oid source, Oid target)
 		Datum		d;
 
 		if (tg->tgisinternal || strncmp(NameStr(tg->tgname), "clinic_migrate_", 15) == 0 ||
+			(only && strcmp(NameStr(tg->tgname), only) != 0) ||
 			OidIsValid(get_trigger_oid(target, NameStr(tg->tgname), true)))
 			continue;
 		if (OidIsValid(tg->tgconstraint))
@@ -1204,7 +1218,7 @@ clone_finish_table(PlanTable *pt, const char *schema)
 		if (sql.len > 0)
 			exec_ddl(sql.data);
 	}
-	clone_triggers(pt->relid, target);
+	clone_triggers(pt->relid, target, NULL);
 	cm_restore_output_settings(nest);
 }
 
@@ -1289,6 +1303,59 @@ clone_one_view(void *arg)
 	exec_ddl(sql.data);
 	AtEOXact_GUC(true, nest);
 	CommandCounterIncrement();
+
+	/*
+	 * What the new view reads and calls must be what the shared one does,
+	 * but for the relations it finds in the tenant's schema: those must be
+	 * the tenant's copies of the planned tables (or views made there, by
+	 * name).  A function, operator, type or table that a role with CREATE on
+	 * the tenant's schema put there to shadow the original's would run its
+	 * code for whoever reads the view.  Refused (the caller makes that a
+	 * WARNING, and the view is not made).
+	 */
+	{
+		Oid			new_view = clone_target_relid(v->schema, v->name);
+		Datum	   *copies = palloc(sizeof(Datum) * Max(v->plan->ncopied, 1));
+		int			ncopies = 0;
+		Oid			dtypes[4] = {OIDOID, OIDOID, OIDARRAYOID, OIDOID};
+		Datum		dvalues[4];
+		char	   *odd;
+
+		for (int i = 0; i < v->plan->ncopied; i++)
+		{
+			Oid			t = clone_target_relid(v->schema, v->plan->tables[i].relname);
+
+			if (OidIsValid(t))
+				copies[ncopies++] = ObjectIdGetDatum(t);
+		}
+		dvalues[0] = ObjectIdGetDatum(new_view);
+		dvalues[1] = ObjectIdGetDatum(v->view);
+		dvalues[2] = PointerGetDatum(construct_array(copies, ncopies, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+		dvalues[3] = ObjectIdGetDatum(get_namespace_oid(v->schema, false));
+		/* not read-only: a snapshot of its own, which sees the view just made */
+		odd = query_text_rw("WITH n AS (SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d "
+						 "  JOIN pg_catalog.pg_rewrite r ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+						 "   AND d.objid OPERATOR(pg_catalog.=) r.oid "
+						 "  WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND d.refobjid OPERATOR(pg_catalog.<>) $1), "
+						 "o AS (SELECT d.refclassid, d.refobjid FROM pg_catalog.pg_depend d "
+						 "  JOIN pg_catalog.pg_rewrite r ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+						 "   AND d.objid OPERATOR(pg_catalog.=) r.oid "
+						 "  WHERE r.ev_class OPERATOR(pg_catalog.=) $2 AND d.refobjid OPERATOR(pg_catalog.<>) $2) "
+						 "SELECT pg_catalog.pg_describe_object(n.refclassid, n.refobjid, 0) FROM n "
+						 "WHERE NOT EXISTS (SELECT 1 FROM o WHERE o.refclassid OPERATOR(pg_catalog.=) n.refclassid "
+						 "                  AND o.refobjid OPERATOR(pg_catalog.=) n.refobjid) "
+						 "AND NOT (n.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+						 "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_class nc WHERE nc.oid OPERATOR(pg_catalog.=) n.refobjid "
+						 "    AND nc.relnamespace OPERATOR(pg_catalog.=) $4 "
+						 "    AND (nc.oid OPERATOR(pg_catalog.=) ANY ($3) OR nc.relkind IN ('v', 'm')))) "
+						 "LIMIT 1", 4, dtypes, dvalues, false);
+		if (odd != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("the view would use %s, which the shared view does not", odd),
+					 errdetail("An object of schema \"%s\" takes the place of the one the shared view uses.", v->schema),
+					 errhint("Drop that object from the tenant's schema, or create the view there by hand.")));
+	}
 	clone_table_properties(v->view, v->schema, qtarget);
 	CommandCounterIncrement();
 

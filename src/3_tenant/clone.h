@@ -74,11 +74,12 @@ extern bool clone_reset_if_empty(const char *tenant, const char *schema);
 extern void clone_finish_table(PlanTable *pt, const char *schema);
 
 /*
- * The application's triggers of shared table source that target lacks,
- * made on target (the copy and replay write as a replica: they fire for
- * the application's writes only); as the current role.
+ * The application's triggers of shared table source that target lacks (all,
+ * or the one named only), made on target (the copy and replay write as a
+ * replica: they fire for the application's writes only); as the current
+ * role.
  */
-extern void clone_triggers(Oid source, Oid target);
+extern void clone_triggers(Oid source, Oid target, const char *only);
 
 /*
  * The views of the source schema over the tenant's planned tables that the

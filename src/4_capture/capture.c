@@ -29,6 +29,7 @@
 #include "catalog/objectaddress.h"
 #include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
+#include "utils/snapmgr.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/dependency.h"
 
@@ -1970,32 +1971,59 @@ older_writer_error(VirtualTransactionId v)
 					 "clinic_migrate.lock_retry_time sets how long the copy waits.")));
 }
 
+/*
+ * relid's partitions at every level, committed or not (SnapshotAny): a
+ * transaction that made or attached one and wrote into it before the
+ * capture holds ROW EXCLUSIVE on that partition only, which the catalog
+ * does not show anyone else yet.  A row of a partition since dropped only
+ * names a relation nobody holds a lock on.
+ */
+static List *
+inheritors_any(Oid relid)
+{
+	List	   *all = list_make1_oid(relid);
+	ListCell   *lc;
+	Relation	inh = table_open(InheritsRelationId, AccessShareLock);
+
+	foreach(lc, all)
+	{
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		ScanKeyInit(&key, Anum_pg_inherits_inhparent, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(lfirst_oid(lc)));
+		scan = systable_beginscan(inh, InheritsParentIndexId, true, SnapshotAny, 1, &key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+			all = list_append_unique_oid(all, ((Form_pg_inherits) GETSTRUCT(tup))->inhrelid);
+		systable_endscan(scan);
+	}
+	table_close(inh, AccessShareLock);
+	return all;
+}
+
 void
 capture_wait_for_writers(TenantPlan *plan)
 {
 	/*
-	 * Every transaction that holds a lock conflicting with SHARE on a planned
-	 * table may have written it: ROW EXCLUSIVE is what INSERT, UPDATE and
-	 * DELETE take, and they keep it until they end.  Collect them first, then
-	 * wait for each, as CREATE INDEX CONCURRENTLY does.  (A transaction's xmin
-	 * says nothing here: an idle READ COMMITTED transaction that wrote a row
-	 * has none.)  Our own transaction is never among them; autovacuum's SHARE
-	 * UPDATE EXCLUSIVE conflicts too, but it writes no rows, so it is skipped.
+	 * Every transaction that holds ROW EXCLUSIVE on a planned table (or one
+	 * of its partitions) may have written it: that is what INSERT, UPDATE
+	 * and DELETE take, and they keep it until they end.  Collect them first,
+	 * then wait for each, as CREATE INDEX CONCURRENTLY does.  (A
+	 * transaction's xmin says nothing here: an idle READ COMMITTED
+	 * transaction that wrote a row has none.)  Our own transaction is never
+	 * among them.
 	 */
 	List	   *wait = NIL;
 	ListCell   *lc;
 	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   (int64) cm_lock_retry_time * 1000);
-
 	List	   *rels = NIL;
 	LockData   *locks;
 
 	/* a partitioned table's writers may lock only the partition they write */
 	for (int i = 0; i < plan->ncopied; i++)
-	{
-		rels = lappend_oid(rels, plan->tables[i].relid);
-		rels = list_concat(rels, cm_partitions_of(plan->tables[i].relid));
-	}
+		rels = list_concat_unique_oid(rels, inheritors_any(plan->tables[i].relid));
 
 	/*
 	 * Only the holders of ROW EXCLUSIVE: SHARE UPDATE EXCLUSIVE (CREATE
@@ -2009,7 +2037,6 @@ capture_wait_for_writers(TenantPlan *plan)
 	{
 		LockInstanceData *inst = &locks->locks[i];
 		VirtualTransactionId *v;
-		PGPROC	   *proc;
 
 		if (inst->locktag.locktag_type != LOCKTAG_RELATION ||
 			inst->locktag.locktag_field1 != MyDatabaseId ||
@@ -2017,14 +2044,12 @@ capture_wait_for_writers(TenantPlan *plan)
 			!list_member_oid(rels, (Oid) inst->locktag.locktag_field2) ||
 			(inst->backend == MyBackendId && inst->lxid == MyProc->lxid))
 			continue;
-		proc = BackendIdGetProc(inst->backend);
-		if (proc && (proc->statusFlags & PROC_IS_AUTOVACUUM))
+		/* autovacuum never holds ROW EXCLUSIVE; a prepared transaction does */
+		if (!LocalTransactionIdIsValid(inst->lxid))
 			continue;
 		v = palloc(sizeof(VirtualTransactionId));
 		v->backendId = inst->backend;
 		v->localTransactionId = inst->lxid;
-		if (!VirtualTransactionIdIsValid(*v))
-			continue;
 		wait = lappend(wait, v);
 	}
 	foreach(lc, wait)
@@ -2072,6 +2097,7 @@ capture_wait_for_writers(TenantPlan *plan)
 		{
 			SpinLockAcquire(&sh->mutex);
 			sh->wait_backend = InvalidBackendId;
+			sh->wait_lxid = InvalidLocalTransactionId;
 			SpinLockRelease(&sh->mutex);
 		}
 		CHECK_FOR_INTERRUPTS();

@@ -521,6 +521,20 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* keys of a table added while the copy loaded (ddl.c leaves them) */
 	for (int i = 0; i < plan->ncopied; i++)
 		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
+	/*
+	 * Views made in the source schema while the copy ran, or that their
+	 * maker could not make in the tenant's schema: routed sessions would
+	 * read the shared rows through the source schema's.  Made now, as at
+	 * the copy (one that cannot be: a WARNING).
+	 */
+	{
+		int			nest = cm_pin_search_path();
+		int			out = cm_stable_output_settings();
+
+		clone_views(plan, schema, InvalidOid);
+		cm_restore_output_settings(out);
+		AtEOXact_GUC(true, nest);
+	}
 	end_txn();
 
 	/* 2-4. catch up, validate, pause and switch */

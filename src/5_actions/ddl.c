@@ -1226,7 +1226,19 @@ drop_table_copies(Oid source, const char *name, DropBehavior behavior, const cha
 	Datum		value = ObjectIdGetDatum(source);
 
 	if (copies == NIL)
-		return;
+	{
+		/*
+		 * No copy left (the statement dropped them too: DROP OWNED, DROP
+		 * SCHEMA ... CASCADE): the records of moving tenants still go.
+		 */
+		cm_state_exec("DELETE FROM clinic_migrate.tenant_tables tt USING clinic_migrate.tenants t "
+					  "WHERE tt.source_table OPERATOR(pg_catalog.=) $1 "
+					  "AND t.tenant_id OPERATOR(pg_catalog.=) tt.tenant_id "
+					  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' RETURNING tt.tenant_id",
+					  1, &type, &value, NULL, 0);
+		if (SPI_processed == 0)
+			return;
+	}
 	foreach(lc, copies)
 	{
 		TenantCopy *c = lfirst(lc);
@@ -1437,10 +1449,16 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 		if (d->schema && d->name && strcmp(d->schema, CM_SCHEMA) != 0)
 			dropped = lappend(dropped, d);
 	}
-	/* triggers of planned tables (not ours): the copies' trigger of that name goes */
-	if (SPI_execute("SELECT d.address_names[1], d.address_names[2], d.address_names[3] "
+	/*
+	 * DROP TRIGGER of a planned table's trigger (not ours): the copies'
+	 * trigger of that name goes.  Only the trigger the statement names: the
+	 * internal ones a dropped foreign key takes along are not the copies'.
+	 */
+	if (trig->parsetree && IsA(trig->parsetree, DropStmt) &&
+		((DropStmt *) trig->parsetree)->removeType == OBJECT_TRIGGER &&
+		SPI_execute("SELECT d.address_names[1], d.address_names[2], d.address_names[3] "
 					"FROM pg_catalog.pg_event_trigger_dropped_objects() d "
-					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND NOT d.is_temporary "
+					"WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger' AND d.original AND NOT d.is_temporary "
 					"AND pg_catalog.cardinality(d.address_names) OPERATOR(pg_catalog.=) 3",
 					true, 0) == SPI_OK_SELECT)
 	{
@@ -1455,7 +1473,8 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 			Oid			relid;
 			ListCell   *cl;
 
-			if (!tschema || !tname || !trig || strncmp(trig, "clinic_migrate_", 15) == 0)
+			if (!tschema || !tname || !trig || strncmp(trig, "clinic_migrate_", 15) == 0 ||
+				strncmp(trig, "RI_ConstraintTrigger_", 21) == 0)
 				continue;
 			relid = get_relname_relid(tname, get_namespace_oid(tschema, true));
 			foreach(cl, copies_of(relid))
@@ -2082,6 +2101,19 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
 
 		refuse_in_transition(c, psprintf("create trigger %s on %s", quote_identifier(stmt->trigname),
 										 cm_qualified_relname(relid)));
+		/* CREATE OR REPLACE TRIGGER: the copy's goes, as its owner, then comes again */
+		if (stmt->replace && OidIsValid(get_trigger_oid(c->target, stmt->trigname, true)))
+		{
+			DropStmt   *ds = makeNode(DropStmt);
+
+			ds->removeType = OBJECT_TRIGGER;
+			ds->objects = list_make1(list_make3(makeString(get_namespace_name(get_rel_namespace(c->target))),
+												makeString(get_rel_name(c->target)),
+												makeString(pstrdup(stmt->trigname))));
+			ds->behavior = DROP_RESTRICT;
+			ds->missing_ok = true;
+			run_on_copy((Node *) ds, query, c);
+		}
 		following = true;
 		PG_TRY();
 		{
@@ -2089,7 +2121,7 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
 			errcb.arg = &fc;
 			errcb.previous = error_context_stack;
 			error_context_stack = &errcb;
-			clone_triggers(relid, c->target);
+			clone_triggers(relid, c->target, stmt->trigname);
 			error_context_stack = errcb.previous;
 		}
 		PG_FINALLY();
@@ -2120,8 +2152,8 @@ follow_view(Oid view)
 	cm_state_exec("SELECT t.tenant_id FROM clinic_migrate.tenants t "
 				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
 				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
-				  /* the others get their views when their copy is finished */
-				  "AND t.state IN ('schema_created', 'copied', 'cut_over') ORDER BY t.tenant_id",
+				  /* the others get theirs when their copy is finished, or at cutover */
+				  "AND t.state IN ('copied', 'cut_over') ORDER BY t.tenant_id",
 				  1, types, values, NULL, 0);
 	tt = SPI_tuptable;
 	n = SPI_processed;
@@ -2142,11 +2174,16 @@ follow_view(Oid view)
 		PG_TRY();
 		{
 			/* read-only SPI reads the active snapshot: one that sees the new view */
+			int			nest = cm_pin_search_path();
+			int			out = cm_stable_output_settings();
+
 			CommandCounterIncrement();
 			PushCopiedSnapshot(GetActiveSnapshot());
 			UpdateActiveSnapshotCommandId();
 			clone_views(plan, get_namespace_name(info.schema_oid), view);
 			PopActiveSnapshot();
+			cm_restore_output_settings(out);
+			AtEOXact_GUC(true, nest);
 		}
 		PG_FINALLY();
 		{
