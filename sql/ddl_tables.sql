@@ -204,6 +204,16 @@ CREATE FUNCTION tenant_t2.label(t text) RETURNS text LANGUAGE sql AS 'SELECT ''p
 RESET ROLE;
 CREATE VIEW patient_labels AS SELECT tenant_id, label(name) AS label FROM patients;
 SELECT c.oid::regclass AS view FROM pg_class c WHERE c.relname = 'patient_labels' ORDER BY 1::text;
+-- CREATE OR REPLACE VIEW and DROP VIEW reach the tenants' views
+CREATE OR REPLACE VIEW patient_names AS SELECT tenant_id, name, id FROM patients;
+SELECT c.oid::regclass AS view, pg_get_userbyid(c.relowner) AS owner,
+       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0) AS columns
+FROM pg_class c WHERE c.relname = 'patient_names' ORDER BY 1::text;
+-- a view the tenants have a copy of is found by name: not renamed, not moved
+ALTER VIEW patient_names RENAME TO patient_names_old;
+ALTER VIEW patient_names SET SCHEMA tenant_t3;
+DROP VIEW patient_names, patient_labels;
+SELECT count(*) AS views_left FROM pg_class WHERE relname IN ('patient_names', 'patient_labels');
 
 -- both tenants validate with the new tables; t2 rolls back (its invoice
 -- written in its schema is in the shared table again), t1 cuts over and

@@ -115,6 +115,19 @@ SET ROLE regress_pt_owner;
 TRUNCATE usage_events_2026_11;
 TRUNCATE usage_events;
 TRUNCATE tenant_t2.usage_events_2026_12;
+-- nor may the capture triggers be dropped, enabled otherwise or disabled,
+-- on the table or one of its partitions
+DROP TRIGGER clinic_migrate_capture_insert ON usage_events;
+ALTER TABLE usage_events_2026_12 DISABLE TRIGGER clinic_migrate_capture_update;
+ALTER TABLE usage_events DISABLE TRIGGER USER;
+ALTER TABLE tenant_t2.usage_events ENABLE TRIGGER clinic_migrate_capture_reverse;
+-- the owner may execute the trigger functions (its partitions get our
+-- triggers): a trigger of its own calling them does nothing but fail
+CREATE TRIGGER a_forged AFTER INSERT ON usage_events FOR EACH ROW
+  EXECUTE FUNCTION clinic_migrate.capture('log_usage_events', 'kind');
+INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t1', '2026-12-24 00:00+00', 't1');
+SELECT count(*) AS forged_on_copies FROM pg_trigger WHERE tgname = 'a_forged';
+DROP TRIGGER a_forged ON usage_events;
 RESET ROLE;
 SELECT clinic_migrate.sync_now('t1') >= 0 AS replayed;
 SELECT clinic_migrate.sync_now('t2') >= 0 AS replayed;
@@ -251,9 +264,17 @@ FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid AND p.polname LIKE '
 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
   AND (c.relname LIKE 'usage\_events%' OR c.relname LIKE 'invoice%')
 GROUP BY 1, 2 ORDER BY 1::text;
+-- a partition made afterwards gets the policy too
+SET ROLE regress_pt_owner;
+CREATE TABLE usage_events_2032_01 PARTITION OF usage_events
+  FOR VALUES FROM ('2032-01-01 00:00+00') TO ('2032-02-01 00:00+00');
+INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t2', '2032-01-02 00:00+00', 'later'), ('t4', '2032-01-03 00:00+00', 'later');
+RESET ROLE;
+GRANT SELECT ON usage_events_2032_01 TO regress_pt_app;
 SET ROLE regress_pt_app;
 BEGIN;
 SELECT clinic_migrate.set_tenant('t4', true) IS NOT NULL AS routed;
+SELECT string_agg(DISTINCT tenant_id, ',') AS seen_in_a_new_partition FROM usage_events_2032_01;
 SELECT string_agg(DISTINCT tenant_id, ',') AS seen_through_parent FROM usage_events;
 SELECT string_agg(DISTINCT tenant_id, ',') AS seen_in_a_partition FROM usage_events_2026_12;
 SELECT string_agg(DISTINCT tenant_id, ',') AS seen_in_a_subpartition FROM invoices_eu_1;

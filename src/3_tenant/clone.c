@@ -1064,6 +1064,7 @@ clone_triggers(Oid source, Oid target, const char *only)
 		Datum		d;
 
 		if (tg->tgisinternal || strncmp(NameStr(tg->tgname), "clinic_migrate_", 15) == 0 ||
+			get_func_namespace(tg->tgfoid) == get_namespace_oid(CM_SCHEMA, true) ||
 			(only && strcmp(NameStr(tg->tgname), only) != 0) ||
 			OidIsValid(get_trigger_oid(target, NameStr(tg->tgname), true)))
 			continue;
@@ -1420,7 +1421,21 @@ clone_views(TenantPlan *plan, const char *schema, Oid only)
 
 		if (relation_exists(schema, name))
 		{
-			taken = lappend_oid(taken, view);
+			Oid			there = clone_target_relid(schema, name);
+			char		kind = get_rel_relkind(there);
+
+			/* the copy made before, or something else taking its name: said */
+			if ((kind == RELKIND_VIEW || kind == RELKIND_MATVIEW) && cm_rel_owner(there) == owner)
+				taken = lappend_oid(taken, view);
+			else if (!OidIsValid(only) || view == only)
+				ereport(WARNING,
+						(errmsg("view %s is not made again in schema \"%s\": %s there is not its copy",
+								quote_qualified_identifier(plan->source_schema, name), schema,
+								cm_qualified_relname(there)),
+						 errdetail("It is a %s owned by %s.", kind == RELKIND_VIEW ? "view" :
+								   kind == RELKIND_MATVIEW ? "materialized view" : "relation",
+								   GetUserNameFromId(cm_rel_owner(there), false)),
+						 errhint("Drop it, then run the tenant's move again, or create the view there by hand.")));
 			continue;
 		}
 		/* one view only (a new one): what it reads was made before, or not */

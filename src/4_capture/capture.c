@@ -1168,6 +1168,22 @@ row_images(TriggerData *td, HeapTuple *oldtup, HeapTuple *newtup)
 }
 
 /*
+ * The owner of a captured partitioned table may execute our trigger
+ * functions (its partitions get our triggers): a trigger of its own calling
+ * them, with arguments of its choosing, would make the capture cache read
+ * the tenant from another column.  Only ours act.
+ */
+static void
+not_ours_refused(Trigger *trigger, const char *prefix)
+{
+	if (strncmp(trigger->tgname, prefix, strlen(prefix)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("trigger \"%s\" is not clinic_migrate's", trigger->tgname),
+				 errhint("clinic_migrate's trigger functions are for the triggers it makes itself.")));
+}
+
+/*
  * clinic_migrate.capture(): AFTER ROW trigger on the planned shared tables
  * (arguments: the log table's OID, the tenant column or nothing for a child
  * table).
@@ -1191,6 +1207,7 @@ cm_capture(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("clinic_migrate.capture() must be an AFTER ROW trigger")));
+	not_ours_refused(td->tg_trigger, "clinic_migrate_capture_");
 	if (cm_applying)
 		return PointerGetDatum(NULL);
 	rel = td->tg_relation;
@@ -1260,6 +1277,7 @@ cm_capture_reverse(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("clinic_migrate.capture_reverse() must be an AFTER ROW trigger with three arguments")));
+	not_ours_refused(td->tg_trigger, "clinic_migrate_capture_reverse");
 	if (cm_applying)
 		return PointerGetDatum(NULL);
 	rel = td->tg_relation;

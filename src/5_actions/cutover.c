@@ -510,7 +510,20 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* 1. the reverse capture (refusing writes until the switch), shared sequences */
 	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: preparing the cutover");
 	begin_txn();
-	load_tenant(tenant, &info);
+	plan = load_tenant(tenant, &info);
+	/*
+	 * The shared tables first (ACCESS SHARE, all at once): this transaction
+	 * then works on the copies and reads the shared tables again (a view's
+	 * definition locks the tables it names); a deploy takes them the other
+	 * way round.
+	 */
+	{
+		List	   *rels = NIL;
+
+		for (int i = 0; i < plan->ncopied; i++)
+			rels = lappend_oid(rels, plan->tables[i].relid);
+		cm_lock_relations(rels, AccessShareLock, false);
+	}
 	ddl_adopt_missing(tenant, info.state, info.schema_oid);
 	/* what it made is seen by the lookups below (the foreign keys it added) */
 	CommandCounterIncrement();

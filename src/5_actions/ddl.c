@@ -51,6 +51,7 @@
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
+#include "commands/tablecmds.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -73,6 +74,7 @@
 #include "capture.h"
 #include "clone.h"
 #include "locks.h"
+#include "policies.h"
 #include "ddl.h"
 #include "settings.h"
 #include "state.h"
@@ -94,6 +96,7 @@ static void adopt_table(Oid relid);
 static void follow_new_partition(Oid part, bool attached);
 static void refuse_detach(Oid relid, Oid part);
 static void refuse_in_transition(TenantCopy *c, const char *what);
+static void drop_tenant_views(const char *nsp, const char *name);
 static void queue_concurrent_index(Oid relid, List *copies);
 static void refuse_change_of_copy(Oid relid, const char *what);
 
@@ -321,6 +324,34 @@ run_on_copy(Node *stmt, const char *query, TenantCopy *c)
 	ps->utilityStmt = stmt;
 	ps->stmt_location = -1;
 	ps->stmt_len = 0;
+
+	/*
+	 * The copy's lock, taken first, with a longer deadlock_timeout than
+	 * everyone else's: the deploy holds the shared table already, and a
+	 * session that holds the copy (a capture trigger that looked a row up
+	 * there, a step of the move) and waits for the shared table is then the
+	 * one PostgreSQL's deadlock check stops (it runs in the session that
+	 * has waited deadlock_timeout first): an application's transaction is
+	 * retried, a step of the move resumes; the application's deploy goes
+	 * through.
+	 */
+	{
+		LOCKMODE	mode = NoLock;
+
+		if (IsA(stmt, AlterTableStmt))
+			mode = AlterTableGetLockLevel(((AlterTableStmt *) stmt)->cmds);
+		else if (IsA(stmt, DropStmt))
+			mode = AccessExclusiveLock;
+		if (mode != NoLock && OidIsValid(c->target))
+		{
+			int			nest = NewGUCNestLevel();
+
+			(void) set_config_option("deadlock_timeout", psprintf("%d", Min(DeadlockTimeout, INT_MAX / 5) * 5),
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+			LockRelationOid(c->target, mode);
+			AtEOXact_GUC(true, nest);
+		}
+	}
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	following = true;
 	EventTriggerInhibitCommandCollection();
@@ -1080,6 +1111,22 @@ follow_new_partition(Oid part, bool attached)
 	up = get_partition_ancestors(part);
 	if (up == NIL)
 		return;
+
+	/*
+	 * The tenant policy of enable_tenant_rls, when its partitioned table has
+	 * it: a query may name the new partition itself (tenants that stay, moving
+	 * or not).
+	 */
+	following = true;
+	PG_TRY();
+	{
+		cm_rls_cover_new_partition(part);
+	}
+	PG_FINALLY();
+	{
+		following = false;
+	}
+	PG_END_TRY();
 	parent = linitial_oid(up);
 	root = llast_oid(up);
 	copies = copies_of(root);
@@ -1480,8 +1527,11 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 			foreach(cl, copies_of(relid))
 			{
 				TenantCopy *c = lfirst(cl);
-				DropStmt   *ds = makeNode(DropStmt);
+				DropStmt   *ds;
 
+				if (!OidIsValid(get_trigger_oid(c->target, trig, true)))
+					continue;
+				ds = makeNode(DropStmt);
 				refuse_in_transition(c, psprintf("drop trigger %s", quote_identifier(trig)));
 				ds->removeType = OBJECT_TRIGGER;
 				ds->objects = list_make1(list_make3(makeString(get_namespace_name(get_rel_namespace(c->target))),
@@ -1491,6 +1541,24 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 				ds->missing_ok = true;
 				run_on_copy((Node *) ds, query, c);
 			}
+		}
+	}
+
+	/* views of a source schema: the tenants' views of that name go (0.7) */
+	if (SPI_execute("SELECT d.schema_name, d.object_name FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					"WHERE d.object_type IN ('view', 'materialized view') AND d.original AND NOT d.is_temporary",
+					true, 0) == SPI_OK_SELECT)
+	{
+		SPITupleTable *vt = SPI_tuptable;
+		uint64		nv = SPI_processed;
+
+		for (uint64 i = 0; i < nv; i++)
+		{
+			char	   *vs = SPI_getvalue(vt->vals[i], vt->tupdesc, 1);
+			char	   *vn = SPI_getvalue(vt->vals[i], vt->tupdesc, 2);
+
+			if (vs && vn && strcmp(vs, CM_SCHEMA) != 0)
+				drop_tenant_views(vs, vn);
 		}
 	}
 
@@ -2074,6 +2142,77 @@ follow_index(IndexStmt *stmt, const char *query)
 
 /* ---- CREATE TRIGGER, CREATE VIEW, CREATE MATERIALIZED VIEW (0.7) ---- */
 
+typedef struct TenantView
+{
+	const char *schema;
+	const char *name;
+	bool		matview;
+} TenantView;
+
+static void
+drop_tenant_view(void *arg)
+{
+	TenantView *tv = arg;
+	int			nest = cm_pin_search_path();
+
+	following = true;
+	PG_TRY();
+	{
+		if (SPI_execute(psprintf("DROP %s %s", tv->matview ? "MATERIALIZED VIEW" : "VIEW",
+								 quote_qualified_identifier(tv->schema, tv->name)), false, 0) < 0)
+			elog(ERROR, "clinic_migrate: could not drop a tenant's view");
+	}
+	PG_FINALLY();
+	{
+		following = false;
+	}
+	PG_END_TRY();
+	AtEOXact_GUC(true, nest);
+}
+
+/*
+ * The view of that name in the schemas of the tenants moving from source
+ * schema nsp (not finalized) goes, as the role running the statement (a
+ * WARNING when it cannot: what depends on it, or no right to).
+ */
+static void
+drop_tenant_views(const char *nsp, const char *name)
+{
+	Oid			types[2] = {NAMEOID, NAMEOID};
+	Datum		values[2];
+	SPITupleTable *tt;
+	uint64		n;
+
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(nsp));
+	values[1] = DirectFunctionCall1(namein, CStringGetDatum(name));
+	cm_state_exec("SELECT n.nspname, c.relkind::pg_catalog.text FROM clinic_migrate.tenants t "
+				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
+				  "JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid "
+				  "  AND c.relname OPERATOR(pg_catalog.=) $2 AND c.relkind IN ('v', 'm') "
+				  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+				  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id",
+				  2, types, values, NULL, 0);
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		TenantView	tv;
+		ErrorData  *failed;
+
+		tv.schema = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		tv.name = name;
+		tv.matview = SPI_getvalue(tt->vals[i], tt->tupdesc, 2)[0] == 'm';
+		failed = cm_try_in_subxact(drop_tenant_view, &tv);
+		if (failed)
+		{
+			ereport(WARNING,
+					(errmsg("view %s is left: %s", quote_qualified_identifier(tv.schema, name), failed->message),
+					 errhint("Drop or change it by hand.")));
+			FreeErrorData(failed);
+		}
+	}
+}
+
 /*
  * A trigger made on a planned shared table: each copy gets it, as the
  * clone makes the application's triggers (firing for the application's
@@ -2139,7 +2278,7 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
  * running the statement; one that cannot be made: a WARNING).
  */
 static void
-follow_view(Oid view)
+follow_view(Oid view, bool replace)
 {
 	Oid			types[1] = {NAMEOID};
 	Datum		values[1];
@@ -2148,6 +2287,9 @@ follow_view(Oid view)
 
 	if (!OidIsValid(view) || get_rel_persistence(view) == RELPERSISTENCE_TEMP)
 		return;
+	/* CREATE OR REPLACE VIEW: the tenants' go, to be made again below */
+	if (replace)
+		drop_tenant_views(get_namespace_name(get_rel_namespace(view)), get_rel_name(view));
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(get_namespace_name(get_rel_namespace(view))));
 	cm_state_exec("SELECT t.tenant_id FROM clinic_migrate.tenants t "
 				  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.schema_oid "
@@ -2238,12 +2380,12 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 			break;
 		case T_CreateTableAsStmt:
 			if (((CreateTableAsStmt *) parsetree)->objtype == OBJECT_MATVIEW)
-				follow_view(collected_relid());
+				follow_view(collected_relid(), false);
 			else if (((CreateTableAsStmt *) parsetree)->into->rel->relpersistence != RELPERSISTENCE_TEMP)
 				adopt_table(collected_relid());
 			break;
 		case T_ViewStmt:
-			follow_view(collected_relid());
+			follow_view(collected_relid(), ((ViewStmt *) parsetree)->replace);
 			break;
 		case T_CreateTrigStmt:
 			follow_trigger((CreateTrigStmt *) parsetree, query);
@@ -2384,6 +2526,40 @@ guard_alter(Node *parsetree)
 		}
 		return;
 	}
+	if (IsA(parsetree, RenameStmt) || IsA(parsetree, AlterObjectSchemaStmt))
+	{
+		/* a view of a source schema that moving tenants have a copy of: found by name */
+		RangeVar   *rv = IsA(parsetree, RenameStmt) ? ((RenameStmt *) parsetree)->relation
+			: ((AlterObjectSchemaStmt *) parsetree)->relation;
+		Oid			relid = rv ? RangeVarGetRelid(rv, NoLock, true) : InvalidOid;
+		char		kind = OidIsValid(relid) ? get_rel_relkind(relid) : '\0';
+
+		if ((kind == RELKIND_VIEW || kind == RELKIND_MATVIEW) &&
+			(!IsA(parsetree, RenameStmt) || ((RenameStmt *) parsetree)->renameType != OBJECT_COLUMN))
+		{
+			Oid			types[2] = {NAMEOID, NAMEOID};
+			Datum		values[2];
+
+			values[0] = DirectFunctionCall1(namein, CStringGetDatum(get_namespace_name(get_rel_namespace(relid))));
+			values[1] = DirectFunctionCall1(namein, CStringGetDatum(get_rel_name(relid)));
+			cm_state_exec("SELECT t.tenant_id, t.state FROM clinic_migrate.tenants t "
+						  "JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) t.schema_oid "
+						  "  AND c.relname OPERATOR(pg_catalog.=) $2 AND c.relkind IN ('v', 'm') "
+						  "WHERE t.source_schema OPERATOR(pg_catalog.=) $1 "
+						  "AND t.state OPERATOR(pg_catalog.<>) 'finalized' ORDER BY t.tenant_id LIMIT 1",
+						  2, types, values, NULL, 0);
+			if (SPI_processed > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_IN_USE),
+						 errmsg("cannot rename or move view %s while tenant \"%s\" has a copy of it",
+								cm_qualified_relname(relid),
+								SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						 errdetail("The tenant's state is %s; the tenants' views are found by name.",
+								   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+						 errhint("Do it after the tenant's move is finalized or rolled back, or drop the view and create it again.")));
+			return;
+		}
+	}
 	if (IsA(parsetree, RenameStmt))
 	{
 		RenameStmt *stmt = (RenameStmt *) parsetree;
@@ -2419,6 +2595,115 @@ guard_alter(Node *parsetree)
 	}
 }
 
+/* a tenant whose capture runs on relid's rows: copying, copied, failed or cut over */
+static TenantCopy *
+capturing_tenant(Oid relid)
+{
+	Oid			root;
+	List	   *copies = partition_root_copies(relid, &root);
+	ListCell   *lc;
+	Oid			type = OIDOID;
+	Datum		value;
+
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+
+		if (strcmp(c->state, "copying") == 0 || strcmp(c->state, "copied") == 0 ||
+			strcmp(c->state, "failed") == 0 || strcmp(c->state, "cut_over") == 0)
+			return c;
+	}
+	/* a cut-over tenant's own table (its reverse capture) */
+	value = ObjectIdGetDatum(OidIsValid(root) ? root : relid);
+	cm_state_exec("SELECT t.tenant_id, t.state, t.tenant_column FROM clinic_migrate.tenant_tables tt "
+				  "JOIN clinic_migrate.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) tt.tenant_id "
+				  "WHERE tt.target_table OPERATOR(pg_catalog.=) $1 AND t.state OPERATOR(pg_catalog.=) 'cut_over'",
+				  1, &type, &value, NULL, 0);
+	if (SPI_processed > 0)
+	{
+		TenantCopy *c = palloc0(sizeof(TenantCopy));
+
+		c->tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		c->state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		c->tenant_column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		c->target = value;
+		return c;
+	}
+	return NULL;
+}
+
+static void
+refuse_capture_change(Oid relid, const char *what)
+{
+	TenantCopy *c;
+
+	if (!OidIsValid(relid) || (c = capturing_tenant(relid)) == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 errmsg("cannot %s of %s while tenant \"%s\" is being migrated", what,
+					cm_qualified_relname(relid), c->tenant),
+			 errdetail("The tenant's state is %s; its changes are captured by clinic_migrate's triggers on the table.", c->state),
+			 errhint("Finish the tenant's move (finalize_tenant) or roll it back (rollback_tenant) first.")));
+}
+
+/* DROP TRIGGER of ours, ALTER TABLE ... ENABLE/DISABLE TRIGGER of ours (or ALL, USER) */
+static void
+guard_capture_triggers(Node *parsetree)
+{
+	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_TRIGGER)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) parsetree)->objects)
+		{
+			List	   *names = (List *) lfirst(lc);
+			char	   *trig = strVal(llast(names));
+
+			if (list_length(names) < 2 || strncmp(trig, "clinic_migrate_", 15) != 0)
+				continue;
+			refuse_capture_change(RangeVarGetRelid(makeRangeVarFromNameList(list_truncate(list_copy(names), list_length(names) - 1)),
+												   NoLock, true),
+								  psprintf("drop trigger %s", quote_identifier(trig)));
+		}
+		return;
+	}
+	if (IsA(parsetree, AlterTableStmt) && ((AlterTableStmt *) parsetree)->relation)
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		ListCell   *lc;
+
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableCmd *cmd = lfirst(lc);
+			bool		all = false;
+			bool		named = false;
+
+			switch (cmd->subtype)
+			{
+				case AT_EnableTrig:
+				case AT_EnableAlwaysTrig:
+				case AT_EnableReplicaTrig:
+				case AT_DisableTrig:
+					named = cmd->name && strncmp(cmd->name, "clinic_migrate_", 15) == 0;
+					break;
+				case AT_EnableTrigAll:
+				case AT_DisableTrigAll:
+				case AT_EnableTrigUser:
+				case AT_DisableTrigUser:
+					all = true;
+					break;
+				default:
+					break;
+			}
+			if (named || all)
+				refuse_capture_change(RangeVarGetRelid(stmt->relation, NoLock, true),
+									  named ? psprintf("change trigger %s", quote_identifier(cmd->name))
+									  : "enable or disable every trigger");
+		}
+	}
+}
+
 PG_FUNCTION_INFO_V1(cm_guard_ddl);
 Datum
 cm_guard_ddl(PG_FUNCTION_ARGS)
@@ -2438,27 +2723,37 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 	if (!IsA(parsetree, DropStmt) && !IsA(parsetree, AlterTableStmt) &&
 		!IsA(parsetree, RenameStmt) && !IsA(parsetree, AlterObjectSchemaStmt))
 		PG_RETURN_NULL();
-	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType != OBJECT_TABLE)
+	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType != OBJECT_TABLE &&
+		((DropStmt *) parsetree)->removeType != OBJECT_TRIGGER)
 		PG_RETURN_NULL();
 	if (IsA(parsetree, AlterTableStmt))
 	{
 		ListCell   *lc;
-		bool		detach = false;
+		bool		look = false;
 
 		foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
 		{
 			AlterTableCmd *cmd = lfirst(lc);
 
-			detach |= cmd->subtype == AT_DetachPartition || cmd->subtype == AT_DetachPartitionFinalize;
+			look |= cmd->subtype == AT_DetachPartition || cmd->subtype == AT_DetachPartitionFinalize ||
+				cmd->subtype == AT_EnableTrig || cmd->subtype == AT_EnableAlwaysTrig ||
+				cmd->subtype == AT_EnableReplicaTrig || cmd->subtype == AT_DisableTrig ||
+				cmd->subtype == AT_EnableTrigAll || cmd->subtype == AT_DisableTrigAll ||
+				cmd->subtype == AT_EnableTrigUser || cmd->subtype == AT_DisableTrigUser;
 		}
-		if (!detach)
+		if (!look)
 			PG_RETURN_NULL();
 	}
 	SPI_connect();
-	if (IsA(parsetree, DropStmt))
+	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_TRIGGER)
+		guard_capture_triggers(parsetree);
+	else if (IsA(parsetree, DropStmt))
 		guard_drop((DropStmt *) parsetree);
 	else
+	{
+		guard_capture_triggers(parsetree);
 		guard_alter(parsetree);
+	}
 	SPI_finish();
 	PG_RETURN_NULL();
 }

@@ -33,6 +33,7 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+#include "catalog/partition.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -959,6 +960,67 @@ cm_rls_enable(List *roles, const char *mode)
 	AtEOXact_GUC(true, nest);
 	audit_reset();
 	return list_length(tables) + list_length(ttables);
+}
+
+void
+cm_rls_cover_new_partition(Oid part)
+{
+	List	   *up = get_rel_relispartition(part) ? get_partition_ancestors(part) : NIL;
+	Oid			root;
+	Oid			type = OIDOID;
+	Datum		value;
+	char	   *mode;
+	List	   *roles = NIL;
+	List	   *recs;
+	CmSettings	s;
+	TenantPlan *plan;
+	PlanTable  *pt;
+	bool		enforce;
+	List	   *parts;
+	ListCell   *lc;
+	int			nest;
+
+	if (up == NIL)
+		return;
+	root = llast_oid(up);
+	value = ObjectIdGetDatum(root);
+	cm_state_exec("SELECT r.mode, r.roles::pg_catalog.oid[] FROM clinic_migrate.tenant_rls r "
+				  "WHERE r.table_name OPERATOR(pg_catalog.=) $1",
+				  1, &type, &value, NULL, 0);
+	if (SPI_processed != 1)
+		return;
+	mode = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	{
+		bool		isnull;
+		Datum	   *elems;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)),
+						  OIDOID, sizeof(Oid), true, TYPALIGN_INT, &elems, NULL, &n);
+		for (int i = 0; i < n; i++)
+			roles = lappend_oid(roles, DatumGetObjectId(elems[i]));
+	}
+	enforce = strcmp(mode, "enforce") == 0;
+	cm_current_settings(&s);
+	strlcpy(s.source_schema, get_namespace_name(get_rel_namespace(root)), NAMEDATALEN);
+	plan = plan_build(&s, CurrentMemoryContext);
+	pt = plan_find(plan, root);
+	if (pt == NULL || (pt->kind != PLAN_TENANT && pt->kind != PLAN_CHILD))
+		return;
+	recs = read_records(s.source_schema);
+	parts = lcons_oid(part, cm_partitions_of(part));
+	cm_lock_relations(parts, AccessExclusiveLock, false);
+	nest = cm_pin_search_path();
+	foreach(lc, parts)
+	{
+		Oid			p = lfirst_oid(lc);
+
+		if (get_rel_relkind(p) == RELKIND_FOREIGN_TABLE)
+			continue;
+		cover(p, policy_expr(plan, pt, enforce, get_rel_name(p)), find_record(recs, p), roles, mode, enforce);
+	}
+	AtEOXact_GUC(true, nest);
+	audit_reset();
 }
 
 int

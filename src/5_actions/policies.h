@@ -39,6 +39,13 @@ extern void cm_rls_cover_tenant(TenantPlan *plan, const char *tenant);
  * level security flags.  SPI connected.  Returns the number of tables. */
 extern int	cm_rls_disable(void);
 
+/*
+ * A partition made or attached under a partitioned table that
+ * enable_tenant_rls covers gets the same policy (and its own partitions);
+ * SPI connected.
+ */
+extern void cm_rls_cover_new_partition(Oid part);
+
 /* one audit counter: rows the enforcing policy would have hidden */
 typedef struct CmRlsAuditRow
 {
