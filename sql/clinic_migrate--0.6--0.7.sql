@@ -16,7 +16,7 @@ COMMENT ON FUNCTION clinic_migrate.guard_ddl() IS
 'event trigger: at the start of ALTER TABLE, ALTER VIEW, DROP TABLE and DROP TRIGGER, refuses what would break a move (DETACH, RENAME and SET SCHEMA of a partition or view the tenants have; DROP, ENABLE, DISABLE of capture triggers) and notes the partitions a DROP TABLE drops';
 REVOKE ALL ON FUNCTION clinic_migrate.guard_ddl() FROM PUBLIC;
 CREATE EVENT TRIGGER clinic_migrate_guard_ddl ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP TRIGGER', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW')
+    WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP TRIGGER', 'ALTER TRIGGER', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW')
     EXECUTE FUNCTION clinic_migrate.guard_ddl();
 ALTER EVENT TRIGGER clinic_migrate_guard_ddl ENABLE ALWAYS;
 

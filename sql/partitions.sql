@@ -128,6 +128,10 @@ CREATE TRIGGER a_forged AFTER INSERT ON usage_events FOR EACH ROW
 INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t1', '2026-12-24 00:00+00', 't1');
 SELECT count(*) AS forged_on_copies FROM pg_trigger WHERE tgname = 'a_forged';
 DROP TRIGGER a_forged ON usage_events;
+CREATE TRIGGER clinic_migrate_capture_aaa AFTER INSERT ON usage_events FOR EACH ROW
+  EXECUTE FUNCTION clinic_migrate.capture('log_usage_events', 'kind');
+INSERT INTO usage_events (tenant_id, at, kind) VALUES ('t1', '2026-12-24 00:00+00', 't1');
+DROP TRIGGER clinic_migrate_capture_aaa ON usage_events;
 RESET ROLE;
 SELECT clinic_migrate.sync_now('t1') >= 0 AS replayed;
 SELECT clinic_migrate.sync_now('t2') >= 0 AS replayed;

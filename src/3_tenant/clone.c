@@ -1425,11 +1425,11 @@ clone_views(TenantPlan *plan, const char *schema, Oid only)
 			char		kind = get_rel_relkind(there);
 
 			/* the copy made before, or something else taking its name: said */
-			if ((kind == RELKIND_VIEW || kind == RELKIND_MATVIEW) && cm_rel_owner(there) == owner)
+			if (kind == RELKIND_VIEW || kind == RELKIND_MATVIEW)
 				taken = lappend_oid(taken, view);
 			else if (!OidIsValid(only) || view == only)
 				ereport(WARNING,
-						(errmsg("view %s is not made again in schema \"%s\": %s there is not its copy",
+						(errmsg("view %s is not made again in schema \"%s\": %s there is not a view",
 								quote_qualified_identifier(plan->source_schema, name), schema,
 								cm_qualified_relname(there)),
 						 errdetail("It is a %s owned by %s.", kind == RELKIND_VIEW ? "view" :
@@ -1491,8 +1491,29 @@ clone_finish_schema(TenantPlan *plan, const char *schema)
 
 	for (int i = 0; i < plan->ncopied; i++)
 		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
-	clone_views(plan, schema, InvalidOid);
 	cm_restore_output_settings(nest);
+}
+
+void
+clone_finish_views(TenantPlan *plan, const char *schema)
+{
+	int			nest = cm_pin_search_path();
+	int			out = cm_stable_output_settings();
+	List	   *rels = NIL;
+
+	/*
+	 * The shared tables first, all at once (ACCESS SHARE): a view's
+	 * definition locks the tables it names, and a deploy holding one and
+	 * waiting for the copy (locked by a view made a moment before) would
+	 * wait for this transaction, which would wait for it.  A transaction of
+	 * its own, short: no scan but a materialized view's REFRESH.
+	 */
+	for (int i = 0; i < plan->ncopied; i++)
+		rels = lappend_oid(rels, plan->tables[i].relid);
+	cm_lock_relations(rels, AccessShareLock, false);
+	clone_views(plan, schema, InvalidOid);
+	cm_restore_output_settings(out);
+	AtEOXact_GUC(true, nest);
 }
 
 /* the foreign keys of one tenant table that its copy still lacks */
@@ -2289,6 +2310,7 @@ clone_create_schema(char **tenant_p)
 							 "WHERE tenant_id = $1", tenant);
 	}
 	clone_finish_schema(plan, schema);
+	clone_finish_views(plan, schema);
 	run_id = cm_run_start(tenant, schema, "create_schema",
 						  GetUserNameFromId(GetUserId(), false), 0);
 	cm_run_finish(run_id, "completed", 0, NULL, NULL);

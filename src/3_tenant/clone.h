@@ -98,6 +98,12 @@ extern void clone_one_partition(Oid part, const char *schema, const char *qparen
 
 /* foreign keys still missing, re-pointed to the tenant's tables */
 extern void clone_finish_schema(TenantPlan *plan, const char *schema);
+
+/*
+ * The views of the source schema over the tenant's tables, in a transaction
+ * that first takes ACCESS SHARE on the shared tables (SPI connected).
+ */
+extern void clone_finish_views(TenantPlan *plan, const char *schema);
 /* the same for one table (views not included) */
 extern void clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt);
 

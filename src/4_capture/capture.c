@@ -1176,7 +1176,15 @@ row_images(TriggerData *td, HeapTuple *oldtup, HeapTuple *newtup)
 static void
 not_ours_refused(Trigger *trigger, const char *prefix)
 {
-	if (strncmp(trigger->tgname, prefix, strlen(prefix)) != 0)
+	bool		ours;
+
+	if (strcmp(prefix, "clinic_migrate_capture_") == 0)
+		ours = strcmp(trigger->tgname, "clinic_migrate_capture_insert") == 0 ||
+			strcmp(trigger->tgname, "clinic_migrate_capture_update") == 0 ||
+			strcmp(trigger->tgname, "clinic_migrate_capture_delete") == 0;
+	else
+		ours = strcmp(trigger->tgname, prefix) == 0;
+	if (!ours)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("trigger \"%s\" is not clinic_migrate's", trigger->tgname),

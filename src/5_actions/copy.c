@@ -56,7 +56,6 @@
 #include "plan.h"
 #include "state.h"
 
-static void lock_shared_first(TenantPlan *plan);
 
 /* the tenant's row of tenant_tables, kept across batches */
 typedef struct CopyTable
@@ -885,7 +884,6 @@ copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 
 		report_activity(sh, ct, "indexing");
 		begin_txn();
-		lock_shared_first(plan);
 		apply_prune_before_index(tenant, plan, sh->schema, ct->pt);
 		clone_finish_table(ct->pt, sh->schema);
 		values[0] = CStringGetTextDatum(tenant);
@@ -897,23 +895,6 @@ copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		end_txn();
 		ct->indexed = true;
 	}
-}
-
-/*
- * ACCESS SHARE on the planned shared tables, all at once, first in a
- * transaction that then works on the copies and reads the shared tables
- * again (an index build, a foreign key, a view's definition, which locks
- * the tables it names): a deploy holds the shared table and then wants the
- * copy; taken in the other order, each would wait for the other.
- */
-static void
-lock_shared_first(TenantPlan *plan)
-{
-	List	   *rels = NIL;
-
-	for (int i = 0; i < plan->ncopied; i++)
-		rels = lappend_oid(rels, plan->tables[i].relid);
-	cm_lock_relations(rels, AccessShareLock, false);
 }
 
 /*
@@ -937,8 +918,10 @@ copy_finish(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable 
 	catch_up(sh, tenant, plan);
 	report_activity(sh, NULL, "finishing");
 	begin_txn();
-	lock_shared_first(plan);
 	clone_finish_schema(plan, sh->schema);
+	end_txn();
+	begin_txn();
+	clone_finish_views(plan, sh->schema);
 	end_txn();
 	catch_up(sh, tenant, plan);
 	*mark5 = GetCurrentTimestamp();

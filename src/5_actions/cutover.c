@@ -510,20 +510,7 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* 1. the reverse capture (refusing writes until the switch), shared sequences */
 	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: preparing the cutover");
 	begin_txn();
-	plan = load_tenant(tenant, &info);
-	/*
-	 * The shared tables first (ACCESS SHARE, all at once): this transaction
-	 * then works on the copies and reads the shared tables again (a view's
-	 * definition locks the tables it names); a deploy takes them the other
-	 * way round.
-	 */
-	{
-		List	   *rels = NIL;
-
-		for (int i = 0; i < plan->ncopied; i++)
-			rels = lappend_oid(rels, plan->tables[i].relid);
-		cm_lock_relations(rels, AccessShareLock, false);
-	}
+	load_tenant(tenant, &info);
 	ddl_adopt_missing(tenant, info.state, info.schema_oid);
 	/* what it made is seen by the lookups below (the foreign keys it added) */
 	CommandCounterIncrement();
@@ -534,20 +521,18 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* keys of a table added while the copy loaded (ddl.c leaves them) */
 	for (int i = 0; i < plan->ncopied; i++)
 		clone_table_foreign_keys(plan, schema, &plan->tables[i]);
+	end_txn();
+
 	/*
 	 * Views made in the source schema while the copy ran, or that their
 	 * maker could not make in the tenant's schema: routed sessions would
 	 * read the shared rows through the source schema's.  Made now, as at
-	 * the copy (one that cannot be: a WARNING).
+	 * the copy (one that cannot be: a WARNING), in a short transaction that
+	 * locks the shared tables first.
 	 */
-	{
-		int			nest = cm_pin_search_path();
-		int			out = cm_stable_output_settings();
-
-		clone_views(plan, schema, InvalidOid);
-		cm_restore_output_settings(out);
-		AtEOXact_GUC(true, nest);
-	}
+	begin_txn();
+	plan = load_tenant(tenant, &info);
+	clone_finish_views(plan, schema);
 	end_txn();
 
 	/* 2-4. catch up, validate, pause and switch */

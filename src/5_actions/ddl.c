@@ -346,9 +346,14 @@ run_on_copy(Node *stmt, const char *query, TenantCopy *c)
 		{
 			int			nest = NewGUCNestLevel();
 
+			ListCell   *pl;
+
 			(void) set_config_option("deadlock_timeout", psprintf("%d", Min(DeadlockTimeout, INT_MAX / 5) * 5),
 									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 			LockRelationOid(c->target, mode);
+			/* an ALTER of a partitioned copy reaches its partitions: theirs too */
+			foreach(pl, cm_partitions_of(c->target))
+				LockRelationOid(lfirst_oid(pl), mode);
 			AtEOXact_GUC(true, nest);
 		}
 	}
@@ -2605,6 +2610,9 @@ capturing_tenant(Oid relid)
 	Oid			type = OIDOID;
 	Datum		value;
 
+	/* a plain shared table: its own copies */
+	if (copies == NIL && OidIsValid(relid) && !get_rel_relispartition(relid))
+		copies = copies_of(relid);
 	foreach(lc, copies)
 	{
 		TenantCopy *c = lfirst(lc);
@@ -2647,10 +2655,30 @@ refuse_capture_change(Oid relid, const char *what)
 			 errhint("Finish the tenant's move (finalize_tenant) or roll it back (rollback_tenant) first.")));
 }
 
-/* DROP TRIGGER of ours, ALTER TABLE ... ENABLE/DISABLE TRIGGER of ours (or ALL, USER) */
+/* the names of clinic_migrate's triggers (a look-alike of another name may go) */
+static bool
+capture_trigger_name(const char *name)
+{
+	return name && (strcmp(name, "clinic_migrate_capture_insert") == 0 ||
+					strcmp(name, "clinic_migrate_capture_update") == 0 ||
+					strcmp(name, "clinic_migrate_capture_delete") == 0 ||
+					strcmp(name, "clinic_migrate_capture_reverse") == 0 ||
+					strcmp(name, "clinic_migrate_guard_truncate") == 0);
+}
+
+/* DROP TRIGGER of ours, ALTER TABLE ... ENABLE/DISABLE TRIGGER of ours (or ALL, USER), ALTER TRIGGER ... RENAME */
 static void
 guard_capture_triggers(Node *parsetree)
 {
+	if (IsA(parsetree, RenameStmt) && ((RenameStmt *) parsetree)->renameType == OBJECT_TRIGGER)
+	{
+		RenameStmt *rs = (RenameStmt *) parsetree;
+
+		if (rs->relation && capture_trigger_name(rs->subname))
+			refuse_capture_change(RangeVarGetRelid(rs->relation, NoLock, true),
+								  psprintf("rename trigger %s", quote_identifier(rs->subname)));
+		return;
+	}
 	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_TRIGGER)
 	{
 		ListCell   *lc;
@@ -2660,7 +2688,7 @@ guard_capture_triggers(Node *parsetree)
 			List	   *names = (List *) lfirst(lc);
 			char	   *trig = strVal(llast(names));
 
-			if (list_length(names) < 2 || strncmp(trig, "clinic_migrate_", 15) != 0)
+			if (list_length(names) < 2 || !capture_trigger_name(trig))
 				continue;
 			refuse_capture_change(RangeVarGetRelid(makeRangeVarFromNameList(list_truncate(list_copy(names), list_length(names) - 1)),
 												   NoLock, true),
@@ -2685,7 +2713,7 @@ guard_capture_triggers(Node *parsetree)
 				case AT_EnableAlwaysTrig:
 				case AT_EnableReplicaTrig:
 				case AT_DisableTrig:
-					named = cmd->name && strncmp(cmd->name, "clinic_migrate_", 15) == 0;
+					named = capture_trigger_name(cmd->name);
 					break;
 				case AT_EnableTrigAll:
 				case AT_DisableTrigAll:
@@ -2745,7 +2773,8 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 	}
 	SPI_connect();
-	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_TRIGGER)
+	if ((IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_TRIGGER) ||
+		(IsA(parsetree, RenameStmt) && ((RenameStmt *) parsetree)->renameType == OBJECT_TRIGGER))
 		guard_capture_triggers(parsetree);
 	else if (IsA(parsetree, DropStmt))
 		guard_drop((DropStmt *) parsetree);
