@@ -225,6 +225,18 @@ cm_hide_internal_sql(ErrorData *edata)
 	}
 }
 
+void
+cm_rethrow_without_internal_sql(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	cm_hide_internal_sql(edata);
+	ReThrowError(edata);
+}
+
 List *
 cm_partitions_of(Oid relid)
 {

@@ -78,6 +78,12 @@ extern const char *cm_only(Oid relid);
 struct ErrorData;
 extern void cm_hide_internal_sql(struct ErrorData *edata);
 
+/*
+ * In a PG_CATCH of such a statement: the error again, without our text
+ * (cxt: the memory context from before the PG_TRY).
+ */
+extern void cm_rethrow_without_internal_sql(MemoryContext cxt) pg_attribute_noreturn();
+
 /* the partitions of a partitioned table, at every level (not relid); NIL otherwise */
 extern List *cm_partitions_of(Oid relid);
 

@@ -78,13 +78,7 @@ exec_ddl(const char *sql)
 	PG_CATCH();
 	{
 		/* the user's error (a permission, a CHECK), without our statement's text */
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		cm_hide_internal_sql(edata);
-		ReThrowError(edata);
+		cm_rethrow_without_internal_sql(cxt);
 	}
 	PG_END_TRY();
 	if (ret < 0)
@@ -542,7 +536,6 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	int			ret,
 				n;
 	SPITupleTable *tt;
-	SPITupleTable *grants_tt;
 
 	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(src));
 	if (!HeapTupleIsValid(ctup))
@@ -605,7 +598,6 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: grant lookup failed");
 	tt = SPI_tuptable;
-	grants_tt = tt;
 	n = SPI_processed;
 	for (int i = 0; i < n; i++)
 	{
@@ -641,8 +633,6 @@ clone_table_properties(Oid src, const char *schema, const char *qtarget)
 				exec_ddl(sql.data);
 			}
 		}
-		/* tt is SPI's: read again by the next round */
-		tt = grants_tt;
 	}
 
 	/* the same owner, when we may hand the table over */

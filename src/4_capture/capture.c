@@ -1608,6 +1608,19 @@ capture_fix_partitions(Oid relid)
 	}
 }
 
+/* our trigger name on relid goes, if it is there (dropped as the object we made) */
+static void
+drop_our_trigger(Oid relid, const char *name)
+{
+	Oid			trig = our_trigger_oid(relid, name, false);
+	ObjectAddress obj;
+
+	if (!OidIsValid(trig))
+		return;
+	ObjectAddressSet(obj, TriggerRelationId, trig);
+	performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+}
+
 /* our truncate guards on relid's partitions go (their row triggers go with relid's) */
 static void
 drop_partition_guards(Oid relid)
@@ -1616,13 +1629,7 @@ drop_partition_guards(Oid relid)
 
 	foreach(lc, partitions_of(relid))
 	{
-		Oid			trig = our_trigger_oid(lfirst_oid(lc), "clinic_migrate_guard_truncate", false);
-		ObjectAddress obj;
-
-		if (!OidIsValid(trig))
-			continue;
-		ObjectAddressSet(obj, TriggerRelationId, trig);
-		performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+		drop_our_trigger(lfirst_oid(lc), "clinic_migrate_guard_truncate");
 		CommandCounterIncrement();
 	}
 }
@@ -1940,15 +1947,7 @@ capture_uninstall_if_unused(void)
 		Oid			relid = lfirst_oid(lc);
 
 		for (int k = 0; k < 4; k++)
-		{
-			Oid			trig = our_trigger_oid(relid, names[k], false);
-			ObjectAddress obj;
-
-			if (!OidIsValid(trig))
-				continue;
-			ObjectAddressSet(obj, TriggerRelationId, trig);
-			performDeletion(&obj, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
-		}
+			drop_our_trigger(relid, names[k]);
 		CommandCounterIncrement();
 		drop_partition_guards(relid);
 	}

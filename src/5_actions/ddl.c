@@ -684,14 +684,8 @@ adopt_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, Oid target)
 	PG_CATCH();
 	{
 		/* the application's error (a CHECK the rows fail), without our statement */
-		ErrorData  *edata;
-
 		cm_applying = save_applying;
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		cm_hide_internal_sql(edata);
-		ReThrowError(edata);
+		cm_rethrow_without_internal_sql(cxt);
 	}
 	PG_END_TRY();
 	cm_applying = save_applying;
@@ -789,13 +783,14 @@ adopt_for_tenant(void *arg)
 	see_own_changes();
 }
 
+/* fn(arg), its own statements not followed again (the event triggers return at once) */
 static void
-adopt_following(AdoptArgs *a)
+run_following(void (*fn) (void *arg), void *arg)
 {
 	following = true;
 	PG_TRY();
 	{
-		adopt_for_tenant(a);
+		fn(arg);
 	}
 	PG_FINALLY();
 	{
@@ -839,7 +834,7 @@ ddl_adopt_missing(const char *tenant, const char *state, Oid schema_oid)
 		a.pt = pt;
 		a.settings = &s;
 		(void) cm_tenant_write_lock(schema_oid, false);
-		adopt_following(&a);
+		run_following(adopt_for_tenant, &a);
 	}
 	PopActiveSnapshot();
 }
@@ -978,7 +973,7 @@ adopt_table_for_tenants(Oid relid)
 								strcmp(a.state, "finalizing") == 0 ? "being finalized" : "being rolled back"),
 						 errhint("Run the statement again when clinic_migrate.status shows the tenant finalized or rolled back.")));
 		}
-		adopt_following(&a);
+		run_following(adopt_for_tenant, &a);
 	}
 }
 
@@ -1092,6 +1087,12 @@ partition_has_rows_of(Oid root, Oid part, TenantCopy *c)
 	return SPI_processed > 0;
 }
 
+static void
+cover_new_partition(void *arg)
+{
+	cm_rls_cover_new_partition(*(Oid *) arg);
+}
+
 /*
  * A partition made (CREATE TABLE ... PARTITION OF) or attached under a
  * planned partitioned table, or under one of its partitions, while tenants
@@ -1122,16 +1123,7 @@ follow_new_partition(Oid part, bool attached)
 	 * it: a query may name the new partition itself (tenants that stay, moving
 	 * or not).
 	 */
-	following = true;
-	PG_TRY();
-	{
-		cm_rls_cover_new_partition(part);
-	}
-	PG_FINALLY();
-	{
-		following = false;
-	}
-	PG_END_TRY();
+	run_following(cover_new_partition, &part);
 	parent = linitial_oid(up);
 	root = llast_oid(up);
 	copies = copies_of(root);
@@ -1190,16 +1182,7 @@ follow_new_partition(Oid part, bool attached)
 		pa.schema = get_namespace_name(nsp);
 		/* as the copy's owner, in a security-restricted operation; not followed again */
 		cm_table_owner_begin(c->target, &save);
-		following = true;
-		PG_TRY();
-		{
-			make_partition(&pa);
-		}
-		PG_FINALLY();
-		{
-			following = false;
-		}
-		PG_END_TRY();
+		run_following(make_partition, &pa);
 		cm_role_end(&save);
 		capture_fix_partitions(c->target);
 	}
@@ -2160,18 +2143,9 @@ drop_tenant_view(void *arg)
 	TenantView *tv = arg;
 	int			nest = cm_pin_search_path();
 
-	following = true;
-	PG_TRY();
-	{
-		if (SPI_execute(psprintf("DROP %s %s", tv->matview ? "MATERIALIZED VIEW" : "VIEW",
-								 quote_qualified_identifier(tv->schema, tv->name)), false, 0) < 0)
-			elog(ERROR, "clinic_migrate: could not drop a tenant's view");
-	}
-	PG_FINALLY();
-	{
-		following = false;
-	}
-	PG_END_TRY();
+	if (SPI_execute(psprintf("DROP %s %s", tv->matview ? "MATERIALIZED VIEW" : "VIEW",
+							 quote_qualified_identifier(tv->schema, tv->name)), false, 0) < 0)
+		elog(ERROR, "clinic_migrate: could not drop a tenant's view");
 	AtEOXact_GUC(true, nest);
 }
 
@@ -2207,7 +2181,9 @@ drop_tenant_views(const char *nsp, const char *name)
 		tv.schema = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
 		tv.name = name;
 		tv.matview = SPI_getvalue(tt->vals[i], tt->tupdesc, 2)[0] == 'm';
+		following = true;
 		failed = cm_try_in_subxact(drop_tenant_view, &tv);
+		following = false;
 		if (failed)
 		{
 			ereport(WARNING,
@@ -2216,6 +2192,29 @@ drop_tenant_views(const char *nsp, const char *name)
 			FreeErrorData(failed);
 		}
 	}
+}
+
+typedef struct TriggerArgs
+{
+	Oid			source;
+	TenantCopy *copy;
+	const char *name;
+} TriggerArgs;
+
+/* the trigger name of source on a tenant's copy, its errors naming the copy */
+static void
+clone_one_trigger(void *arg)
+{
+	TriggerArgs *ta = arg;
+	ErrorContextCallback errcb;
+	FollowContext fc = {ta->copy};
+
+	errcb.callback = follow_error_context;
+	errcb.arg = &fc;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	clone_triggers(ta->source, ta->copy->target, ta->name);
+	error_context_stack = errcb.previous;
 }
 
 /*
@@ -2240,8 +2239,7 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
 	foreach(lc, copies)
 	{
 		TenantCopy *c = lfirst(lc);
-		ErrorContextCallback errcb;
-		FollowContext fc = {c};
+		TriggerArgs ta;
 
 		refuse_in_transition(c, psprintf("create trigger %s on %s", quote_identifier(stmt->trigname),
 										 cm_qualified_relname(relid)));
@@ -2258,21 +2256,10 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
 			ds->missing_ok = true;
 			run_on_copy((Node *) ds, query, c);
 		}
-		following = true;
-		PG_TRY();
-		{
-			errcb.callback = follow_error_context;
-			errcb.arg = &fc;
-			errcb.previous = error_context_stack;
-			error_context_stack = &errcb;
-			clone_triggers(relid, c->target, stmt->trigname);
-			error_context_stack = errcb.previous;
-		}
-		PG_FINALLY();
-		{
-			following = false;
-		}
-		PG_END_TRY();
+		ta.source = relid;
+		ta.copy = c;
+		ta.name = stmt->trigname;
+		run_following(clone_one_trigger, &ta);
 	}
 }
 
@@ -2282,6 +2269,31 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
  * when it reads a planned table, as the clone makes them (as the role
  * running the statement; one that cannot be made: a WARNING).
  */
+typedef struct ViewArgs
+{
+	TenantPlan *plan;
+	const char *schema;
+	Oid			view;
+} ViewArgs;
+
+/* the new view in one tenant's schema, with a snapshot that sees it */
+static void
+clone_one_view_for(void *arg)
+{
+	ViewArgs   *va = arg;
+	int			nest = cm_pin_search_path();
+	int			out = cm_stable_output_settings();
+
+	/* read-only SPI reads the active snapshot: one that sees the new view */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+	clone_views(va->plan, va->schema, va->view);
+	PopActiveSnapshot();
+	cm_restore_output_settings(out);
+	AtEOXact_GUC(true, nest);
+}
+
 static void
 follow_view(Oid view, bool replace)
 {
@@ -2311,32 +2323,17 @@ follow_view(Oid view, bool replace)
 		CmSettings	s;
 		TenantPlan *plan;
 		TenantInfo	info;
+		ViewArgs	va;
 
 		cm_current_settings(&s);
 		plan = clone_plan_for_tenant(&t, &s, CurrentMemoryContext);
 		clone_tenant_info(tenant, &info);
 		if (!info.exists || get_namespace_name(info.schema_oid) == NULL)
 			continue;
-		following = true;
-		PG_TRY();
-		{
-			/* read-only SPI reads the active snapshot: one that sees the new view */
-			int			nest = cm_pin_search_path();
-			int			out = cm_stable_output_settings();
-
-			CommandCounterIncrement();
-			PushCopiedSnapshot(GetActiveSnapshot());
-			UpdateActiveSnapshotCommandId();
-			clone_views(plan, get_namespace_name(info.schema_oid), view);
-			PopActiveSnapshot();
-			cm_restore_output_settings(out);
-			AtEOXact_GUC(true, nest);
-		}
-		PG_FINALLY();
-		{
-			following = false;
-		}
-		PG_END_TRY();
+		va.plan = plan;
+		va.schema = get_namespace_name(info.schema_oid);
+		va.view = view;
+		run_following(clone_one_view_for, &va);
 	}
 }
 
