@@ -135,6 +135,15 @@ sub deploy
 my $load = start_load(25);
 ok(ClinicTest::poll(q{SELECT count(*) > 30 FROM public.audit}), 'pgbench writes');
 my ($mout, $merr) = ('', '');
+# The copy of t1 takes about a second: a poll for 'copying' could miss it (CI did).
+# It is held at its pause point after 'copying' is committed, outside any transaction,
+# until the first deploy is done; then the copy runs while the other deploys do.
+# (A setting of the server's: the scheduler's worker does the copy.)
+my $pause = $node->background_psql('postgres');
+$pause->query_safe(q{SELECT pg_advisory_lock(hashtext('clinic_migrate:copy_start'))});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET clinic_migrate.pause_points = 'copy_start'; SELECT pg_reload_conf()});
+ok(ClinicTest::poll(q{SELECT current_setting('clinic_migrate.pause_points') = 'copy_start'}),
+	'the pause point is set');
 my $migrate = IPC::Run::start(
 	[
 		'psql', '-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', $node->host, '-p', $node->port,
@@ -144,11 +153,17 @@ my $migrate = IPC::Run::start(
 	],
 	'<', \undef, '>', \$mout, '2>', \$merr,
 	IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
-ok(ClinicTest::poll(q{SELECT state = 'copying' FROM clinic_migrate.tenants WHERE tenant_id = 't1'}),
-	't1 is copying');
+ok( ClinicTest::poll(
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point copy_start'}),
+	't1 is held at the start of its copy');
+is($node->safe_psql('postgres', q{SELECT state FROM clinic_migrate.tenants WHERE tenant_id = 't1'}),
+	'copying', 't1 is copying');
 
 deploy('V1 add a column with a default',
 	q{ALTER TABLE public.patients ADD COLUMN insurance text DEFAULT 'none'});
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET clinic_migrate.pause_points; SELECT pg_reload_conf()});
+$pause->query_safe(q{SELECT pg_advisory_unlock(hashtext('clinic_migrate:copy_start'))});
+$pause->quit;
 for my $i (1 .. 4)
 {
 	deploy("V1 backfill batch $i", q{
