@@ -1658,8 +1658,31 @@ grant_trigger_functions(Oid relid, const char *funcs)
 	CommandCounterIncrement();
 }
 
+/* the lock that keeps two installers, or an installer and the cleanup, apart */
+static void
+installer_locktag(LOCKTAG *tag)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, 0, 1, CM_LOCK_FIELD4);
+}
+
 void
-capture_install(TenantPlan *plan)
+capture_installer_lock(bool acquire)
+{
+	LOCKTAG		tag;
+
+	installer_locktag(&tag);
+	if (acquire)
+		(void) LockAcquire(&tag, ExclusiveLock, true, false);
+	else
+		(void) LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * The triggers of the planned tables at position first to last - 1: those
+ * that miss one are locked all at once, then get the missing ones.
+ */
+static void
+install_range(TenantPlan *plan, int first, int last)
 {
 	Oid			nsp;
 	LOCKTAG		tag;
@@ -1670,7 +1693,7 @@ capture_install(TenantPlan *plan)
 	 * both find a log table or trigger missing and both create it.  Then
 	 * look again at the catalogs, which the other may have just changed.
 	 */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 1, CM_LOCK_FIELD4);
+	installer_locktag(&tag);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	AcceptInvalidationMessages();
 	nsp = get_namespace_oid(CM_SCHEMA, false);
@@ -1686,7 +1709,7 @@ capture_install(TenantPlan *plan)
 		const char *all[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
 		"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
 
-		for (int i = 0; i < plan->ncopied; i++)
+		for (int i = first; i < last; i++)
 			for (int k = 0; k < 4; k++)
 				if (!OidIsValid(our_trigger_oid(plan->tables[i].relid, all[k], true)))
 				{
@@ -1698,7 +1721,7 @@ capture_install(TenantPlan *plan)
 		cm_lock_relations(lock, ShareRowExclusiveLock, false);
 	}
 
-	for (int i = 0; i < plan->ncopied; i++)
+	for (int i = first; i < last; i++)
 	{
 		PlanTable  *pt = &plan->tables[i];
 		Oid			logrel = capture_log_relid(pt->relid);
@@ -1760,6 +1783,19 @@ capture_install(TenantPlan *plan)
 					   psprintf("BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
 								"EXECUTE FUNCTION clinic_migrate.guard_truncate()", qrel));
 	}
+}
+
+void
+capture_install(TenantPlan *plan)
+{
+	install_range(plan, 0, plan->ncopied);
+}
+
+void
+capture_install_table(TenantPlan *plan, int i)
+{
+	Assert(i >= 0 && i < plan->ncopied);
+	install_range(plan, i, i + 1);
 }
 
 void

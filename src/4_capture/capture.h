@@ -52,6 +52,15 @@ extern Oid	capture_log_relid(Oid source);
 extern void capture_install(TenantPlan *plan);
 
 /*
+ * The same for the one planned table at position i: its lock only.  A
+ * caller installing table by table, a transaction each, holds the
+ * installer's lock at session level across them (capture_installer_lock),
+ * so that no cleanup takes off what the tables done so far got.
+ */
+extern void capture_install_table(TenantPlan *plan, int i);
+extern void capture_installer_lock(bool acquire);
+
+/*
  * The reverse capture on a tenant's own tables (cutover installs it,
  * finalize drops it), and their TRUNCATE guard.
  */

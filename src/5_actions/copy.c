@@ -693,9 +693,27 @@ copy_install_capture(CmWorkerShared *sh, const char *tenant, CmSettings *s, Memo
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
-	report_activity(sh, NULL, "installing capture for");
-	capture_install(plan);
 	end_txn();
+
+	/*
+	 * A transaction each table: its lock is the only one held while it is
+	 * waited for.  In one transaction, the tables done so far stay locked
+	 * while the next is awaited, and a writer holding that one and wanting
+	 * one of them (every multi-table transaction of the application, in its
+	 * own order) makes the attempt time out; under steady load, attempt
+	 * after attempt.  The tenant is not 'copying' yet, so triggers on some
+	 * tables and not others capture nothing of it; the installer's lock,
+	 * held by the session from before this until copy_start commits, keeps
+	 * the cleanup from taking them off in between (copy_start installs
+	 * what is missing).
+	 */
+	report_activity(sh, NULL, "installing capture for");
+	for (int i = 0; i < plan->ncopied; i++)
+	{
+		begin_txn();
+		capture_install_table(plan, i);
+		end_txn();
+	}
 }
 
 /*
@@ -949,6 +967,34 @@ copy_finish(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable 
 }
 
 /*
+ * copy_install_capture, then copy_start, under the installer's lock held by
+ * the session from before the first trigger to the commit of 'copying'.
+ */
+static TenantPlan *
+copy_install_and_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext cxt,
+					   int64 *run_id, CopyTable **tables, int *ntables, bool *resumed,
+					   bool *already_copied, int64 *rows_before, TimestampTz *installed)
+{
+	TenantPlan *volatile plan = NULL;
+
+	capture_installer_lock(true);
+	PG_TRY();
+	{
+		copy_install_capture(sh, tenant, s, cxt);
+		*installed = GetCurrentTimestamp();
+		plan = copy_start(sh, tenant, s, cxt, run_id, tables, ntables, resumed,
+						  already_copied, rows_before);
+	}
+	PG_FINALLY();
+	{
+		/* a session lock outlives an aborted transaction: give it back */
+		capture_installer_lock(false);
+	}
+	PG_END_TRY();
+	return plan;
+}
+
+/*
  * Copy the tenant of sh (see copy.h): capture, the start of the run, the
  * wait for older writers, each table in committed batches, the finish.
  */
@@ -969,10 +1015,8 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	TimestampTz mark[7];			/* phase boundaries, for the DEBUG1 line at the end */
 
 	mark[0] = GetCurrentTimestamp();
-	copy_install_capture(sh, tenant, &s, cxt);
-	mark[1] = GetCurrentTimestamp();
-	plan = copy_start(sh, tenant, &s, cxt, run_id, &tables, &ntables, &resumed,
-					  &already_copied, &rows_before);
+	plan = copy_install_and_start(sh, tenant, &s, cxt, run_id, &tables, &ntables, &resumed,
+								  &already_copied, &rows_before, &mark[1]);
 
 	/*
 	 * A transaction that began before the commit above may still write

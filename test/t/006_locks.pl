@@ -305,6 +305,66 @@ FROM clinic_migrate.validate_migration('3')}),
 		0, 'tpcb-like: migrate and roll back under load') or diag($err);
 	finish_tpcb($b, 'migrate and roll back');
 }
+
+# ---- 5. writers that take the tables in both orders, while capture is installed ----
+# Half the transactions write accounts, tellers, branches; the other half branches,
+# tellers, accounts (other branches' rows: they never wait for each other). A first
+# migration installs the capture triggers. 0.7 locked every table in one transaction:
+# whichever order it asked in, a writer mid-way held a table it had not got yet and
+# wanted one it held, its lock_timeout broke the cycle, and the next attempt met the
+# same; under steady load it gave up after lock_retry_time with 55P03 (010 saw it
+# starve for 40 s behind three writers). Now each table is locked in a transaction of
+# its own, waiting for that table's writers only.
+{
+	ok( $node->poll_query_until('bench',
+			q{SELECT NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname LIKE 'clinic_migrate_capture%')}),
+		'both orders: no capture trigger is left from the moves above');
+	my $forward = "$PostgreSQL::Test::Utils::tmp_check/006_forward.sql";
+	my $backward = "$PostgreSQL::Test::Utils::tmp_check/006_backward.sql";
+	PostgreSQL::Test::Utils::append_to_file(
+		$forward, q{
+\set aid random(1, 100000)
+\set tid random(1, 10)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1;
+END;
+});
+	PostgreSQL::Test::Utils::append_to_file(
+		$backward, q{
+\set aid random(100001, 200000)
+\set tid random(11, 20)
+BEGIN;
+UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 2;
+UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = :tid;
+UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;
+END;
+});
+	my %b = (out => '', err => '');
+	$b{h} = IPC::Run::start(
+		[
+			'pgbench', '-n', '-c', '4', '-j', '2', '-T', '15', '-h', $node->host, '-p', $node->port,
+			'-U', 'bench_app', '-f', $forward, '-f', $backward, 'bench'
+		],
+		'<', \undef, '>', \$b{out}, '2>', \$b{err},
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
+	ok(tpcb_running(), 'both orders: 4 clients write');
+	my ($out, $err) = ('', '');
+	is( $node->psql('bench',
+			q{SET clinic_migrate.lock_retry_time = '8s';
+SELECT schema_name FROM clinic_migrate.migrate_tenant('4')},
+			stdout => \$out, stderr => \$err, on_error_stop => 1),
+		0, 'both orders: branch 4 migrates, its capture installed under the load') or diag($err);
+	finish_tpcb(\%b, 'both orders');
+	is( $node->safe_psql(
+			'bench', q{
+SELECT clinic_migrate.sync_now('4') >= 0;
+SELECT count(*) FILTER (WHERE match) FROM clinic_migrate.validate_migration('4');
+SELECT clinic_migrate.rollback_tenant('4')}),
+		"t\n3\nt", 'both orders: branch 4 validates and rolls back');
+}
+
 unlike(slurp_file($node->logfile), qr/deadlock detected/, 'the server log has no deadlock');
 
 $node->stop;
