@@ -26,6 +26,15 @@ int			cm_cutover_max_pause = 200;
 bool		cm_follow_ddl_on = true;
 bool		cm_shared_foreign_keys = true;
 bool		cm_keep_partitions = true;
+int			cm_capture_method = 0;
+int			cm_alert_slot_wal = 1024 * 1024;
+
+static const struct config_enum_entry capture_method_options[] = {
+	{"auto", 0, false},
+	{"trigger", 1, false},
+	{"wal", 2, false},
+	{NULL, 0, false}
+};
 int			cm_cutover_attempts = 10;
 int			cm_cutover_wait = 300;
 int			cm_archive_batch_size = 10000;
@@ -154,6 +163,17 @@ cm_settings_init(void)
 							 "Off: the copy is one plain table holding all the tenant's rows. Read when the copy is made "
 							 "(migrate_tenant passes it to its worker; a queued job takes the database's setting).",
 							 &cm_keep_partitions, true, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("clinic_migrate.capture_method",
+							 "How a moving tenant's changes are captured while it copies and syncs: auto, trigger or wal.",
+							 "wal: logical decoding through clinic_migrate's replication slot, no trigger on the shared "
+							 "tables' write path (needs wal_level = logical and a replica identity holding each table's key); "
+							 "trigger: capture triggers; auto: wal when it can. Read when a move starts.",
+							 &cm_capture_method, 0, capture_method_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.alert_slot_wal",
+							"alerts(): the replication slot of capture from the WAL keeping more WAL than this.",
+							NULL, &cm_alert_slot_wal, 1024 * 1024, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomBoolVariable("clinic_migrate.follow_ddl",
 							 "Whether ALTER TABLE, RENAME and CREATE INDEX of a shared table run again on the copies of the tenants moving.",
 							 "Off in a session: its schema changes reach the shared tables only, and the copies must be changed by hand before cutover.",
@@ -224,6 +244,7 @@ cm_current_settings(CmSettings *s)
 	s->lock_retry_time = cm_lock_retry_time;
 	s->shared_foreign_keys = cm_shared_foreign_keys;
 	s->keep_partitions = cm_keep_partitions;
+	s->capture_method = cm_capture_method;
 	strlcpy(s->archive_schema, cm_archive_schema ? cm_archive_schema : "", NAMEDATALEN);
 	strlcpy(s->registry_schema_column, cm_registry_schema_column ? cm_registry_schema_column : "",
 			NAMEDATALEN);
@@ -255,6 +276,7 @@ cm_apply_settings(const CmSettings *s)
 	SET_INT("lock_retry_time", s->lock_retry_time);
 	SET_STR("shared_foreign_keys", s->shared_foreign_keys ? "on" : "off");
 	SET_STR("keep_partitions", s->keep_partitions ? "on" : "off");
+	SET_STR("capture_method", s->capture_method == 2 ? "wal" : s->capture_method == 1 ? "trigger" : "auto");
 	SET_STR("archive_schema", s->archive_schema);
 	SET_STR("registry_schema_column", s->registry_schema_column);
 	SET_STR("registry_status_column", s->registry_status_column);

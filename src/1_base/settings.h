@@ -22,6 +22,8 @@ extern int	cm_cutover_max_lag;
 extern int	cm_cutover_max_pause;
 extern bool cm_shared_foreign_keys;
 extern bool cm_keep_partitions;
+extern int	cm_capture_method;	/* 0 auto, 1 trigger, 2 wal (decode.h) */
+extern int	cm_alert_slot_wal;	/* kB */
 extern bool cm_follow_ddl_on;
 extern int	cm_cutover_attempts;
 extern int	cm_cutover_wait;
@@ -64,6 +66,7 @@ typedef struct CmSettings
 	int			lock_retry_time;
 	bool		shared_foreign_keys;
 	bool		keep_partitions;
+	int			capture_method;
 } CmSettings;
 
 extern void cm_current_settings(CmSettings *s);

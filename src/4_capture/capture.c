@@ -85,11 +85,13 @@ typedef struct MovingTenant
 	char		schema[NAMEDATALEN];
 	Oid			schema_oid;		/* the tag of its write lock */
 	char		source_schema[NAMEDATALEN];
+	bool		wal;			/* captured from the WAL (tenants.capture_method) */
 } MovingTenant;
 
 static HTAB *moving = NULL;
 static bool moving_valid = false;
 static long moving_count = 0;	/* tenants whose shared child rows need a lookup */
+static bool moving_need_triggers = false;	/* some tenant needs the full capture triggers */
 static Oid	tenants_relid = InvalidOid;
 static bool callbacks_registered = false;
 
@@ -130,6 +132,9 @@ typedef struct CaptureTable
 } CaptureTable;
 
 static HTAB *capture_tables = NULL;
+
+/* the time a change logged from the WAL was committed; 0 from a trigger */
+static TimestampTz wal_change_at = 0;
 
 /*
  * Relcache invalidation: the set of moving tenants, or a shared table's
@@ -187,12 +192,14 @@ moving_load(void)
 				att_state,
 				att_schema,
 				att_source,
-				att_schema_oid;
+				att_schema_oid,
+				att_method;
 
 	register_callbacks();
 	/* valid from here: an invalidation during the scan makes us read again */
 	moving_valid = true;
 	moving_count = 0;
+	moving_need_triggers = false;
 	if (moving)
 		hash_destroy(moving);
 	memset(&ctl, 0, sizeof(ctl));
@@ -211,6 +218,8 @@ moving_load(void)
 	att_schema = attnameAttNum(rel, "schema_name", false);
 	att_source = attnameAttNum(rel, "source_schema", false);
 	att_schema_oid = attnameAttNum(rel, "schema_oid", false);
+	/* 0.8 on */
+	att_method = attnameAttNum(rel, "capture_method", true);
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snap, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -231,8 +240,18 @@ moving_load(void)
 		strlcpy(m->schema, NameStr(*schema), NAMEDATALEN);
 		strlcpy(m->source_schema, NameStr(*source), NAMEDATALEN);
 		m->schema_oid = schema_oid;
+		m->wal = false;
+		if (att_method != InvalidAttrNumber)
+		{
+			Datum		d = heap_getattr(tup, att_method, RelationGetDescr(rel), &isnull);
+
+			m->wal = !isnull && strcmp(TextDatumGetCString(d), "wal") == 0;
+		}
 		if (code == CM_STATE_CAPTURE || code == CM_STATE_CUT_OVER || code == CM_STATE_FINALIZING)
 			moving_count++;
+		if ((code == CM_STATE_CAPTURE && !m->wal) || code == CM_STATE_CUT_OVER ||
+			code == CM_STATE_FINALIZING)
+			moving_need_triggers = true;
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
@@ -873,8 +892,12 @@ log_insert(Relation logrel, int tenant_pos, int at_pos, const char *tenant,
 	}
 	values[tenant_pos] = CStringGetTextDatum(tenant);
 	nulls[tenant_pos] = false;
-	/* when the change was made (its transaction's start): capture lag in seconds */
-	values[at_pos] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	/*
+	 * When the change was made (its transaction's start; its commit, read
+	 * from the WAL): capture lag in seconds.
+	 */
+	values[at_pos] = TimestampTzGetDatum(wal_change_at != 0 ? wal_change_at :
+										 GetCurrentTransactionStartTimestamp());
 	nulls[at_pos] = false;
 	for (int k = 0; k < nkey; k++)
 	{
@@ -1180,6 +1203,7 @@ not_ours_refused(Trigger *trigger, const char *prefix)
 
 	if (strcmp(prefix, "clinic_migrate_capture_") == 0)
 		ours = strcmp(trigger->tgname, "clinic_migrate_capture_insert") == 0 ||
+			strcmp(trigger->tgname, "clinic_migrate_capture_tenant") == 0 ||
 			strcmp(trigger->tgname, "clinic_migrate_capture_update") == 0 ||
 			strcmp(trigger->tgname, "clinic_migrate_capture_delete") == 0;
 	else
@@ -1189,6 +1213,84 @@ not_ours_refused(Trigger *trigger, const char *prefix)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("trigger \"%s\" is not clinic_migrate's", trigger->tgname),
 				 errhint("clinic_migrate's trigger functions are for the triggers it makes itself.")));
+}
+
+/*
+ * What capture from the WAL does for one tenant a row belonged or belongs
+ * to: log the key while the tenant's changes are captured; nothing for the
+ * others (a cut-over tenant's writes were refused by the triggers, which
+ * cutover put on before its pause).  No lock: nobody waits for this.
+ */
+static bool
+wal_logs(const char *tenant)
+{
+	MovingTenant *m;
+
+	if (tenant == NULL)
+		return false;
+	m = moving_find(tenant, strlen(tenant));
+	return m != NULL && m->state == CM_STATE_CAPTURE;
+}
+
+/*
+ * A row's change, old and new images (either NULL), seen by the trigger
+ * (wal false) or in the WAL (wal true).  From the WAL, the old image holds
+ * the replica identity's columns only, and a child row's parent is looked
+ * up later than the trigger would: a row whose tenant cannot be told from
+ * them belongs to whichever moving tenant's copy has its key.
+ */
+static void
+capture_change(Relation rel, CaptureTable *ct, HeapTuple oldtup, HeapTuple newtup, bool wal)
+{
+	char	   *oldtenant = NULL;
+	char	   *newtenant = NULL;
+	bool		old_log,
+				new_log;
+
+	if (oldtup)
+		/* deleted, or its parent may be (ON DELETE SET NULL): the copies are asked too */
+		oldtenant = tuple_tenant(rel, ct, oldtup, true);
+	if (newtup)
+		newtenant = tuple_tenant(rel, ct, newtup, false);
+	if (wal)
+	{
+		if (oldtup && oldtenant == NULL)
+			oldtenant = child_tenant_by_copy(rel, ct, oldtup);
+		if (newtup && newtenant == NULL)
+			newtenant = child_tenant_by_copy(rel, ct, newtup);
+		old_log = wal_logs(oldtenant);
+		new_log = wal_logs(newtenant);
+	}
+	else
+	{
+		old_log = shared_write_allowed(rel, oldtenant);
+		/* the same tenant (most UPDATEs): the same answer, asked once */
+		if (oldtenant && newtenant && strcmp(oldtenant, newtenant) == 0)
+			new_log = old_log;
+		else
+			new_log = shared_write_allowed(rel, newtenant);
+	}
+
+	/*
+	 * Log the key the row had and the key it has now; an UPDATE that keeps
+	 * both tenant and key logs once.  Replay re-reads the row by key, so
+	 * what changed does not matter, only which keys.
+	 */
+	if (old_log)
+		log_key(rel, ct, oldtup, oldtenant);
+	if (new_log &&
+		!(old_log && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
+		log_key(rel, ct, newtup, newtenant);
+
+	/* a row that changed tenant takes the child rows under it along */
+	if (!wal && oldtup && newtup && (old_log || new_log) &&
+		(oldtenant == NULL || newtenant == NULL || strcmp(oldtenant, newtenant) != 0))
+	{
+		if (old_log)
+			log_descendants(rel, ct, newtup, oldtenant);
+		if (new_log)
+			log_descendants(rel, ct, newtup, newtenant);
+	}
 }
 
 /*
@@ -1205,10 +1307,6 @@ cm_capture(PG_FUNCTION_ARGS)
 	CaptureTable *ct;
 	HeapTuple	oldtup = NULL;
 	HeapTuple	newtup = NULL;
-	char	   *oldtenant = NULL;
-	char	   *newtenant = NULL;
-	bool		old_log,
-				new_log;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_AFTER(td->tg_event))
@@ -1223,40 +1321,68 @@ cm_capture(PG_FUNCTION_ARGS)
 
 	if (!row_images(td, &oldtup, &newtup))
 		return PointerGetDatum(NULL);
-
-	if (oldtup)
-		/* deleted, or its parent may be (ON DELETE SET NULL): the copies are asked too */
-		oldtenant = tuple_tenant(rel, ct, oldtup, true);
-	if (newtup)
-		newtenant = tuple_tenant(rel, ct, newtup, false);
-	old_log = shared_write_allowed(rel, oldtenant);
-	/* the same tenant (most UPDATEs): the same answer, asked once */
-	if (oldtenant && newtenant && strcmp(oldtenant, newtenant) == 0)
-		new_log = old_log;
-	else
-		new_log = shared_write_allowed(rel, newtenant);
-
-	/*
-	 * Log the key the row had and the key it has now; an UPDATE that keeps
-	 * both tenant and key logs once.  Replay re-reads the row by key, so
-	 * what changed does not matter, only which keys.
-	 */
-	if (old_log)
-		log_key(rel, ct, oldtup, oldtenant);
-	if (new_log &&
-		!(old_log && strcmp(oldtenant, newtenant) == 0 && same_key(rel, ct, oldtup, newtup)))
-		log_key(rel, ct, newtup, newtenant);
-
-	/* a row that changed tenant takes the child rows under it along */
-	if (oldtup && newtup && (old_log || new_log) &&
-		(oldtenant == NULL || newtenant == NULL || strcmp(oldtenant, newtenant) != 0))
-	{
-		if (old_log)
-			log_descendants(rel, ct, newtup, oldtenant);
-		if (new_log)
-			log_descendants(rel, ct, newtup, newtenant);
-	}
+	capture_change(rel, ct, oldtup, newtup, false);
 	return PointerGetDatum(NULL);
+}
+
+/* a change read from the WAL (see capture.h) */
+void
+capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup, TimestampTz committed)
+{
+	Trigger		trig;
+	char	   *args[2];
+	CaptureTable *ct;
+	AttrNumber	tatt = (cm_tenant_column && cm_tenant_column[0]) ?
+		attnameAttNum(rel, cm_tenant_column, true) : InvalidAttrNumber;
+
+	/* what the trigger's arguments would say: the log (found by table), the tenant column */
+	memset(&trig, 0, sizeof(trig));
+	trig.tgname = "clinic_migrate_capture_wal";
+	args[0] = "";
+	args[1] = tatt != InvalidAttrNumber ? cm_tenant_column : "";
+	trig.tgnargs = 2;
+	trig.tgargs = args;
+	ct = capture_table_get(rel, &trig);
+	wal_change_at = committed;
+	PG_TRY();
+	{
+		capture_change(rel, ct, oldtup, newtup, true);
+	}
+	PG_FINALLY();
+	{
+		wal_change_at = 0;
+	}
+	PG_END_TRY();
+}
+
+/* does some tenant need the full capture triggers (see capture.h)? */
+bool
+capture_full_triggers_needed(void)
+{
+	if (!moving_valid)
+		moving_load();
+	return moving_need_triggers;
+}
+
+/* is some tenant captured from the WAL (see capture.h)? */
+bool
+capture_wal_tenants_exist(void)
+{
+	HASH_SEQ_STATUS seq;
+	MovingTenant *m;
+	bool		found = false;
+
+	if (!moving_valid)
+		moving_load();
+	hash_seq_init(&seq, moving);
+	while ((m = hash_seq_search(&seq)) != NULL)
+		if (m->wal && m->state == CM_STATE_CAPTURE)
+		{
+			found = true;
+			hash_seq_term(&seq);
+			break;
+		}
+	return found;
 }
 
 /*
@@ -1515,8 +1641,8 @@ capture_fix_partitions(Oid relid)
 	ListCell   *lc;
 	Oid			guard;
 	char	   *guard_args = NULL;
-	const char *rows[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
-	"clinic_migrate_capture_delete", "clinic_migrate_capture_reverse"};
+	const char *rows[5] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+	"clinic_migrate_capture_delete", "clinic_migrate_capture_reverse", "clinic_migrate_capture_tenant"};
 	List	   *todo = NIL;
 
 	if (parts == NIL)
@@ -1548,7 +1674,7 @@ capture_fix_partitions(Oid relid)
 		/* a foreign table partition takes no TRUNCATE trigger, and has no rows here */
 		if (get_rel_relkind(part) == RELKIND_FOREIGN_TABLE)
 			continue;
-		for (int k = 0; k < 4 && !needed; k++)
+		for (int k = 0; k < 5 && !needed; k++)
 		{
 			Oid			theirs = OidIsValid(our_trigger_oid(relid, rows[k], false)) ?
 				our_trigger_oid(part, rows[k], false) : InvalidOid;
@@ -1574,7 +1700,7 @@ capture_fix_partitions(Oid relid)
 		Oid			part = lfirst_oid(lc);
 		Relation	rel = table_open(part, NoLock);
 
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 5; k++)
 		{
 			Oid			theirs = OidIsValid(our_trigger_oid(relid, rows[k], false)) ?
 				our_trigger_oid(part, rows[k], false) : InvalidOid;
@@ -1682,7 +1808,7 @@ capture_installer_lock(bool acquire)
  * that miss one are locked all at once, then get the missing ones.
  */
 static void
-install_range(TenantPlan *plan, int first, int last)
+install_range(TenantPlan *plan, int first, int last, bool full)
 {
 	Oid			nsp;
 	LOCKTAG		tag;
@@ -1708,10 +1834,11 @@ install_range(TenantPlan *plan, int first, int last)
 		List	   *lock = NIL;
 		const char *all[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
 		"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
+		const char *wal[2] = {"clinic_migrate_capture_tenant", "clinic_migrate_guard_truncate"};
 
 		for (int i = first; i < last; i++)
-			for (int k = 0; k < 4; k++)
-				if (!OidIsValid(our_trigger_oid(plan->tables[i].relid, all[k], true)))
+			for (int k = 0; k < (full ? 4 : 2); k++)
+				if (!OidIsValid(our_trigger_oid(plan->tables[i].relid, full ? all[k] : wal[k], true)))
 				{
 					lock = lappend_oid(lock, plan->tables[i].relid);
 					/* the triggers go onto its partitions too */
@@ -1753,10 +1880,46 @@ install_range(TenantPlan *plan, int first, int last)
 
 				cm_state_exec("INSERT INTO clinic_migrate.capture_logs (source_table, log_table) "
 							  "VALUES ($1, $2)", 2, types, values, NULL, 0);
+				/* the decoding plugin's list of captured tables is read again */
+				CacheInvalidateRelcacheByRelid(get_relname_relid("capture_logs", nsp));
 				CommandCounterIncrement();
 			}
 		}
-		for (int op = 0; op < 3; op++)
+		if (!full)
+		{
+			/*
+			 * From the WAL, an UPDATE's old row has the replica identity's
+			 * columns only: one that moves a row to another tenant (or a
+			 * child row to another parent) is told by this trigger, which
+			 * the executor skips unless the statement sets those columns.
+			 */
+			const char *tcol = quote_identifier(plan->tenant_column);
+			StringInfoData cols;
+
+			initStringInfo(&cols);
+			if (pt->kind == PLAN_CHILD)
+			{
+				for (int k = 0; pt->nhops > 0 && k < pt->hops[0].nkeys; k++)
+					appendStringInfo(&cols, "%s%s", k ? ", " : "",
+									 quote_identifier(get_attname(pt->relid, pt->hops[0].child_att[k], false)));
+			}
+			else
+				appendStringInfoString(&cols, tcol);
+			if (cols.len > 0)
+				create_trigger(pt->relid, "clinic_migrate_capture_tenant",
+							   psprintf("AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) "
+										"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
+										cols.data, qrel,
+										pt->kind == PLAN_CHILD ? "clinic_migrate.capturing_any()" :
+										psprintf("OLD.%s IS DISTINCT FROM NEW.%s AND "
+												 "(clinic_migrate.capturing(OLD.%s::pg_catalog.text) OR "
+												 "clinic_migrate.capturing(NEW.%s::pg_catalog.text))",
+												 tcol, tcol, tcol, tcol),
+										quote_literal_cstr(has_map ? logname : psprintf("%u", logrel)),
+										pt->kind == PLAN_CHILD ? "" : ", ",
+										pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));
+		}
+		for (int op = 0; full && op < 3; op++)
 		{
 			const char *when;
 			const char *tcol = quote_identifier(plan->tenant_column);
@@ -1786,16 +1949,16 @@ install_range(TenantPlan *plan, int first, int last)
 }
 
 void
-capture_install(TenantPlan *plan)
+capture_install(TenantPlan *plan, bool full)
 {
-	install_range(plan, 0, plan->ncopied);
+	install_range(plan, 0, plan->ncopied, full);
 }
 
 void
-capture_install_table(TenantPlan *plan, int i)
+capture_install_table(TenantPlan *plan, int i, bool full)
 {
 	Assert(i >= 0 && i < plan->ncopied);
-	install_range(plan, i, i + 1);
+	install_range(plan, i, i + 1, full);
 }
 
 void
@@ -1917,8 +2080,8 @@ capture_drop_reverse(TenantPlan *plan, const char *schema)
 int
 capture_uninstall_if_unused(void)
 {
-	const char *names[4] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
-	"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate"};
+	const char *names[5] = {"clinic_migrate_capture_insert", "clinic_migrate_capture_update",
+	"clinic_migrate_capture_delete", "clinic_migrate_guard_truncate", "clinic_migrate_capture_tenant"};
 	LOCKTAG		tag;
 	Oid			nsp;
 	List	   *tables = NIL;
@@ -1954,7 +2117,7 @@ capture_uninstall_if_unused(void)
 
 		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
 			continue;
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 5; k++)
 			if (OidIsValid(our_trigger_oid(relid, names[k], false)))
 			{
 				tables = lappend_oid(tables, relid);
@@ -1982,7 +2145,7 @@ capture_uninstall_if_unused(void)
 	{
 		Oid			relid = lfirst_oid(lc);
 
-		for (int k = 0; k < 4; k++)
+		for (int k = 0; k < 5; k++)
 			drop_our_trigger(relid, names[k]);
 		CommandCounterIncrement();
 		drop_partition_guards(relid);

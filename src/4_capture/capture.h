@@ -9,6 +9,9 @@
 
 #include "postgres.h"
 #include "plan.h"
+#include "access/htup.h"
+#include "datatype/timestamp.h"
+#include "utils/relcache.h"
 
 /*
  * A tenant's state (clinic_migrate.tenants.state) as the triggers see it:
@@ -49,7 +52,7 @@ extern Oid	capture_log_relid(Oid source);
  * lock_timeout, retried with back-off, so that it never queues the
  * application's writers behind a long transaction.
  */
-extern void capture_install(TenantPlan *plan);
+extern void capture_install(TenantPlan *plan, bool full);
 
 /*
  * The same for the one planned table at position i: its lock only.  A
@@ -57,8 +60,28 @@ extern void capture_install(TenantPlan *plan);
  * installer's lock at session level across them (capture_installer_lock),
  * so that no cleanup takes off what the tables done so far got.
  */
-extern void capture_install_table(TenantPlan *plan, int i);
+extern void capture_install_table(TenantPlan *plan, int i, bool full);
 extern void capture_installer_lock(bool acquire);
+
+/*
+ * full: the triggers that log every change (capture_method = trigger, and
+ * every tenant from its cutover on, whose writes they also pause and
+ * refuse).  Else those that capture from the WAL needs: the one that logs
+ * an UPDATE moving a row to another tenant or parent, whose old tenant the
+ * WAL does not carry, and the TRUNCATE guard.
+ */
+extern bool capture_full_triggers_needed(void);
+
+/* is some tenant's move captured from the WAL? */
+extern bool capture_wal_tenants_exist(void);
+
+/*
+ * Log a change read from the WAL (decode.c) as the trigger would have:
+ * old and new images of a row of rel (either NULL), committed then.
+ * Nothing is refused or waited for.
+ */
+extern void capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup,
+								 TimestampTz committed);
 
 /*
  * The reverse capture on a tenant's own tables (cutover installs it,

@@ -46,6 +46,8 @@
 
 #include "apply.h"
 #include "capture.h"
+#include "decode.h"
+#include "sync.h"
 #include "settings.h"
 #include "util.h"
 #include "locks.h"
@@ -653,6 +655,8 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
 
 		CHECK_FOR_INTERRUPTS();
 		report_activity(sh, NULL, "catching up");
+		/* what the WAL has of the tenant's changes, into its log first */
+		(void) cm_wal_drain();
 		/* the apply lock before the snapshot (see cm_sync_tenant_round) */
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
@@ -682,10 +686,11 @@ catch_up(CmWorkerShared *sh, const char *tenant, TenantPlan *plan)
  * of the start-up runs.  The checks that need no worker ran in the caller
  * already; they run again here, where the copy will run.
  */
-static void
+static bool
 copy_install_capture(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext cxt)
 {
 	TenantPlan *plan;
+	bool		wal;
 
 	begin_txn();
 	plan = clone_plan_for_tenant((char **) &tenant, s, cxt);
@@ -693,7 +698,34 @@ copy_install_capture(CmWorkerShared *sh, const char *tenant, CmSettings *s, Memo
 	plan_check_copyable(plan);
 	clone_check_privileges(plan, tenant);
 	clone_check_tenant_exists(plan, tenant);
+
+	/*
+	 * The capture method: a copy that resumes keeps the one it started
+	 * with (its changes so far were captured that way); a new one gets
+	 * what capture_method and the tables allow.
+	 */
+	if (capture_wal_supported())
+		cm_state_exec_tenant("SELECT capture_method FROM clinic_migrate.tenants "
+							 "WHERE tenant_id = $1 AND state IN ('copying', 'copied', 'failed') "
+							 "AND capture_method IS NOT NULL", tenant);
+	if (capture_wal_supported() && SPI_processed > 0)
+		wal = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "wal") == 0;
+	else
+		wal = capture_wal_choose(plan);
 	end_txn();
+
+	/*
+	 * From the WAL: the slot first, in a transaction that has written
+	 * nothing.  Its creation waits for the transactions running now, as
+	 * the wait for older writers below does, at most lock_retry_time.
+	 */
+	if (wal)
+	{
+		report_activity(sh, NULL, "creating the replication slot for");
+		begin_txn();
+		capture_wal_ensure_slot();
+		end_txn();
+	}
 
 	/*
 	 * A transaction each table: its lock is the only one held while it is
@@ -711,9 +743,10 @@ copy_install_capture(CmWorkerShared *sh, const char *tenant, CmSettings *s, Memo
 	for (int i = 0; i < plan->ncopied; i++)
 	{
 		begin_txn();
-		capture_install_table(plan, i);
+		capture_install_table(plan, i, !wal);
 		end_txn();
 	}
+	return wal;
 }
 
 /*
@@ -806,7 +839,7 @@ copy_load_tables(const char *tenant, TenantPlan *plan, MemoryContext cxt, int *n
 static TenantPlan *
 copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext cxt,
 		   int64 *run_id, CopyTable **tables, int *ntables, bool *resumed,
-		   bool *already_copied, int64 *rows_before)
+		   bool *already_copied, int64 *rows_before, bool wal)
 {
 	TenantPlan *plan;
 	TenantInfo	info;
@@ -839,10 +872,14 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 	 * else the shared tables' locks are held only to this commit, just
 	 * after.
 	 */
-	capture_install(plan);
+	capture_install(plan, !wal);
 	cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET state = 'copying', last_error = NULL, "
 						 "started_at = CASE WHEN state = 'copying' THEN started_at ELSE clock_timestamp() END, "
 						 "completed_at = NULL WHERE tenant_id = $1 AND state <> 'copied'",
+						 tenant);
+	if (capture_wal_supported())
+		cm_state_exec_tenant(wal ? "UPDATE clinic_migrate.tenants SET capture_method = 'wal' WHERE tenant_id = $1" :
+						 "UPDATE clinic_migrate.tenants SET capture_method = 'trigger' WHERE tenant_id = $1",
 						 tenant);
 	/* from this commit on, every backend captures the tenant's writes */
 	capture_tenants_changed();
@@ -980,10 +1017,11 @@ copy_install_and_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, Me
 	capture_installer_lock(true);
 	PG_TRY();
 	{
-		copy_install_capture(sh, tenant, s, cxt);
+		bool		wal = copy_install_capture(sh, tenant, s, cxt);
+
 		*installed = GetCurrentTimestamp();
 		plan = copy_start(sh, tenant, s, cxt, run_id, tables, ntables, resumed,
-						  already_copied, rows_before);
+						  already_copied, rows_before, wal);
 	}
 	PG_FINALLY();
 	{

@@ -63,6 +63,7 @@
 
 #include "apply.h"
 #include "capture.h"
+#include "decode.h"
 #include "settings.h"
 #include "util.h"
 #include "locks.h"
@@ -147,6 +148,7 @@ catch_up(const char *tenant, const char *schema, int max_lag, int wait_s)
 
 		check_stop(tenant);
 		pgstat_report_activity(STATE_RUNNING, activity);
+		(void) cm_wal_drain();
 		applied = cm_sync_tenant_round(tenant);
 		begin_txn();
 		lag = pending_changes(tenant);
@@ -360,6 +362,67 @@ record_attempt(const char *tenant, const char *direction, int attempt, Attempt *
 }
 
 /*
+ * A tenant captured from the WAL gets the full capture triggers before its
+ * cutover: they pause its writers while it switches, and refuse them after.
+ * Table by table, each in a transaction of its own, under the installer's
+ * lock (as copy.c installs them).  The triggers log its changes as soon as
+ * they are there, and the WAL's capture goes on meanwhile; once every
+ * transaction that began before them has ended, and the WAL is read up to
+ * then, the triggers alone carry it.
+ */
+static void
+capture_by_triggers(const char *tenant, MemoryContext cxt)
+{
+	TenantPlan *volatile plan = NULL;
+	bool		wal;
+
+	begin_txn();
+	wal = false;
+	if (capture_wal_supported())
+	{
+		cm_state_exec_tenant("SELECT 1 FROM clinic_migrate.tenants WHERE tenant_id = $1 "
+							 "AND capture_method = 'wal'", tenant);
+		wal = SPI_processed > 0;
+	}
+	if (wal)
+	{
+		CmSettings	s;
+		char	   *t = (char *) tenant;
+
+		cm_current_settings(&s);
+		plan = clone_plan_for_tenant(&t, &s, cxt);
+	}
+	end_txn();
+	if (!wal)
+		return;
+	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: installing the capture triggers before the pause");
+	capture_installer_lock(true);
+	PG_TRY();
+	{
+		for (int i = 0; i < plan->ncopied; i++)
+		{
+			begin_txn();
+			capture_install_table(plan, i, true);
+			end_txn();
+		}
+		begin_txn();
+		cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET capture_method = 'trigger' "
+							 "WHERE tenant_id = $1", tenant);
+		capture_tenants_changed();
+		end_txn();
+	}
+	PG_FINALLY();
+	{
+		capture_installer_lock(false);
+	}
+	PG_END_TRY();
+	begin_txn();
+	capture_wait_for_writers(plan);
+	end_txn();
+	(void) cm_wal_drain();
+}
+
+/*
  * Catch up, check, and pause until the switch is made or the attempts are
  * used up.  direction names it in the records (cutover, rollback, finalize).
  */
@@ -379,6 +442,8 @@ switch_tenant(CmWorkerShared *sh, const char *schema, const char *expect_state,
 	TenantPlan *plan;
 	List	   *recorded = NIL;
 
+	if (!reverse && strcmp(expect_state, "copied") == 0)
+		capture_by_triggers(tenant, cxt);
 	catch_up(tenant, schema, cm_cutover_max_lag, cm_cutover_wait);
 
 	/* the plan, read before the pause; the pause only replays and checks */

@@ -72,6 +72,7 @@
 #include "utils/syscache.h"
 
 #include "capture.h"
+#include "decode.h"
 #include "clone.h"
 #include "locks.h"
 #include "policies.h"
@@ -763,7 +764,7 @@ adopt_for_tenant(void *arg)
 		 * written after and captured.
 		 */
 		cm_owner_begin(&save);
-		capture_install(one);
+		capture_install(one, capture_full_triggers_needed());
 		if (strcmp(a->state, "copied") == 0 || strcmp(a->state, "cut_over") == 0)
 			capture_install_reverse(one, schema, a->tenant);
 		cm_role_end(&save);
@@ -2658,6 +2659,7 @@ capture_trigger_name(const char *name)
 {
 	return name && (strcmp(name, "clinic_migrate_capture_insert") == 0 ||
 					strcmp(name, "clinic_migrate_capture_update") == 0 ||
+					strcmp(name, "clinic_migrate_capture_tenant") == 0 ||
 					strcmp(name, "clinic_migrate_capture_delete") == 0 ||
 					strcmp(name, "clinic_migrate_capture_reverse") == 0 ||
 					strcmp(name, "clinic_migrate_guard_truncate") == 0);
@@ -2742,6 +2744,26 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 				 errmsg("clinic_migrate.guard_ddl() must be an event trigger")));
 	trig = (EventTriggerData *) fcinfo->context;
 	parsetree = trig->parsetree;
+	/*
+	 * DROP EXTENSION clinic_migrate: the replication slot of capture from
+	 * the WAL goes too (a slot left behind keeps WAL for ever), whatever
+	 * follow_ddl says.  Dropped now, not at commit: a failed DROP EXTENSION
+	 * leaves the tenants captured from the WAL to fail their next drain.
+	 */
+	if (parsetree && IsA(parsetree, DropStmt) &&
+		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) parsetree)->objects)
+			if (strcmp(strVal(lfirst(lc)), "clinic_migrate") == 0)
+			{
+				SPI_connect();
+				capture_wal_drop();
+				SPI_finish();
+			}
+		PG_RETURN_NULL();
+	}
 	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on || restoring())
 		PG_RETURN_NULL();
 	/* nothing to look at: no SPI, no catalog read */

@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlogdefs.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -43,6 +44,7 @@
 
 #include "apply.h"
 #include "capture.h"
+#include "decode.h"
 #include "settings.h"
 #include "util.h"
 #include "locks.h"
@@ -95,6 +97,55 @@ cm_sync_tenant_round(const char *tenant)
 	return applied;
 }
 
+int64
+cm_wal_drain(void)
+{
+	XLogRecPtr	upto;
+	int64		n = 0;
+
+	cm_begin_txn_read_committed();
+	upto = capture_wal_read(&n);
+	cm_end_txn();
+	/* the keys are committed: the slot may forget what they came from */
+	if (!XLogRecPtrIsInvalid(upto))
+	{
+		cm_begin_txn_read_committed();
+		capture_wal_confirm(upto);
+		cm_end_txn();
+	}
+	return n;
+}
+
+bool
+cm_wal_cleanup(void)
+{
+	volatile bool gone = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!capture_wal_slot_exists(NULL))
+		return true;
+	PG_TRY();
+	{
+		cm_begin_txn_read_committed();
+		gone = capture_wal_drop_if_unused();
+		cm_end_txn();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errmsg("clinic_migrate: the replication slot stays for now: %s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return gone;
+}
+
 int
 cm_capture_cleanup(void)
 {
@@ -106,6 +157,7 @@ cm_capture_cleanup(void)
 		cm_begin_txn_read_committed();
 		n = capture_uninstall_if_unused();
 		cm_end_txn();
+		(void) cm_wal_cleanup();
 	}
 	PG_CATCH();
 	{

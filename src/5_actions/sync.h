@@ -35,4 +35,13 @@ extern int64 cm_sync_tenant_round(const char *tenant);
  */
 extern int	cm_capture_cleanup(void);
 
+/*
+ * Capture from the WAL: log what the slot has (a transaction), then move
+ * the slot past it (another); the changes read.  0 without a slot.
+ */
+extern int64 cm_wal_drain(void);
+
+/* drop the slot if no tenant captures from the WAL any more; true if none is left */
+extern bool cm_wal_cleanup(void);
+
 #endif

@@ -50,6 +50,7 @@
 #include "locks.h"
 #include "runstate.h"
 #include "capture.h"
+#include "decode.h"
 #include "clone.h"
 #include "ddl.h"
 #include "copy.h"
@@ -649,6 +650,27 @@ cm_sync_worker_main(Datum main_arg)
 		PG_END_TRY();
 		if (cm_got_sigterm)
 			break;
+
+		/* capture from the WAL: the slot read into the logs, then moved on */
+		if (capture_wal_slot_exists(NULL))
+		{
+			pgstat_report_activity(STATE_RUNNING, "clinic_migrate: reading the replication slot");
+			PG_TRY();
+			{
+				(void) cm_wal_drain();
+				/* kept while a tenant needs it: keep reading it */
+				if (!cm_wal_cleanup())
+					any = true;
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				FlushErrorState();
+				AbortCurrentTransaction();
+				any = true;
+			}
+			PG_END_TRY();
+		}
 
 		foreach(lc, todo)
 		{

@@ -40,6 +40,7 @@
 #include "plan.h"
 #include "clone.h"
 #include "capture.h"
+#include "decode.h"
 #include "apply.h"
 #include "sync.h"
 #include "validate.h"
@@ -519,6 +520,16 @@ cm_sync_now(PG_FUNCTION_ARGS)
 	int64		applied;
 
 	SPI_connect();
+	/*
+	 * What the WAL has, logged in this transaction; the slot is moved past
+	 * it by the next drain that commits on its own (the sync worker's), and
+	 * reads it again meanwhile: replay takes a key twice without harm.
+	 */
+	{
+		int64		n;
+
+		(void) capture_wal_read(&n);
+	}
 	applied = cm_sync_tenant_once(tenant);
 	SPI_finish();
 	PG_RETURN_INT64(applied);

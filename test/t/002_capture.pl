@@ -305,6 +305,7 @@ SELECT EXISTS ($worker_waits)
 	$open->quit;
 	ok(finish_session($s), 't3: migrate_tenant completes once the transaction commits')
 	  or diag("stdout: $s->{stdout}\nstderr: $s->{stderr}");
+	ClinicTest::check_capture_method('copied', 't3');
 	ok( ClinicTest::poll(
 			q{SELECT capture_lag = 0 FROM clinic_migrate.status WHERE tenant_id = 't3'}),
 		't3: capture_lag reaches 0');

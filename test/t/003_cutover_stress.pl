@@ -302,6 +302,7 @@ step_under_load('migrate',
 	  SELECT schema_name, rows_copied > 0 FROM clinic_migrate.migrate_tenant('t1')});
 is(place_of('t1'), 'shared', 'migrate: t1 still lives in the shared tables');
 check_quiet('migrate', 1);
+ClinicTest::check_capture_method('copied', 'migrate');
 
 # 2. Cutover: t1's writers pause, then find tenant_t1.
 step_under_load('cutover', q{SELECT * FROM clinic_migrate.cutover('t1')});

@@ -220,6 +220,7 @@ SELECT count(*) FROM clinic_migrate.job_queue j,
      LATERAL clinic_migrate.validate_migration(j.tenant_id) v
 WHERE NOT v.match}),
 	'0', 'every table of the 20 tenants validates');
+ClinicTest::check_capture_method('copied', 'queue');
 
 # The scheduler keeps a sync worker for the copied tenants: stopped, it comes back.
 my $sync_pid = $node->safe_psql('postgres',

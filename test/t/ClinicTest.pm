@@ -65,6 +65,8 @@ sub start_clinic
 	my $n = PostgreSQL::Test::Cluster->new('main');
 	$n->init(extra => [ '--encoding=UTF8', '--no-locale' ]);
 	$n->append_conf('postgresql.conf', $opt{conf});
+	# CLINIC_CAPTURE_METHOD=wal: the same test with capture from the WAL
+	$n->append_conf('postgresql.conf', capture_conf());
 	$n->start;
 	init($n);
 	$n->safe_psql('postgres', 'CREATE EXTENSION clinic_migrate');
@@ -75,6 +77,32 @@ sub start_clinic
 		],
 		'clinic.sql generates the shared tables');
 	return $n;
+}
+
+# The capture method a test runs with (CLINIC_CAPTURE_METHOD, default trigger), and
+# the postgresql.conf lines it needs.
+sub capture_method
+{
+	return $ENV{CLINIC_CAPTURE_METHOD} // 'trigger';
+}
+
+sub capture_conf
+{
+	return "clinic_migrate.capture_method = trigger\n" if capture_method() eq 'trigger';
+	return "wal_level = logical\nmax_replication_slots = 10\nclinic_migrate.capture_method = wal\n";
+}
+
+# The tenants in a state captured the way the test runs (ok when all are).
+sub check_capture_method
+{
+	my ($state, $name) = @_;
+	is( $node->safe_psql(
+			'postgres',
+			"SELECT string_agg(DISTINCT coalesce(capture_method, '-'), ',') FROM clinic_migrate.tenants WHERE state = "
+			  . lit($state)),
+		capture_method(),
+		"$name: the tenants $state are captured by " . capture_method());
+	return;
 }
 
 # A string as an SQL literal (standard_conforming_strings is on).
