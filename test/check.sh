@@ -78,6 +78,8 @@ make_var() {
 regress_tests=()
 if [ $run_regress -eq 1 ]; then
   read -r -a regress_tests <<<"$(make_var REGRESS) $(make_var ISOLATION)"
+  # the isolation specs again, captured from the WAL (test/clinic_migrate_wal.conf)
+  for t in $(make_var ISOLATION); do regress_tests+=("${t}_wal"); done
 fi
 if [ $run_tap -eq 1 ] && [ ${#tap_files[@]} -eq 0 ]; then
   shopt -s nullglob
@@ -140,7 +142,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 tar -C "$repo" --exclude=./.git --exclude='tmp_check*' --exclude=./results \
     --exclude=./log --exclude=./regression.diffs --exclude=./regression.out \
-    --exclude=./output_iso -cf - . | tar -C "$tmp" -xf -
+    --exclude=./output_iso --exclude=./output_iso_wal -cf - . | tar -C "$tmp" -xf -
 chown -R postgres: "$tmp"
 mkdir "$logs"
 
@@ -177,6 +179,9 @@ if [ ${#regress_tests[@]} -gt 0 ]; then
   # would keep the isolation specs from running
   as_postgres_make installcheck ISOLATION= TAP_TESTS= 2>&1 | tee "$logs/regress.out" || reg_rc=$?
   as_postgres_make installcheck REGRESS= TAP_TESTS= 2>&1 | tee -a "$logs/regress.out" || reg_rc=$?
+  as_postgres_make installcheck REGRESS= TAP_TESTS= \
+    ISOLATION_OPTS="--inputdir=test --outputdir=output_iso_wal --temp-config=test/clinic_migrate_wal.conf --temp-instance=./tmp_check_iso_wal" \
+    2>&1 | tee -a "$logs/regress.out" || reg_rc=$?
   reg_ok=$(grep -cE '^(test +| +)[^ ]+ +\.\.\. +(ok|failed \(ignored\))' "$logs/regress.out" || true)
   reg_failed=$(( ${#regress_tests[@]} - reg_ok ))
   [ $reg_failed -ge 0 ] || reg_failed=0
@@ -189,10 +194,12 @@ if [ ${#regress_tests[@]} -gt 0 ]; then
     echo "== pg_regress failed (make exit status $reg_rc)"
     show_log "$tmp/regression.diffs"
     show_log "$tmp/output_iso/regression.diffs"
+    show_log "$tmp/output_iso_wal/regression.diffs"
     # no test got a result line: the harness itself failed, so show how the server did
     [ "$reg_ok" -gt 0 ] || show_log "$tmp/log/initdb.log" 200
     show_log "$tmp/log/postmaster.log" 300
     show_log "$tmp/output_iso/log/postmaster.log" 300
+    show_log "$tmp/output_iso_wal/log/postmaster.log" 300
   fi
 elif [ $run_regress -eq 1 ]; then
   echo "== pg_regress: REGRESS is empty, nothing to run"

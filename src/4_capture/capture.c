@@ -793,6 +793,8 @@ child_tenant_by_copy(Relation rel, CaptureTable *ct, HeapTuple tuple)
 	MovingTenant *m;
 	char	   *result = NULL;
 
+	if (!moving_valid)
+		moving_load();
 	if (moving_count == 0)
 		return NULL;
 	SPI_connect();
@@ -1248,16 +1250,37 @@ capture_change(Relation rel, CaptureTable *ct, HeapTuple oldtup, HeapTuple newtu
 				new_log;
 
 	if (oldtup)
-		/* deleted, or its parent may be (ON DELETE SET NULL): the copies are asked too */
-		oldtenant = tuple_tenant(rel, ct, oldtup, true);
+		/*
+		 * Deleted, or its parent may be (ON DELETE SET NULL): the copies
+		 * are asked too (from the WAL, every tenant gets it instead).
+		 */
+		oldtenant = tuple_tenant(rel, ct, oldtup, !wal);
 	if (newtup)
 		newtenant = tuple_tenant(rel, ct, newtup, false);
 	if (wal)
 	{
-		if (oldtup && oldtenant == NULL)
-			oldtenant = child_tenant_by_copy(rel, ct, oldtup);
-		if (newtup && newtenant == NULL)
-			newtenant = child_tenant_by_copy(rel, ct, newtup);
+		/*
+		 * A row the WAL does not say the tenant of: every captured tenant
+		 * gets its key.  Asking the copies which has it would race with a
+		 * copy batch or replay round inserting it under an older snapshot;
+		 * replay deletes a key that is not, or no longer, the tenant's.
+		 */
+		if ((oldtup && oldtenant == NULL) || (newtup && newtenant == NULL))
+		{
+			HASH_SEQ_STATUS seq;
+			MovingTenant *m;
+
+			hash_seq_init(&seq, moving);
+			while ((m = hash_seq_search(&seq)) != NULL)
+			{
+				if (m->state != CM_STATE_CAPTURE)
+					continue;
+				if (oldtup && oldtenant == NULL)
+					log_key(rel, ct, oldtup, m->tenant);
+				if (newtup && newtenant == NULL)
+					log_key(rel, ct, newtup, m->tenant);
+			}
+		}
 		old_log = wal_logs(oldtenant);
 		new_log = wal_logs(newtenant);
 	}
@@ -1343,6 +1366,8 @@ capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup, Timestamp
 	trig.tgnargs = 2;
 	trig.tgargs = args;
 	ct = capture_table_get(rel, &trig);
+	if (!moving_valid)
+		moving_load();
 	wal_change_at = committed;
 	PG_TRY();
 	{

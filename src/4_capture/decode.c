@@ -161,8 +161,16 @@ decode_load(void)
 		CacheRegisterRelcacheCallback(decode_invalidate, (Datum) 0);
 		decode_callback = true;
 	}
-	decode_tenants_relid = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
-	decode_logs_relid = OidIsValid(nsp) ? get_relname_relid("capture_logs", nsp) : InvalidOid;
+	{
+		Oid			t = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
+		Oid			l = OidIsValid(nsp) ? get_relname_relid("capture_logs", nsp) : InvalidOid;
+
+		/* the extension made again since: nothing cached holds */
+		if (t != decode_tenants_relid || l != decode_logs_relid)
+			decode_invalidate((Datum) 0, InvalidOid);
+		decode_tenants_relid = t;
+		decode_logs_relid = l;
+	}
 
 	if (!decode_tenants_valid)
 	{
@@ -387,6 +395,12 @@ decode_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_in
 					 errmsg("option \"%s\" of clinic_migrate's output plugin is unknown", e->defname)));
 	}
 	ctx->output_plugin_private = st;
+	/*
+	 * Read the tables again from the first change on: this backend's
+	 * caches were filled by an earlier call, at a later point of the WAL,
+	 * maybe before the extension was dropped and made again.
+	 */
+	decode_invalidate((Datum) 0, InvalidOid);
 	opt->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
 	opt->receive_rewrites = false;
 }
@@ -933,6 +947,12 @@ capture_wal_drop_if_unused(void)
 void
 capture_wal_drop(void)
 {
-	if (capture_wal_slot_exists(NULL))
-		drop_slot();
+	LOCKTAG		tag;
+
+	if (!capture_wal_slot_exists(NULL))
+		return;
+	/* a drain reading it holds it active: after it (it holds no table of ours yet) */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 4, CM_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	drop_slot();
 }

@@ -361,6 +361,20 @@ record_attempt(const char *tenant, const char *direction, int attempt, Attempt *
 				  10, types, values, nulls, 0);
 }
 
+typedef struct InstallOne
+{
+	TenantPlan *plan;
+	int			i;
+} InstallOne;
+
+static void
+install_one(void *arg)
+{
+	InstallOne *one = arg;
+
+	capture_install_table(one->plan, one->i, true);
+}
+
 /*
  * A tenant captured from the WAL gets the full capture triggers before its
  * cutover: they pause its writers while it switches, and refuse them after.
@@ -399,10 +413,37 @@ capture_by_triggers(const char *tenant, MemoryContext cxt)
 	capture_installer_lock(true);
 	PG_TRY();
 	{
+		/*
+		 * A transaction writing a table holds its trigger up: waited for as
+		 * long as the pauses would have waited for it, not lock_retry_time.
+		 */
+		long		budget_ms = (long) cm_cutover_attempts * cm_cutover_max_pause;
+		char		secs[32];
+
+		snprintf(secs, sizeof(secs), "%ld", Max((budget_ms + 999) / 1000, 1));
 		for (int i = 0; i < plan->ncopied; i++)
 		{
+			int			nest;
+			ErrorData  *failed;
+			InstallOne	one = {plan, i};
+
 			begin_txn();
-			capture_install_table(plan, i, true);
+			nest = NewGUCNestLevel();
+			(void) set_config_option("clinic_migrate.lock_retry_time", secs, PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+			failed = cm_try_in_subxact(install_one, &one);
+			if (failed && failed->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+				ReThrowError(failed);
+			if (failed)
+				ereport(ERROR,
+						(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+						 errmsg("cutover of tenant \"%s\" gave up before its pause", tenant),
+						 errdetail("Its capture triggers, put on before the pause, waited %s s for the table %s: %s",
+								   secs, cm_qualified_relname(plan->tables[i].relid),
+								   failed->detail ? failed->detail : failed->message),
+						 errhint("Nothing was switched. Long transactions writing the shared tables hold it up: "
+								 "try at a quieter time, or raise clinic_migrate.cutover_max_pause.")));
+			AtEOXact_GUC(true, nest);
 			end_txn();
 		}
 		begin_txn();

@@ -2760,6 +2760,23 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 			{
 				SPI_connect();
 				capture_wal_drop();
+				/*
+				 * And the capture logs, which are not the extension's
+				 * members (made as tenants move): left in its schema, a
+				 * new CREATE EXTENSION would count their entries.
+				 */
+				cm_state_exec("SELECT pg_catalog.format('DROP TABLE %I.%I', n.nspname, c.relname) "
+							  "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+							  "WHERE n.nspname = 'clinic_migrate' AND c.relname LIKE 'log\\_%' AND c.relkind = 'r' "
+							  "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+							  "AND d.objid = c.oid AND d.deptype = 'e')", 0, NULL, NULL, NULL, 0);
+				{
+					SPITupleTable *tt = SPI_tuptable;
+					uint64		n = SPI_processed;
+
+					for (uint64 i = 0; i < n; i++)
+						cm_state_exec(SPI_getvalue(tt->vals[i], tt->tupdesc, 1), 0, NULL, NULL, NULL, 0);
+				}
 				SPI_finish();
 			}
 		PG_RETURN_NULL();

@@ -12,6 +12,7 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+#include "utils/snapmgr.h"
 
 #include <math.h>
 
@@ -529,8 +530,12 @@ cm_sync_now(PG_FUNCTION_ARGS)
 		int64		n;
 
 		(void) capture_wal_read(&n);
+		CommandCounterIncrement();
 	}
+	/* a snapshot that sees what was just logged (the statement's is older) */
+	PushActiveSnapshot(GetTransactionSnapshot());
 	applied = cm_sync_tenant_once(tenant);
+	PopActiveSnapshot();
 	SPI_finish();
 	PG_RETURN_INT64(applied);
 }
