@@ -646,6 +646,19 @@ capture_wal_choose(TenantPlan *plan)
 	return true;
 }
 
+static int64 decode_apply_message(const char *data, int len);
+static void drop_slot(void);
+
+/* is a tenant captured from the WAL now?  (SPI connected) */
+static bool
+wal_tenants_exist(void)
+{
+	CommandCounterIncrement();
+	cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE capture_method = 'wal' "
+				  "AND state IN ('copying', 'copied', 'failed') LIMIT 1", 0, NULL, NULL, NULL, 0);
+	return SPI_processed > 0;
+}
+
 /*
  * output_plugin_libraries (a superuser setting) lists the libraries a
  * slot may be made or read with: ours, for the statement, as the
@@ -673,8 +686,23 @@ capture_wal_ensure_slot(void)
 	char		timeout[32];
 	int			nest;
 
-	if (capture_wal_slot_exists(NULL))
-		return;
+	{
+		bool		lost;
+
+		if (capture_wal_slot_exists(&lost))
+		{
+			if (!lost)
+				return;
+			/* a slot that lost WAL is of no use to anyone: made again, if nobody still counts on it */
+			if (wal_tenants_exist())
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the replication slot %s of clinic_migrate has lost WAL it needed",
+								capture_wal_slot_name()),
+						 errhint("Roll back the tenants captured from the WAL (clinic_migrate.status), then migrate again.")));
+			drop_slot();
+		}
+	}
 	values[0] = CStringGetTextDatum(capture_wal_slot_name());
 	/* it waits for the transactions running now: at most lock_retry_time */
 	nest = NewGUCNestLevel();
@@ -712,7 +740,6 @@ capture_wal_ensure_slot(void)
 	AtEOXact_GUC(true, nest);
 }
 
-static int64 decode_apply_message(const char *data, int len);
 
 
 XLogRecPtr
@@ -745,6 +772,8 @@ capture_wal_read(int64 *changes)
 					 errhint("Roll those tenants back (clinic_migrate.rollback_tenant) and migrate them again.")));
 		return InvalidXLogRecPtr;
 	}
+	if (lost && !wal_tenants_exist())
+		return InvalidXLogRecPtr;	/* nobody needs it: the cleanup drops it */
 	if (lost)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -935,10 +964,7 @@ capture_wal_drop_if_unused(void)
 	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
 		return false;
 	AcceptInvalidationMessages();
-	CommandCounterIncrement();
-	cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE capture_method = 'wal' "
-				  "AND state IN ('copying', 'copied', 'failed') LIMIT 1", 0, NULL, NULL, NULL, 0);
-	if (SPI_processed > 0)
+	if (wal_tenants_exist())
 		return false;
 	drop_slot();
 	return true;

@@ -106,6 +106,9 @@ cm_wal_drain(void)
 	cm_begin_txn_read_committed();
 	upto = capture_wal_read(&n);
 	cm_end_txn();
+	/* tests: the keys are committed, the slot not moved yet */
+	if (!XLogRecPtrIsInvalid(upto) && n > 0)
+		cm_pause_point("wal_confirm");
 	/* the keys are committed: the slot may forget what they came from */
 	if (!XLogRecPtrIsInvalid(upto))
 	{

@@ -657,10 +657,13 @@ cm_sync_worker_main(Datum main_arg)
 			pgstat_report_activity(STATE_RUNNING, "clinic_migrate: reading the replication slot");
 			PG_TRY();
 			{
-				(void) cm_wal_drain();
-				/* kept while a tenant needs it: keep reading it */
+				/* dropped first if nobody needs it (a lost slot cannot be read) */
 				if (!cm_wal_cleanup())
+				{
+					/* kept while a tenant needs it: keep reading it */
 					any = true;
+					(void) cm_wal_drain();
+				}
 			}
 			PG_CATCH();
 			{

@@ -18,9 +18,16 @@
 #              triggers off; the script waits for that)
 #   cut over   t1 migrated and cut over (its shared rows refuse writes: t2 only)
 #   finalized  t1 finalized (t2 only; nobody moves: finalize took the triggers off)
-# Prints instructions per UPDATE and the ratio to the baseline.
+# Prints instructions per UPDATE and the ratio to the baseline. Both capture methods
+# (0.8), each on a cluster of its own, one after the other: trigger (wal_level =
+# replica, the capture triggers) and wal (wal_level = logical, capture from the WAL:
+# in "capture" the shared tables have only the tenant-change trigger and the TRUNCATE
+# guard). The wal cluster's ratios are to its own baseline and, in brackets, to the
+# trigger cluster's (wal_level = replica, no extension). Also the WAL bytes an UPDATE
+# writes in each state (pg_current_wal_insert_lsn around the same UPDATEs, run by psql
+# on the started server, one transaction each).
 #
-#   sudo bash test/bench/capture_instr.sh [--updates 200] [--port 5495]
+#   sudo bash test/bench/capture_instr.sh [--updates 200] [--port 5495] [--method both|trigger|wal]
 set -euo pipefail
 
 invoked_as=("$0" "$@")
@@ -30,11 +37,15 @@ cd "$CM_ROOT"
 
 updates=200
 port=5495
+methods="trigger wal"
 while [ $# -gt 0 ]; do
   case "$1" in
     --updates) updates="${2:?}"; shift 2 ;;
     --port) port="${2:?}"; shift 2 ;;
-    -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --method)
+      case "${2:?}" in both) methods="trigger wal" ;; trigger | wal) methods="$2" ;; *) cm_die "--method: both, trigger or wal" ;; esac
+      shift 2 ;;
+    -h | --help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) cm_die "unknown argument: $1" ;;
   esac
 done
@@ -52,12 +63,23 @@ command -v valgrind >/dev/null || {
     { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends valgrind >/dev/null; }
 }
 cm_install_build
-dir="$(mktemp -d "${TMPDIR:-/tmp}/clinic_instr.XXXXXX")"
+dir=""
 cm_install_trap dir
+declare -A result
+run_method() {  # run_method trigger|wal: a cluster of its own, every state measured
+method="$1"
+dir="$(mktemp -d "${TMPDIR:-/tmp}/clinic_instr.XXXXXX")"
 cm_start_cluster "$dir" "$port"
 # no autovacuum: the pages each measurement starts from are the same every time
 # (measure() vacuums the table itself before it stops the server)
 cm_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<<"autovacuum = off"
+if [ "$method" = wal ]; then
+  cm_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<<"wal_level = logical
+max_replication_slots = 4
+clinic_migrate.capture_method = wal"
+else
+  cm_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<<"clinic_migrate.capture_method = trigger"
+fi
 cm_as_postgres "$CM_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w restart >/dev/null
 db=bench
 q() { cm_psql "$dir" "$port" "$db" "$@"; }
@@ -99,15 +121,26 @@ per_update() {  # per_update TENANT
   echo $(( (long - short) / updates ))
 }
 
-declare -A result
+# WAL bytes per UPDATE of a tenant (server started): the same UPDATEs, by psql
+wal_per_update() {  # wal_per_update TENANT
+  local a b
+  a=$(q -At -c 'SELECT pg_current_wal_insert_lsn()')
+  q -q -f "$dir/run_${1}_$((updates + 10)).sql" >/dev/null
+  b=$(q -At -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$a')::bigint")
+  echo $(( b / (updates + 10) ))
+}
+
 measure() {  # measure LABEL TENANTS...
   local label="$1" t
   shift
+  for t in "$@"; do
+    result["$method,$label,$t,wal"]=$(wal_per_update "$t")
+  done
   q -q -c 'VACUUM public.patients'
   stop
   for t in "$@"; do
-    result["$label,$t"]=$(per_update "$t")
-    cm_log "   $label $t: ${result["$label,$t"]} instructions per UPDATE"
+    result["$method,$label,$t"]=$(per_update "$t")
+    cm_log "   $method $label $t: ${result["$method,$label,$t"]} instructions, ${result["$method,$label,$t,wal"]} WAL bytes per UPDATE"
   done
   start
 }
@@ -137,26 +170,38 @@ measure cutover t2
 q -q -c "SELECT schema_name FROM clinic_migrate.finalize_tenant('t1', true)" >/dev/null
 say "after the finalize: $(q -At -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'clinic\_migrate\_%'") capture triggers left"
 measure finalized t2
+say "$method: slots left: $(q -At -c "SELECT count(*) FROM pg_replication_slots")"
+cm_stop_cluster "$dir"
+dir=""
+}
+for m in $methods; do
+  run_method "$m"
+done
 
-base_t2=${result[none,t2]}
-base_t1=${result[none,t1]}
-row() {  # row LABEL TEXT
-  local t2="${result[$1,t2]:-}" t1="${result[$1,t1]:-}" c2 c1
-  c2=$(printf '%s (%s)' "$t2" "$(echo "scale=3; $t2 / $base_t2" | bc)")
-  if [ -n "$t1" ]; then
-    c1=$(printf '%s (%s)' "$t1" "$(echo "scale=3; $t1 / $base_t1" | bc)")
-  else
-    c1="-"
-  fi
-  printf '%-58s %-22s %s\n' "$2" "$c2" "$c1"
+row() {  # row METHOD LABEL TEXT
+  local m="$1" label="$2" t c2 c1 base cell
+  cell() {  # cell TENANT
+    local v="${result[$m,$label,$1]:-}" w="${result[$m,$label,$1,wal]:-}" b ref=""
+    [ -n "$v" ] || { echo "-"; return; }
+    b="${result[$m,none,$1]}"
+    if [ "$m" = wal ] && [ -n "${result[trigger,none,$1]:-}" ]; then
+      ref=$(printf ' [%s]' "$(echo "scale=3; $v / ${result[trigger,none,$1]}" | bc)")
+    fi
+    printf '%s (%s)%s, %s B' "$v" "$(echo "scale=3; $v / $b" | bc)" "$ref" "$w"
+  }
+  printf '%-58s %-34s %s\n' "$3" "$(cell t2)" "$(cell t1)"
 }
 say ""
-say "instructions per single-row UPDATE (ratio to the first line):"
-printf '%-58s %-22s %s\n' "state" "t2 (not moving)" "t1 (the moving tenant)"
-row none "no extension created (baseline)"
-row none_aa "the same again (A/A: the instrument's error)"
-row created "extension created, nothing migrated"
-row capture "t1 copied and in sync (capture on; replay not counted)"
-row rolled "t1 rolled back: nobody moves"
-row cutover "t1 cut over"
-row finalized "t1 finalized"
+say "instructions per single-row UPDATE (ratio to the method's baseline; [to wal_level = replica, no extension]), WAL bytes per UPDATE:"
+for m in $methods; do
+  say ""
+  say "capture_method = $m$([ "$m" = wal ] && echo ", wal_level = logical" || echo ", wal_level = replica")"
+  printf '%-58s %-34s %s\n' "state" "t2 (not moving)" "t1 (the moving tenant)"
+  row "$m" none "no extension created (baseline)"
+  row "$m" none_aa "the same again (A/A: the instrument's error)"
+  row "$m" created "extension created, nothing migrated"
+  row "$m" capture "t1 copied and in sync (capture on; replay not counted)"
+  row "$m" rolled "t1 rolled back: nobody moves"
+  row "$m" cutover "t1 cut over"
+  row "$m" finalized "t1 finalized"
+done

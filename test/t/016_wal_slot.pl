@@ -1,0 +1,209 @@
+# test/t/016_wal_slot.pl: the replication slot of capture from the WAL never hurts the
+# server, and a crash never loses or doubles a change.
+# 1. A move captured from the WAL makes the slot clinic_migrate_<db OID>; the shared
+#    tables get no INSERT, UPDATE or DELETE trigger, only the tenant-change trigger and
+#    the TRUNCATE guard. The migration runs as the README's migration role (no
+#    REPLICATION attribute), the writes as an application role.
+# 2. kill -9 of the sync worker after it committed the keys it read and before it moved
+#    the slot (held at its pause point): every backend restarts, the same changes are
+#    read again, and the copy equals the shared rows.
+# 3. An immediate stop while the writes go on, then a start: the same.
+# 4. Cutover: the capture triggers go on before the pause; the slot goes once no tenant
+#    is captured from the WAL.
+# 5. A slot that lost the WAL it needed (max_slot_wal_keep_size): the next drain fails
+#    with the tenants to roll back, alerts() says so, the server goes on; rollback and a
+#    new move work.
+# 6. DROP EXTENSION drops the slot with it.
+
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use lib "$ENV{TESTDIR}/test/t";
+use ClinicTest;
+
+$ENV{CLINIC_CAPTURE_METHOD} = 'wal';
+my $node = ClinicTest::start_clinic(
+	tenants => 4,
+	rows => 8000,
+	conf => q{
+shared_preload_libraries = 'clinic_migrate'
+max_worker_processes = 16
+clinic_migrate.sync_interval = 100
+restart_after_crash = on
+max_wal_size = 64MB
+min_wal_size = 32MB
+});
+
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE app LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app;
+CREATE ROLE migrator LOGIN;
+GRANT USAGE ON SCHEMA clinic_migrate TO migrator;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA clinic_migrate TO migrator;
+GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO migrator;
+GRANT SELECT, TRIGGER ON ALL TABLES IN SCHEMA public TO migrator;
+GRANT REFERENCES ON public.tenants, public.specialties TO migrator;
+GRANT CREATE ON DATABASE postgres TO migrator;
+});
+my $slot = $node->safe_psql('postgres',
+	q{SELECT 'clinic_migrate_' || oid FROM pg_database WHERE datname = current_database()});
+
+sub app_write
+{
+	my ($tag) = @_;
+	$node->safe_psql(
+		'postgres', qq{
+INSERT INTO patients (tenant_id, first_name, last_name) SELECT 't1', 'W', '$tag ' || i FROM generate_series(1, 20) i;
+UPDATE patients SET notes = '$tag' WHERE id IN (SELECT id FROM patients WHERE tenant_id = 't1' ORDER BY id LIMIT 10);
+DELETE FROM appointment_notes WHERE id IN (SELECT n.id FROM appointment_notes n JOIN appointments a ON a.id = n.appointment_id
+                                           WHERE a.tenant_id = 't1' ORDER BY n.id LIMIT 3);
+UPDATE patients SET notes = '$tag other' WHERE id IN (SELECT id FROM patients WHERE tenant_id = 't2' ORDER BY id LIMIT 10);
+}, extra_params => [ '-U', 'app' ]);
+	return;
+}
+
+sub in_step
+{
+	my ($name) = @_;
+	# sync_now reads the slot too: changes still in the WAL are not yet in capture_lag
+	ok( ClinicTest::poll(q{SELECT clinic_migrate.sync_now('t1') >= 0 AND clinic_migrate.capture_lag('t1') = 0}),
+		"$name: every captured change of t1 is replayed");
+	is(ClinicTest::validate_mismatches('t1'), 'none of 4', "$name: t1's copy equals its shared rows");
+	return;
+}
+
+# ---- 1. the slot, and no write trigger ----
+is( $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t1')},
+		extra_params => [ '-U', 'migrator' ]),
+	0, 'the migration role migrates t1');
+ClinicTest::check_capture_method('copied', 'move');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'1', "the slot $slot is there");
+is( $node->safe_psql(
+		'postgres', q{
+SELECT string_agg(DISTINCT tgname, ', ' ORDER BY tgname) FROM pg_trigger
+WHERE tgrelid = 'public.patients'::regclass AND tgname LIKE 'clinic_migrate%'}),
+	'clinic_migrate_capture_tenant, clinic_migrate_guard_truncate',
+	'patients has the tenant-change trigger and the TRUNCATE guard, no write trigger');
+app_write('one');
+in_step('captured from the WAL');
+
+# ---- 2. kill -9 of the sync worker between its commit and the slot's move ----
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(q{SELECT pg_advisory_lock(hashtext('clinic_migrate:wal_confirm'))});
+$node->safe_psql('postgres',
+	q{ALTER SYSTEM SET clinic_migrate.pause_points = 'wal_confirm'; SELECT pg_reload_conf()});
+# a new session (and the new sync worker) has it once the postmaster has reloaded
+ClinicTest::poll(q{SELECT current_setting('clinic_migrate.pause_points') = 'wal_confirm'});
+# a new sync worker reads the setting at its start
+$node->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+ok( ClinicTest::poll(q{SELECT clinic_migrate.start_sync() IS NOT NULL}),
+	'kill: a sync worker is started again');
+app_write('two');
+ok( ClinicTest::poll(
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point wal_confirm'}),
+	'kill: the sync worker committed what it read and waits before moving the slot');
+my $pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point wal_confirm'});
+kill 'KILL', $pid;
+$holder->quit;
+ok( $node->poll_query_until('postgres', 'SELECT true'), 'kill: the server is back');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET clinic_migrate.pause_points; SELECT pg_reload_conf()});
+$node->safe_psql('postgres', q{SELECT clinic_migrate.start_sync()});
+in_step('kill -9');
+
+# ---- 3. an immediate stop while the application writes ----
+app_write('three');
+$node->stop('immediate');
+$node->start;
+$node->safe_psql('postgres', q{SELECT clinic_migrate.start_sync()});
+app_write('four');
+in_step('immediate stop');
+
+# ---- 4. cutover, and the slot goes ----
+is( $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.cutover('t1')},
+		extra_params => [ '-U', 'migrator' ]),
+	0, 'cutover of t1');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT string_agg(DISTINCT tgname, ', ' ORDER BY tgname) FROM pg_trigger
+WHERE tgrelid = 'public.patients'::regclass AND tgname LIKE 'clinic_migrate%'}),
+	'clinic_migrate_capture_delete, clinic_migrate_capture_insert, clinic_migrate_capture_tenant, '
+	  . 'clinic_migrate_capture_update, clinic_migrate_guard_truncate',
+	'cutover put the capture triggers on: they refuse t1\'s writes to the shared rows now');
+ok( ClinicTest::poll(qq{SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'no tenant is captured from the WAL: the slot is gone');
+my ($out, $err) = ('', '');
+$node->psql('postgres', q{UPDATE patients SET notes = 'refused' WHERE tenant_id = 't1'},
+	stderr => \$err, extra_params => [ '-U', 'app' ]);
+like($err, qr/tenant "t1" has moved to schema "tenant_t1"/, 'a write of t1\'s shared rows is refused');
+
+# ---- 5. a slot that lost its WAL ----
+is( $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t2')},
+		extra_params => [ '-U', 'migrator' ]),
+	0, 'lost: t2 migrates, captured from the WAL');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'; SELECT pg_reload_conf()});
+$holder = $node->background_psql('postgres');
+$holder->query_safe(q{SELECT pg_advisory_lock(hashtext('clinic_migrate:wal_confirm'))});
+$node->safe_psql('postgres',
+	q{ALTER SYSTEM SET clinic_migrate.pause_points = 'wal_confirm'; SELECT pg_reload_conf()});
+# a new session (and the new sync worker) has it once the postmaster has reloaded
+ClinicTest::poll(q{SELECT current_setting('clinic_migrate.pause_points') = 'wal_confirm'});
+$node->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+$node->safe_psql('postgres', q{SELECT clinic_migrate.start_sync()});
+$node->safe_psql('postgres', q{UPDATE patients SET notes = 'lost' WHERE tenant_id = 't2'});
+ok( ClinicTest::poll(
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point wal_confirm'}),
+	'lost: the sync worker is held before it moves the slot');
+# WAL past max_slot_wal_keep_size, and checkpoints that remove it
+for my $i (1 .. 6)
+{
+	$node->safe_psql('postgres',
+		q{CREATE TABLE IF NOT EXISTS cm_filler (x text); INSERT INTO cm_filler SELECT repeat('x', 1000) FROM generate_series(1, 2000); SELECT pg_switch_wal(); CHECKPOINT;});
+}
+ok( ClinicTest::poll(qq{SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'lost: the slot lost WAL it needed');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET clinic_migrate.pause_points; SELECT pg_reload_conf()});
+$holder->quit;
+($out, $err) = ('', '');
+$node->psql('postgres', q{SELECT clinic_migrate.sync_now('t2')}, stderr => \$err);
+like($err, qr/replication slot \S+ of clinic_migrate has lost WAL it needed/,
+	'lost: a drain fails, saying so');
+like($err, qr/HINT:  Roll those tenants back/, 'lost: with the way out');
+is($node->safe_psql('postgres', q{SELECT alert FROM clinic_migrate.alerts() WHERE alert = 'CaptureSlotLost'}),
+	'CaptureSlotLost', 'lost: alerts() says so');
+is($node->safe_psql('postgres', q{SELECT count(*) > 0 FROM patients WHERE tenant_id = 't3'}),
+	't', 'lost: the server goes on');
+is( $node->psql('postgres', q{SELECT clinic_migrate.rollback_tenant('t2')}, extra_params => [ '-U', 'migrator' ]),
+	0, 'lost: t2 rolls back');
+ok( ClinicTest::poll(qq{SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'lost: the lost slot is dropped');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET max_slot_wal_keep_size; SELECT pg_reload_conf()});
+is( $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t2')},
+		extra_params => [ '-U', 'migrator' ]),
+	0, 'lost: t2 migrates again, with a new slot');
+$node->safe_psql('postgres', q{UPDATE patients SET notes = 'after' WHERE tenant_id = 't2'});
+ok( ClinicTest::poll(q{SELECT clinic_migrate.sync_now('t2') >= 0 AND clinic_migrate.capture_lag('t2') = 0}),
+	'lost: t2 is replayed');
+is(ClinicTest::validate_mismatches('t2'), 'none of 4', "lost: t2's copy equals its shared rows");
+
+# ---- 6. DROP EXTENSION ----
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'1', 'drop: the slot is there');
+$node->safe_psql('postgres', q{DROP EXTENSION clinic_migrate CASCADE});
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'0', 'drop: DROP EXTENSION dropped the slot');
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_class WHERE relnamespace = 'clinic_migrate'::regnamespace AND relname LIKE 'log\_%'}),
+	'0', 'drop: and the capture logs');
+
+$node->stop;
+done_testing();
