@@ -1809,6 +1809,39 @@ grant_trigger_functions(Oid relid, const char *funcs)
 	CommandCounterIncrement();
 }
 
+/* has the table (or a partition of it) a BEFORE UPDATE row trigger not ours? */
+static bool
+app_before_update_triggers(Oid relid)
+{
+	List	   *rels = lcons_oid(relid, partitions_of(relid));
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, rels)
+	{
+		Relation	tgrel = table_open(TriggerRelationId, AccessShareLock);
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(lfirst_oid(lc)));
+		scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+		while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tup);
+
+			found = TRIGGER_FOR_ROW(tg->tgtype) && TRIGGER_FOR_BEFORE(tg->tgtype) &&
+				TRIGGER_FOR_UPDATE(tg->tgtype) && strncmp(NameStr(tg->tgname), "clinic_migrate_", 15) != 0;
+		}
+		systable_endscan(scan);
+		table_close(tgrel, AccessShareLock);
+		if (found)
+			break;
+	}
+	return found;
+}
+
 /* the lock that keeps two installers, or an installer and the cleanup, apart */
 static void
 installer_locktag(LOCKTAG *tag)
@@ -1921,25 +1954,43 @@ install_range(TenantPlan *plan, int first, int last, bool full)
 			const char *tcol = quote_identifier(plan->tenant_column);
 			StringInfoData cols;
 
+			StringInfoData changed;
+
 			initStringInfo(&cols);
+			initStringInfo(&changed);
 			if (pt->kind == PLAN_CHILD)
 			{
 				for (int k = 0; pt->nhops > 0 && k < pt->hops[0].nkeys; k++)
-					appendStringInfo(&cols, "%s%s", k ? ", " : "",
-									 quote_identifier(get_attname(pt->relid, pt->hops[0].child_att[k], false)));
+				{
+					const char *c = quote_identifier(get_attname(pt->relid, pt->hops[0].child_att[k], false));
+
+					appendStringInfo(&cols, "%s%s", k ? ", " : "", c);
+					appendStringInfo(&changed, "%sOLD.%s IS DISTINCT FROM NEW.%s", k ? " OR " : "", c, c);
+				}
 			}
 			else
+			{
 				appendStringInfoString(&cols, tcol);
-			if (cols.len > 0)
+				appendStringInfo(&changed, "OLD.%s IS DISTINCT FROM NEW.%s", tcol, tcol);
+			}
+
+			/*
+			 * A BEFORE UPDATE row trigger of the application's may change
+			 * those columns in a statement that does not set them, where
+			 * UPDATE OF does not fire: on such a table the WHEN alone
+			 * decides, at the price of its evaluation for every UPDATE.
+			 */
+			if (cols.len > 0 && app_before_update_triggers(pt->relid))
+				resetStringInfo(&cols);
+			if (changed.len > 0)
 				create_trigger(pt->relid, "clinic_migrate_capture_tenant",
-							   psprintf("AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) "
+							   psprintf("AFTER UPDATE%s%s ON %s FOR EACH ROW WHEN ((%s) AND %s) "
 										"EXECUTE FUNCTION clinic_migrate.capture(%s%s%s)",
-										cols.data, qrel,
+										cols.len ? " OF " : "", cols.data, qrel, changed.data,
 										pt->kind == PLAN_CHILD ? "clinic_migrate.capturing_any()" :
-										psprintf("OLD.%s IS DISTINCT FROM NEW.%s AND "
-												 "(clinic_migrate.capturing(OLD.%s::pg_catalog.text) OR "
+										psprintf("(clinic_migrate.capturing(OLD.%s::pg_catalog.text) OR "
 												 "clinic_migrate.capturing(NEW.%s::pg_catalog.text))",
-												 tcol, tcol, tcol, tcol),
+												 tcol, tcol),
 										quote_literal_cstr(has_map ? logname : psprintf("%u", logrel)),
 										pt->kind == PLAN_CHILD ? "" : ", ",
 										pt->kind == PLAN_CHILD ? "" : quote_literal_cstr(plan->tenant_column)));

@@ -10,8 +10,12 @@
 #       moving tenant's writers, without the replay of their changes competing for
 #       the same cores (the replay catches up when the sync worker starts again).
 # Prints median TPS of each and the ratios to (a).
+# --method wal (0.8): the cluster runs with wal_level = logical and capture_method =
+# wal, so (b), (c) and (e) capture from the WAL (the shared tables carry only the
+# tenant-change trigger and the TRUNCATE guard; (e) stops the sync worker, which
+# also reads the slot); (a) is the same cluster with no capture.
 #
-#   sudo bash test/bench/capture_bench.sh [--seconds 15] [--repeat 3] [--port 5497]
+#   sudo bash test/bench/capture_bench.sh [--seconds 15] [--repeat 3] [--port 5497] [--method trigger|wal]
 set -euo pipefail
 
 invoked_as=("$0" "$@")
@@ -23,13 +27,15 @@ seconds=15
 repeat=3
 port=5497
 clients=4
+method=trigger
 while [ $# -gt 0 ]; do
   case "$1" in
+    --method) method="${2:?}"; [ "$method" = trigger ] || [ "$method" = wal ] || cm_die "--method: trigger or wal"; shift 2 ;;
     --seconds) seconds="${2:?}"; shift 2 ;;
     --repeat) repeat="${2:?}"; shift 2 ;;
     --port) port="${2:?}"; shift 2 ;;
     --clients) clients="${2:?}"; shift 2 ;;
-    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) cm_die "unknown argument: $1" ;;
   esac
 done
@@ -45,6 +51,15 @@ cm_install_build
 dir="$(mktemp -d "${TMPDIR:-/tmp}/clinic_capbench.XXXXXX")"
 cm_install_trap dir
 cm_start_cluster "$dir" "$port"
+if [ "$method" = wal ]; then
+  cm_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<<"wal_level = logical
+max_replication_slots = 4
+clinic_migrate.capture_method = wal"
+else
+  cm_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null <<<"clinic_migrate.capture_method = trigger"
+fi
+cm_as_postgres "$CM_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w restart >/dev/null
+say "capture_method = $method"
 db=bench
 q() { cm_psql "$dir" "$port" "$db" "$@"; }
 cm_psql "$dir" "$port" postgres -q -c "CREATE DATABASE $db"
@@ -85,6 +100,7 @@ no_capture() {  # drop the capture triggers (and the tenant), as before any migr
   q -At -c "SELECT format('DROP TRIGGER %I ON %s', tgname, tgrelid::regclass)
             FROM pg_trigger WHERE tgname LIKE 'clinic\_migrate\_%' OR tgname = 'bench_plpgsql_log'" |
     while read -r stmt; do q -q -c "$stmt"; done
+  q -q -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active" >/dev/null
 }
 plpgsql_log() {  # no capture; a PL/pgSQL trigger logging (op, id) of every row
   no_capture

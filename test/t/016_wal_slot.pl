@@ -51,6 +51,17 @@ GRANT SELECT, TRIGGER ON ALL TABLES IN SCHEMA public TO migrator;
 GRANT REFERENCES ON public.tenants, public.specialties TO migrator;
 GRANT CREATE ON DATABASE postgres TO migrator;
 });
+# The application's BEFORE UPDATE trigger moves a patient to t2 on request: the
+# statement does not set tenant_id, so an UPDATE OF tenant_id trigger would not fire.
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION public.move_on_request() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.notes = 'move to t2' THEN NEW.tenant_id := 't2'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER patients_move BEFORE UPDATE ON public.patients FOR EACH ROW EXECUTE FUNCTION public.move_on_request();
+});
 my $slot = $node->safe_psql('postgres',
 	q{SELECT 'clinic_migrate_' || oid FROM pg_database WHERE datname = current_database()});
 
@@ -91,8 +102,22 @@ SELECT string_agg(DISTINCT tgname, ', ' ORDER BY tgname) FROM pg_trigger
 WHERE tgrelid = 'public.patients'::regclass AND tgname LIKE 'clinic_migrate%'}),
 	'clinic_migrate_capture_tenant, clinic_migrate_guard_truncate',
 	'patients has the tenant-change trigger and the TRUNCATE guard, no write trigger');
+like( $node->safe_psql('postgres',
+		q{SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'clinic_migrate_capture_tenant'
+          AND tgrelid = 'public.patients'::regclass}),
+	qr/AFTER UPDATE ON public\.patients FOR EACH ROW WHEN \(\(\(old\.tenant_id IS DISTINCT FROM new\.tenant_id\)\)/,
+	'patients has a BEFORE UPDATE trigger of its own: the tenant-change trigger is not UPDATE OF tenant_id');
 app_write('one');
+$node->safe_psql(
+	'postgres', q{
+UPDATE patients SET notes = 'move to t2'
+WHERE id = (SELECT p.id FROM patients p WHERE p.tenant_id = 't1' AND p.email IS NULL
+              AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.patient_id = p.id)
+              AND NOT EXISTS (SELECT 1 FROM patients r WHERE r.referred_by = p.id)
+            ORDER BY p.id LIMIT 1)}, extra_params => [ '-U', 'app' ]);
 in_step('captured from the WAL');
+is( $node->safe_psql('postgres', q{SELECT count(*) FROM tenant_t1.patients WHERE notes = 'move to t2'}),
+	'0', 'the patient the application\'s trigger moved to t2 left t1\'s copy');
 
 # ---- 2. kill -9 of the sync worker between its commit and the slot's move ----
 my $holder = $node->background_psql('postgres');
