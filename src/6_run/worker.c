@@ -274,6 +274,12 @@ cm_action_worker_main(Datum main_arg)
 	}
 	PG_END_TRY();
 	cm_unlock_tenant(sh->tenant, true);
+	/*
+	 * A copy that failed before its tenant was captured from the WAL may
+	 * have made the slot: nobody else might drop it (no sync worker runs).
+	 */
+	if (sh->state != CMW_DONE && sh->action == CMA_MIGRATE)
+		(void) cm_wal_cleanup();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* a copied or cut-over tenant is kept in step by the database's sync worker */

@@ -1,5 +1,7 @@
 # test/t/016_wal_slot.pl: the replication slot of capture from the WAL never hurts the
 # server, and a crash never loses or doubles a change.
+# 0. A copy that fails after it made the slot (its triggers could not lock a table)
+#    leaves no slot behind.
 # 1. A move captured from the WAL makes the slot clinic_migrate_<db OID>; the shared
 #    tables get no INSERT, UPDATE or DELETE trigger, only the tenant-change trigger and
 #    the TRUNCATE guard. The migration runs as the README's migration role (no
@@ -87,6 +89,23 @@ sub in_step
 		"$name: every captured change of t1 is replayed");
 	is(ClinicTest::validate_mismatches('t1'), 'none of 4', "$name: t1's copy equals its shared rows");
 	return;
+}
+
+# ---- 0. a copy that fails after it made the slot leaves none behind ----
+{
+	my $locker = $node->background_psql('postgres');
+	$locker->query_safe('BEGIN; LOCK TABLE public.appointments IN ACCESS EXCLUSIVE MODE');
+	my ($o, $e) = ('', '');
+	isnt( $node->psql('postgres',
+			q{SET clinic_migrate.lock_retry_time = '2s'; SELECT schema_name FROM clinic_migrate.migrate_tenant('t3')},
+			stdout => \$o, stderr => \$e),
+		0, 'failed copy: t3 cannot put its triggers on a table held by another session');
+	like($e, qr/could not lock the tables this step needs/, 'failed copy: 55P03, the lock');
+	$locker->query_safe('ROLLBACK');
+	$locker->quit;
+	ok( ClinicTest::poll(q{SELECT count(*) = 0 FROM pg_replication_slots}),
+		'failed copy: the slot it made is dropped');
+	$node->psql('postgres', q{SELECT clinic_migrate.rollback_tenant('t3')});
 }
 
 # ---- 1. the slot, and no write trigger ----
