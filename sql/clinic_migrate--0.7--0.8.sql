@@ -83,7 +83,7 @@ FROM t, j, r, todo, c;
 
 CREATE OR REPLACE FUNCTION clinic_migrate.alerts()
 RETURNS TABLE (severity text, alert text, tenant_id text, message text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT 'critical', 'MigrationFailure', j.tenant_id,
        format('job %s (%s) failed after %s attempt(s): %s', j.job_id, j.action, j.attempts, j.error)
 FROM clinic_migrate.job_queue j
@@ -120,6 +120,12 @@ SELECT 'critical', 'CaptureSlotLost', NULL,
               s.slot_name)
 FROM clinic_migrate.capture_slot s WHERE s.wal_status = 'lost'
 UNION ALL
+SELECT 'critical', 'CaptureSlotMissing', t.tenant_id,
+       'captured from the WAL, but the replication slot is gone: roll it back and migrate it again'
+FROM clinic_migrate.tenants t
+WHERE t.capture_method = 'wal' AND t.state IN ('copying', 'copied', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM clinic_migrate.capture_slot)
+UNION ALL
 SELECT 'warning', 'CaptureSlotWal', NULL,
        format('the replication slot %s keeps %s of WAL', s.slot_name, pg_size_pretty(s.retained_bytes))
 FROM clinic_migrate.capture_slot s
@@ -128,7 +134,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION clinic_migrate.metrics()
 RETURNS SETOF text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 WITH tenants AS (
     SELECT s.state, count(t.tenant_id) AS n
     FROM unnest(ARRAY['schema_created', 'copying', 'copied', 'failed', 'cut_over', 'rolling_back',
@@ -184,11 +190,12 @@ lines(n, line) AS (
 SELECT line FROM lines ORDER BY n, line
 $$;
 
--- DROP EXTENSION drops the slot too: a slot left behind keeps WAL for ever.
+-- DROP EXTENSION (or DROP SCHEMA clinic_migrate CASCADE, DROP OWNED) drops the
+-- slot too, at its commit: a slot left behind keeps WAL for ever.
 -- An event trigger's tags cannot be altered: made again, with DROP EXTENSION.
 DROP EVENT TRIGGER clinic_migrate_guard_ddl;
 CREATE EVENT TRIGGER clinic_migrate_guard_ddl ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'DROP TABLE', 'DROP TRIGGER', 'ALTER TRIGGER', 'ALTER VIEW', 'ALTER MATERIALIZED VIEW',
-                 'DROP EXTENSION')
+                 'DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION clinic_migrate.guard_ddl();
 ALTER EVENT TRIGGER clinic_migrate_guard_ddl ENABLE ALWAYS;

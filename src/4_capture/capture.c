@@ -129,6 +129,7 @@ typedef struct CaptureTable
 	Oid			fk_type[INDEX_MAX_KEYS];
 	bool		descendants_built;
 	List	   *descendants;	/* of CaptureDescendant, in cxt */
+	bool	   *wal_needed;		/* by attnum: the columns a change from the WAL must carry */
 } CaptureTable;
 
 static HTAB *capture_tables = NULL;
@@ -1269,11 +1270,20 @@ capture_change(Relation rel, CaptureTable *ct, HeapTuple oldtup, HeapTuple newtu
 		{
 			HASH_SEQ_STATUS seq;
 			MovingTenant *m;
+			char	   *base_schema = get_namespace_name(get_rel_namespace(ct->base));
+			char	   *base_name = get_rel_name(ct->base);
 
 			hash_seq_init(&seq, moving);
 			while ((m = hash_seq_search(&seq)) != NULL)
 			{
-				if (m->state != CM_STATE_CAPTURE)
+				Oid			nsp;
+
+				/* only the tenants whose copy has this table: no entry that no replay reads */
+				if (m->state != CM_STATE_CAPTURE || base_schema == NULL || base_name == NULL ||
+					strcmp(m->source_schema, base_schema) != 0)
+					continue;
+				nsp = get_namespace_oid(m->schema, true);
+				if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid(base_name, nsp)))
 					continue;
 				if (oldtup && oldtenant == NULL)
 					log_key(rel, ct, oldtup, m->tenant);
@@ -1348,24 +1358,71 @@ cm_capture(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* a change read from the WAL (see capture.h) */
-void
-capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup, TimestampTz committed)
+/* the cache entry of a table whose changes come from the WAL */
+static CaptureTable *
+wal_capture_table(Relation rel, const char *tenant_column)
 {
 	Trigger		trig;
 	char	   *args[2];
-	CaptureTable *ct;
-	AttrNumber	tatt = (cm_tenant_column && cm_tenant_column[0]) ?
-		attnameAttNum(rel, cm_tenant_column, true) : InvalidAttrNumber;
+	AttrNumber	tatt = (tenant_column && tenant_column[0]) ?
+		attnameAttNum(rel, tenant_column, true) : InvalidAttrNumber;
 
 	/* what the trigger's arguments would say: the log (found by table), the tenant column */
 	memset(&trig, 0, sizeof(trig));
 	trig.tgname = "clinic_migrate_capture_wal";
 	args[0] = "";
-	args[1] = tatt != InvalidAttrNumber ? cm_tenant_column : "";
+	args[1] = tatt > 0 ? (char *) tenant_column : "";
 	trig.tgnargs = 2;
 	trig.tgargs = args;
-	ct = capture_table_get(rel, &trig);
+	return capture_table_get(rel, &trig);
+}
+
+/* the columns a change of rel read from the WAL must carry (see capture.h) */
+bool *
+capture_wal_needed(Relation rel, const char *tenant_column)
+{
+	CaptureTable *ct = wal_capture_table(rel, tenant_column);
+	bool	   *needed;
+
+	if (ct->wal_needed)
+		return ct->wal_needed;
+	needed = MemoryContextAllocZero(ct->cxt, sizeof(bool) * (RelationGetDescr(rel)->natts + 1));
+	for (int k = 0; k < ct->nkey; k++)
+		needed[ct->key_att[k]] = true;
+	if (ct->tenant_att != InvalidAttrNumber)
+		needed[ct->tenant_att] = true;
+	else
+	{
+		/* a child row: the foreign key its tenant is found through */
+		CmRoleSave	save;
+		TenantPlan *plan;
+		PlanTable  *pt;
+
+		SPI_connect();
+		cm_owner_begin(&save);
+		plan = plan_of(rel);
+		pt = plan_find(plan, ct->base);
+		for (int k = 0; pt && pt->nhops > 0 && k < pt->hops[0].nkeys; k++)
+		{
+			AttrNumber	att = att_in(rel, pt->relid, pt->hops[0].child_att[k]);
+
+			if (att > 0 && att <= RelationGetDescr(rel)->natts)
+				needed[att] = true;
+		}
+		cm_role_end(&save);
+		SPI_finish();
+	}
+	ct->wal_needed = needed;
+	return needed;
+}
+
+/* a change read from the WAL (see capture.h) */
+void
+capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup, TimestampTz committed,
+					 const char *tenant_column)
+{
+	CaptureTable *ct = wal_capture_table(rel, tenant_column);
+
 	if (!moving_valid)
 		moving_load();
 	wal_change_at = committed;

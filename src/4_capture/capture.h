@@ -81,7 +81,14 @@ extern bool capture_wal_tenants_exist(void);
  * Nothing is refused or waited for.
  */
 extern void capture_row_from_wal(Relation rel, HeapTuple oldtup, HeapTuple newtup,
-								 TimestampTz committed);
+								 TimestampTz committed, const char *tenant_column);
+
+/*
+ * The columns (by attnum, natts + 1 entries) a change of rel read from the
+ * WAL must carry: its key, its tenant column, or a child table's foreign
+ * key to its parent.  Cached with the table's capture entry.
+ */
+extern bool *capture_wal_needed(Relation rel, const char *tenant_column);
 
 /*
  * The reverse capture on a tenant's own tables (cutover installs it,

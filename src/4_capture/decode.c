@@ -42,6 +42,7 @@
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "libpq/pqformat.h"
@@ -268,6 +269,9 @@ decode_rel(Relation rel, DecodeState *st)
 	r->captured = true;
 	r->tenant_att = (st->tenant_column && st->tenant_column[0]) ?
 		get_attnum(relid, st->tenant_column) : InvalidAttrNumber;
+	/* a system column is no tenant column */
+	if (r->tenant_att < 0)
+		r->tenant_att = InvalidAttrNumber;
 	if (r->tenant_att == InvalidAttrNumber)
 	{
 		r->all = true;
@@ -297,7 +301,7 @@ decode_rel(Relation rel, DecodeState *st)
 				strcmp(NameStr(a->attname), "_cm_at") == 0)
 				continue;
 			att = get_attnum(relid, NameStr(a->attname));
-			if (att == InvalidAttrNumber)
+			if (att <= 0)
 			{
 				/* a key column gone: let the drain's error say so, with every column */
 				r->all = true;
@@ -454,6 +458,19 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 		oldtup = &change->data.tp.oldtuple->tuple;
 	if (change->data.tp.newtuple)
 		newtup = &change->data.tp.newtuple->tuple;
+	if (action == 'D' && oldtup == NULL)
+	{
+		/*
+		 * A DELETE that logged no old row: the table lost the replica
+		 * identity its capture needs.  The drain fails rather than lose it.
+		 */
+		OutputPluginPrepareWrite(ctx, true);
+		pq_sendbyte(ctx->out, 'X');
+		pq_sendint32(ctx->out, RelationGetRelid(rel));
+		pq_sendint64(ctx->out, txn->xact_time.commit_time);
+		OutputPluginWrite(ctx, true);
+		return;
+	}
 	if (oldtup == NULL && newtup == NULL)
 		return;
 
@@ -536,6 +553,16 @@ capture_wal_slot_exists(bool *lost)
 		if (s->in_use && strcmp(NameStr(s->data.name), name) == 0)
 		{
 			found = true;
+			/* made by someone else under our name (a REPLICATION role may): not ours to read */
+			if (s->data.database != MyDatabaseId || strcmp(NameStr(s->data.plugin), "clinic_migrate") != 0)
+			{
+				LWLockRelease(ReplicationSlotControlLock);
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_OBJECT),
+						 errmsg("replication slot %s is not clinic_migrate's", name),
+						 errdetail("Its output plugin is \"%s\".", NameStr(s->data.plugin)),
+						 errhint("Drop it (pg_drop_replication_slot), or capture with triggers (capture_method = trigger).")));
+			}
 			if (lost)
 			{
 				SpinLockAcquire(&s->mutex);
@@ -620,6 +647,19 @@ capture_wal_choose(TenantPlan *plan)
 
 	if (strcmp(method, "trigger") == 0 || !capture_wal_supported())
 		return false;
+	/*
+	 * Before 15.13 an invalidation sent by a transaction reached the
+	 * decoding of transactions running at its commit only at their end:
+	 * the plugin could judge a change by the tenants as they were before.
+	 */
+	if (atoi(GetConfigOption("server_version_num", false, false)) < 150013)
+	{
+		if (strcmp(method, "wal") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("capture from the WAL needs PostgreSQL 15.13 or later")));
+		return false;
+	}
 	if (wal_level < WAL_LEVEL_LOGICAL)
 	{
 		if (strcmp(method, "wal") == 0)
@@ -646,7 +686,7 @@ capture_wal_choose(TenantPlan *plan)
 	return true;
 }
 
-static int64 decode_apply_message(const char *data, int len);
+static int64 decode_apply_message(const char *data, int len, const char *tenant_column);
 static void drop_slot(void);
 
 /* is a tenant captured from the WAL now?  (SPI connected) */
@@ -702,6 +742,18 @@ capture_wal_ensure_slot(void)
 						 errhint("Roll back the tenants captured from the WAL (clinic_migrate.status), then migrate again.")));
 			drop_slot();
 		}
+		else if (wal_tenants_exist())
+		{
+			/*
+			 * Gone while tenants count on it (a failover, a restore, a drop
+			 * by hand): a new one would not have what happened since.
+			 */
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the replication slot %s of clinic_migrate is gone", capture_wal_slot_name()),
+					 errdetail("Tenants are captured from the WAL; their changes since it went are not captured."),
+					 errhint("Roll back the tenants captured from the WAL (clinic_migrate.status), then migrate again.")));
+		}
 	}
 	values[0] = CStringGetTextDatum(capture_wal_slot_name());
 	/* it waits for the transactions running now: at most lock_retry_time */
@@ -752,7 +804,9 @@ capture_wal_read(int64 *changes)
 	Portal		portal;
 	Oid			types[3] = {TEXTOID, PG_LSNOID, TEXTOID};
 	Datum		values[3];
-	int64		n = 0;
+	volatile int64 n = 0;
+	const char *tenant_column;
+	MemoryContext msgcxt;
 
 	*changes = 0;
 	if (!capture_wal_supported())
@@ -790,6 +844,26 @@ capture_wal_read(int64 *changes)
 	 * Up to the WAL written now, flushed: a commit made with
 	 * synchronous_commit off before this drain is read by it.
 	 */
+	/*
+	 * The tenant column the captured tenants started with (a session's
+	 * setting may say another): one for all of them.
+	 */
+	CommandCounterIncrement();
+	cm_state_exec("SELECT DISTINCT tenant_column::pg_catalog.text FROM clinic_migrate.tenants "
+				  "WHERE state IN ('copying', 'copied', 'failed') AND capture_method = 'wal' "
+				  "AND tenant_column IS NOT NULL",
+				  0, NULL, NULL, NULL, 0);
+	if (SPI_processed > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tenants captured now have different tenant columns"),
+				 errhint("Capture from the WAL needs one tenant column for all the tenants that move at once: "
+						 "finish or roll back the others, or capture with triggers (capture_method = trigger).")));
+	tenant_column = SPI_processed == 1 ?
+		MemoryContextStrdup(CurTransactionContext,
+							SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)) :
+		(cm_tenant_column ? cm_tenant_column : "");
+
 	upto = GetXLogInsertRecPtr();
 	/*
 	 * The insert position skips a page's header once a record ends at the
@@ -803,7 +877,7 @@ capture_wal_read(int64 *changes)
 	upto = GetFlushRecPtr(NULL);
 	values[0] = CStringGetTextDatum(capture_wal_slot_name());
 	values[1] = LSNGetDatum(upto);
-	values[2] = CStringGetTextDatum(cm_tenant_column ? cm_tenant_column : "");
+	values[2] = CStringGetTextDatum(tenant_column);
 	cm_owner_begin(&save);
 	(void) allow_our_plugin();
 	portal = SPI_cursor_open_with_args(NULL,
@@ -811,24 +885,45 @@ capture_wal_read(int64 *changes)
 									   "$1, $2, NULL, 'tenant_column', $3)",
 									   3, types, values, NULL, true, 0);
 	cm_role_end(&save);
-	for (;;)
+	msgcxt = AllocSetContextCreate(CurrentMemoryContext, "clinic_migrate drain", ALLOCSET_DEFAULT_SIZES);
+	PG_TRY();
 	{
-		cm_owner_begin(&save);
-		(void) allow_our_plugin();
-		SPI_cursor_fetch(portal, true, 1000);
-		cm_role_end(&save);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (;;)
 		{
-			bool		isnull;
-			bytea	   *b = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			cm_owner_begin(&save);
+			(void) allow_our_plugin();
+			SPI_cursor_fetch(portal, true, 1000);
+			cm_role_end(&save);
+			if (SPI_processed == 0)
+				break;
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+				bytea	   *b = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+				MemoryContext old = MemoryContextSwitchTo(msgcxt);
 
-			n += decode_apply_message(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+				/* each change's tuples and lookups freed after it */
+				n += decode_apply_message(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), tenant_column);
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(msgcxt);
+			}
+			SPI_freetuptable(SPI_tuptable);
+			CHECK_FOR_INTERRUPTS();
 		}
-		SPI_freetuptable(SPI_tuptable);
-		CHECK_FOR_INTERRUPTS();
 	}
+	PG_CATCH();
+	{
+		/*
+		 * PostgreSQL releases a slot left acquired by an error only at the
+		 * top level: a caller that catches the error (a worker, a PL/pgSQL
+		 * EXCEPTION block around sync_now) would keep it busy for others.
+		 */
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextDelete(msgcxt);
 	SPI_cursor_close(portal);
 	*changes = n;
 	return upto;
@@ -858,9 +953,17 @@ capture_wal_confirm(XLogRecPtr upto)
 	cm_role_end(&save);
 }
 
-/* read one emitted tuple into values of rel's columns; false if a needed one is missing */
+/*
+ * One emitted tuple, as a tuple of rel: the columns in needed (by attnum),
+ * read with their base type's input function (no domain's CHECK runs: the
+ * values were committed), the others NULL.  The caller runs this as the
+ * table's owner in a security-restricted operation: a composite or array
+ * of a domain still runs the domain's code, with no more than the owner's
+ * rights.  A column not needed is not read: a type changed since (ALTER
+ * COLUMN TYPE of another column) does not matter.
+ */
 static HeapTuple
-decode_read_tuple(StringInfo in, Relation rel)
+decode_read_tuple(StringInfo in, Relation rel, const bool *needed)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum	   *values = palloc0(sizeof(Datum) * desc->natts);
@@ -871,7 +974,7 @@ decode_read_tuple(StringInfo in, Relation rel)
 		nulls[i] = true;
 	for (int i = 0; i < n; i++)
 	{
-		AttrNumber	att = pq_getmsgint(in, 2);
+		AttrNumber	att = (int16) pq_getmsgint(in, 2);
 		char		kind = pq_getmsgbyte(in);
 		int			len;
 		char	   *text;
@@ -879,19 +982,26 @@ decode_read_tuple(StringInfo in, Relation rel)
 		if (kind != 't')
 			continue;
 		len = pq_getmsgint(in, 4);
+		if (len < 0 || len > in->len - in->cursor)
+			elog(ERROR, "clinic_migrate: a change from the replication slot is malformed");
+		/* a column dropped since, or not one the log needs */
+		if (att < 1 || att > desc->natts || TupleDescAttr(desc, att - 1)->attisdropped || !needed[att])
+		{
+			in->cursor += len;
+			continue;
+		}
 		text = palloc(len + 1);
 		pq_copymsgbytes(in, text, len);
 		text[len] = '\0';
-		/* a column dropped or retyped since: not one the log needs (those are refused) */
-		if (att < 1 || att > desc->natts || TupleDescAttr(desc, att - 1)->attisdropped)
-			continue;
 		{
 			Form_pg_attribute a = TupleDescAttr(desc, att - 1);
+			int32		typmod = a->atttypmod;
+			Oid			base = getBaseTypeAndTypmod(a->atttypid, &typmod);
 			Oid			typinput;
 			Oid			typioparam;
 
-			getTypeInputInfo(a->atttypid, &typinput, &typioparam);
-			values[att - 1] = OidInputFunctionCall(typinput, text, typioparam, a->atttypmod);
+			getTypeInputInfo(base, &typinput, &typioparam);
+			values[att - 1] = OidInputFunctionCall(typinput, text, typioparam, typmod);
 			nulls[att - 1] = false;
 		}
 	}
@@ -899,7 +1009,7 @@ decode_read_tuple(StringInfo in, Relation rel)
 }
 
 static int64
-decode_apply_message(const char *data, int len)
+decode_apply_message(const char *data, int len, const char *tenant_column)
 {
 	StringInfoData in;
 	char		action;
@@ -908,6 +1018,8 @@ decode_apply_message(const char *data, int len)
 	HeapTuple	oldtup = NULL;
 	HeapTuple	newtup = NULL;
 	Relation	rel;
+	bool	   *needed;
+	CmRoleSave	save;
 
 	in.data = (char *) data;
 	in.len = len;
@@ -916,17 +1028,29 @@ decode_apply_message(const char *data, int len)
 	action = pq_getmsgbyte(&in);
 	relid = pq_getmsgint(&in, 4);
 	committed = pq_getmsgint64(&in);
+	if (action == 'X')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("a DELETE of table %s logged no key in the WAL",
+						get_rel_name(relid) ? get_rel_name(relid) : "(dropped)"),
+				 errdetail("Its replica identity was changed or dropped while tenants are captured from the WAL."),
+				 errhint("Give it back a replica identity that holds its key, then roll back the tenants "
+						 "captured from the WAL and migrate them again.")));
 	if (action != 'I' && action != 'U' && action != 'D')
 		elog(ERROR, "clinic_migrate: unknown change '%c' from the replication slot", action);
 	/* a table dropped since: its copies and log went with it */
 	rel = try_table_open(relid, AccessShareLock);
 	if (rel == NULL)
 		return 0;
+	needed = capture_wal_needed(rel, tenant_column);
+	/* whatever a column's type runs, it runs as the table's owner, restricted */
+	cm_table_owner_begin(relid, &save);
 	if (pq_getmsgbyte(&in))
-		oldtup = decode_read_tuple(&in, rel);
+		oldtup = decode_read_tuple(&in, rel, needed);
 	if (pq_getmsgbyte(&in))
-		newtup = decode_read_tuple(&in, rel);
-	capture_row_from_wal(rel, oldtup, newtup, committed);
+		newtup = decode_read_tuple(&in, rel, needed);
+	capture_row_from_wal(rel, oldtup, newtup, committed, tenant_column);
+	cm_role_end(&save);
 	table_close(rel, NoLock);
 	return 1;
 }
@@ -968,6 +1092,60 @@ capture_wal_drop_if_unused(void)
 		return false;
 	drop_slot();
 	return true;
+}
+
+/* ---- the slot dropped with the extension, at commit ---- */
+
+static bool drop_at_commit = false;
+static bool xact_callback_set = false;
+
+static void
+drop_at_commit_callback(XactEvent event, void *arg)
+{
+	char	   *name;
+	bool		exists;
+	LOCKTAG		tag;
+
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		drop_at_commit = false;
+		return;
+	}
+	if (event != XACT_EVENT_PRE_COMMIT || !drop_at_commit)
+		return;
+	drop_at_commit = false;
+	/* the command went through: is the extension gone? */
+	if (OidIsValid(get_extension_oid("clinic_migrate", true)))
+		return;
+	name = psprintf("clinic_migrate_%u", MyDatabaseId);
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	exists = false;
+	for (int i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+
+		if (s->in_use && strcmp(NameStr(s->data.name), name) == 0 &&
+			s->data.database == MyDatabaseId && strcmp(NameStr(s->data.plugin), "clinic_migrate") == 0)
+			exists = true;
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (!exists || MyReplicationSlot != NULL)
+		return;
+	/* after any drain reading it (a drain holds this lock while it reads) */
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, 4, CM_LOCK_FIELD4);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	ReplicationSlotDrop(name, false);
+}
+
+void
+capture_wal_drop_at_commit(void)
+{
+	if (!xact_callback_set)
+	{
+		RegisterXactCallback(drop_at_commit_callback, NULL);
+		xact_callback_set = true;
+	}
+	drop_at_commit = true;
 }
 
 void

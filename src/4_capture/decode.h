@@ -59,7 +59,13 @@ extern int64 capture_wal_retained(void);
 /* drop the slot when no tenant captures from the WAL; true if it is gone */
 extern bool capture_wal_drop_if_unused(void);
 
-/* drop the slot whatever it serves (DROP EXTENSION) */
+/* drop the slot whatever it serves */
 extern void capture_wal_drop(void);
+
+/*
+ * At this transaction's commit, drop the slot if the extension is gone by
+ * then (DROP EXTENSION, DROP SCHEMA ... CASCADE, DROP OWNED).
+ */
+extern void capture_wal_drop_at_commit(void);
 
 #endif

@@ -889,6 +889,8 @@ copy_start(CmWorkerShared *sh, const char *tenant, CmSettings *s, MemoryContext 
 }
 
 /* Copy one table in batches, then build its indexes; each step committed. */
+static TimestampTz last_drain = 0;
+
 static void
 copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *ct,
 		   int64 run_id, TimestampTz run_start, MemoryContext cxt)
@@ -927,6 +929,16 @@ copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 			if (!more)
 				break;
 			between_batches(sh, tenant, run_start);
+			/*
+			 * Captured from the WAL: the slot read into the log every
+			 * sync_interval, so that it keeps little WAL however long the
+			 * copy (no sync worker runs for a copying tenant).
+			 */
+			if (TimestampDifferenceExceeds(last_drain, GetCurrentTimestamp(), cm_sync_interval))
+			{
+				(void) cm_wal_drain();
+				last_drain = GetCurrentTimestamp();
+			}
 			/* batch_size may have been reloaded: child tables scale it again */
 			if (root == ct->pt)
 				root_batch = cm_batch_size;
@@ -938,6 +950,8 @@ copy_table(CmWorkerShared *sh, const char *tenant, TenantPlan *plan, CopyTable *
 		Datum		values[2];
 
 		report_activity(sh, ct, "indexing");
+		/* the deletes still in the WAL are logged first: the prune reads the log */
+		(void) cm_wal_drain();
 		begin_txn();
 		apply_prune_before_index(tenant, plan, sh->schema, ct->pt);
 		clone_finish_table(ct->pt, sh->schema);

@@ -446,21 +446,51 @@ capture_by_triggers(const char *tenant, MemoryContext cxt)
 			AtEOXact_GUC(true, nest);
 			end_txn();
 		}
+
+		/*
+		 * Every write from here on is logged by the triggers.  The ones
+		 * before: once the transactions older than the triggers have ended,
+		 * all are in the WAL up to now, and the drain logs them.  Only then
+		 * is the tenant no longer one the slot is kept for (the slot may go
+		 * at that commit): a failure before it leaves the tenant captured
+		 * from the WAL, and the next cutover does this again.
+		 */
+		begin_txn();
+		capture_wait_for_writers(plan);
+		end_txn();
+		(void) cm_wal_drain();
 		begin_txn();
 		cm_state_exec_tenant("UPDATE clinic_migrate.tenants SET capture_method = 'trigger' "
 							 "WHERE tenant_id = $1", tenant);
 		capture_tenants_changed();
 		end_txn();
+
+		/*
+		 * A table adopted meanwhile got the triggers capture from the WAL
+		 * needs: the full ones now (nothing to do for the others).  Tables
+		 * adopted from now on get the full ones (the tenant needs them).
+		 */
+		begin_txn();
+		{
+			CmSettings	s;
+			char	   *t = (char *) tenant;
+
+			cm_current_settings(&s);
+			plan = clone_plan_for_tenant(&t, &s, cxt);
+		}
+		end_txn();
+		for (int i = 0; i < plan->ncopied; i++)
+		{
+			begin_txn();
+			capture_install_table(plan, i, true);
+			end_txn();
+		}
 	}
 	PG_FINALLY();
 	{
 		capture_installer_lock(false);
 	}
 	PG_END_TRY();
-	begin_txn();
-	capture_wait_for_writers(plan);
-	end_txn();
-	(void) cm_wal_drain();
 }
 
 /*

@@ -2745,40 +2745,51 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 	trig = (EventTriggerData *) fcinfo->context;
 	parsetree = trig->parsetree;
 	/*
-	 * DROP EXTENSION clinic_migrate: the replication slot of capture from
-	 * the WAL goes too (a slot left behind keeps WAL for ever), whatever
-	 * follow_ddl says.  Dropped now, not at commit: a failed DROP EXTENSION
-	 * leaves the tenants captured from the WAL to fail their next drain.
+	 * DROP EXTENSION clinic_migrate (or of its schema, or DROP OWNED by its
+	 * owner): the replication slot of capture from the WAL goes too, a slot
+	 * left behind keeps WAL for ever.  Not now: a slot's drop is not undone
+	 * by a rollback, and this runs before the command checks its caller.
+	 * At the commit, if the extension is gone by then (capture_wal_drop_at_commit).
 	 */
-	if (parsetree && IsA(parsetree, DropStmt) &&
-		((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+	if (parsetree &&
+		((IsA(parsetree, DropStmt) &&
+		  (((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION ||
+		   ((DropStmt *) parsetree)->removeType == OBJECT_SCHEMA)) ||
+		 IsA(parsetree, DropOwnedStmt)))
 	{
-		ListCell   *lc;
+		Oid			ext = get_extension_oid("clinic_migrate", true);
 
-		foreach(lc, ((DropStmt *) parsetree)->objects)
-			if (strcmp(strVal(lfirst(lc)), "clinic_migrate") == 0)
-			{
-				SPI_connect();
-				capture_wal_drop();
-				/*
-				 * And the capture logs, which are not the extension's
-				 * members (made as tenants move): left in its schema, a
-				 * new CREATE EXTENSION would count their entries.
-				 */
-				cm_state_exec("SELECT pg_catalog.format('DROP TABLE %I.%I', n.nspname, c.relname) "
-							  "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-							  "WHERE n.nspname = 'clinic_migrate' AND c.relname LIKE 'log\\_%' AND c.relkind = 'r' "
-							  "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-							  "AND d.objid = c.oid AND d.deptype = 'e')", 0, NULL, NULL, NULL, 0);
+		capture_wal_drop_at_commit();
+
+		/*
+		 * The capture logs, which are not the extension's members (made as
+		 * tenants move): left in its schema, a new CREATE EXTENSION would
+		 * count their entries.  Dropped with the extension, by its owner.
+		 */
+		if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION &&
+			OidIsValid(ext) && pg_extension_ownercheck(ext, GetUserId()))
+		{
+			ListCell   *lc;
+
+			foreach(lc, ((DropStmt *) parsetree)->objects)
+				if (strcmp(strVal(lfirst(lc)), "clinic_migrate") == 0)
 				{
-					SPITupleTable *tt = SPI_tuptable;
-					uint64		n = SPI_processed;
+					SPI_connect();
+					cm_state_exec("SELECT pg_catalog.format('DROP TABLE %I.%I', n.nspname, c.relname) "
+								  "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+								  "WHERE n.nspname = 'clinic_migrate' AND c.relname LIKE 'log\\_%' AND c.relkind = 'r' "
+								  "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+								  "AND d.objid = c.oid AND d.deptype = 'e')", 0, NULL, NULL, NULL, 0);
+					{
+						SPITupleTable *tt = SPI_tuptable;
+						uint64		n = SPI_processed;
 
-					for (uint64 i = 0; i < n; i++)
-						cm_state_exec(SPI_getvalue(tt->vals[i], tt->tupdesc, 1), 0, NULL, NULL, NULL, 0);
+						for (uint64 i = 0; i < n; i++)
+							cm_state_exec(SPI_getvalue(tt->vals[i], tt->tupdesc, 1), 0, NULL, NULL, NULL, 0);
+					}
+					SPI_finish();
 				}
-				SPI_finish();
-			}
+		}
 		PG_RETURN_NULL();
 	}
 	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on || restoring())

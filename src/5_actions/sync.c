@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "access/xlogdefs.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -106,6 +107,13 @@ cm_wal_drain(void)
 	cm_begin_txn_read_committed();
 	upto = capture_wal_read(&n);
 	cm_end_txn();
+	/*
+	 * The keys must be on disk before the slot forgets them: this worker
+	 * may commit with synchronous_commit off, and the slot's new position
+	 * is saved at once.
+	 */
+	if (!XLogRecPtrIsInvalid(upto) && n > 0)
+		XLogFlush(XactLastCommitEnd);
 	/* tests: the keys are committed, the slot not moved yet */
 	if (!XLogRecPtrIsInvalid(upto) && n > 0)
 		cm_pause_point("wal_confirm");

@@ -278,8 +278,11 @@ cm_action_worker_main(Datum main_arg)
 	 * A copy that failed before its tenant was captured from the WAL may
 	 * have made the slot: nobody else might drop it (no sync worker runs).
 	 */
-	if (sh->state != CMW_DONE && sh->action == CMA_MIGRATE)
-		(void) cm_wal_cleanup();
+	if (sh->state != CMW_DONE && sh->action == CMA_MIGRATE && !cm_wal_cleanup())
+	{
+		/* kept for a tenant that failed with its capture on: someone must read it */
+		(void) cm_start_sync_worker();
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* a copied or cut-over tenant is kept in step by the database's sync worker */
@@ -657,19 +660,19 @@ cm_sync_worker_main(Datum main_arg)
 		if (cm_got_sigterm)
 			break;
 
-		/* capture from the WAL: the slot read into the logs, then moved on */
-		if (capture_wal_slot_exists(NULL))
+		/*
+		 * Capture from the WAL: the slot read into the logs, then moved on;
+		 * a slot missing while tenants count on it fails the drain (and
+		 * alerts() says so).
+		 */
 		{
 			pgstat_report_activity(STATE_RUNNING, "clinic_migrate: reading the replication slot");
 			PG_TRY();
 			{
 				/* dropped first if nobody needs it (a lost slot cannot be read) */
 				if (!cm_wal_cleanup())
-				{
-					/* kept while a tenant needs it: keep reading it */
-					any = true;
-					(void) cm_wal_drain();
-				}
+					any = true;	/* kept while a tenant needs it: keep reading it */
+				(void) cm_wal_drain();
 			}
 			PG_CATCH();
 			{

@@ -94,7 +94,7 @@ sub in_step
 # ---- 0. a copy that fails after it made the slot leaves none behind ----
 {
 	my $locker = $node->background_psql('postgres');
-	$locker->query_safe('BEGIN; LOCK TABLE public.appointments IN ACCESS EXCLUSIVE MODE');
+	$locker->query_safe('BEGIN; LOCK TABLE public.appointments IN ROW EXCLUSIVE MODE');
 	my ($o, $e) = ('', '');
 	isnt( $node->psql('postgres',
 			q{SET clinic_migrate.lock_retry_time = '2s'; SELECT schema_name FROM clinic_migrate.migrate_tenant('t3')},
@@ -124,13 +124,13 @@ WHERE tgrelid = 'public.patients'::regclass AND tgname LIKE 'clinic_migrate%'}),
 like( $node->safe_psql('postgres',
 		q{SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'clinic_migrate_capture_tenant'
           AND tgrelid = 'public.patients'::regclass}),
-	qr/AFTER UPDATE ON public\.patients FOR EACH ROW WHEN \(\(\(old\.tenant_id IS DISTINCT FROM new\.tenant_id\)\)/,
+	qr/AFTER UPDATE ON public\.patients FOR EACH ROW WHEN \(\(\(old\.tenant_id IS DISTINCT FROM new\.tenant_id\) AND /,
 	'patients has a BEFORE UPDATE trigger of its own: the tenant-change trigger is not UPDATE OF tenant_id');
 app_write('one');
 $node->safe_psql(
 	'postgres', q{
 UPDATE patients SET notes = 'move to t2'
-WHERE id = (SELECT p.id FROM patients p WHERE p.tenant_id = 't1' AND p.email IS NULL
+WHERE id = (SELECT p.id FROM patients p WHERE p.tenant_id = 't1' AND p.email IS NULL AND p.referred_by IS NULL
               AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.patient_id = p.id)
               AND NOT EXISTS (SELECT 1 FROM patients r WHERE r.referred_by = p.id)
             ORDER BY p.id LIMIT 1)}, extra_params => [ '-U', 'app' ]);
