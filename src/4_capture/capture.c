@@ -2094,6 +2094,52 @@ capture_install_table(TenantPlan *plan, int i, bool full)
 	install_range(plan, i, i + 1, full);
 }
 
+/* (see capture.h) */
+void
+capture_recheck_tenant_trigger(Oid relid)
+{
+	Relation	rel;
+	Oid			base;
+	Oid			trig;
+	bool		has_of;
+
+	rel = try_table_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return;
+	base = base_relid(rel);
+	table_close(rel, AccessShareLock);
+	trig = our_trigger_oid(base, "clinic_migrate_capture_tenant", false);
+	if (!OidIsValid(trig))
+		return;
+	{
+		HeapTuple	tup = trigger_row(trig);
+
+		has_of = ((Form_pg_trigger) GETSTRUCT(tup))->tgattr.dim1 > 0;
+		heap_freetuple(tup);
+	}
+	if (!has_of || !app_before_update_triggers(base))
+		return;
+	/* made again, without UPDATE OF, as install_range makes it now */
+	{
+		CmRoleSave	save;
+		TenantPlan *plan;
+
+		LockRelationOid(base, AccessExclusiveLock);
+		drop_our_trigger(base, "clinic_migrate_capture_tenant");
+		CommandCounterIncrement();
+		SPI_connect();
+		cm_owner_begin(&save);
+		rel = table_open(base, AccessShareLock);
+		plan = plan_of(rel);
+		table_close(rel, AccessShareLock);
+		cm_role_end(&save);
+		for (int i = 0; i < plan->ncopied; i++)
+			if (plan->tables[i].relid == base)
+				install_range(plan, i, i + 1, false);
+		SPI_finish();
+	}
+}
+
 void
 capture_install_reverse(TenantPlan *plan, const char *schema, const char *tenant)
 {

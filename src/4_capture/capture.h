@@ -72,6 +72,14 @@ extern void capture_installer_lock(bool acquire);
  */
 extern bool capture_full_triggers_needed(void);
 
+/*
+ * After a trigger was made on a captured table (or a partition of one): a
+ * BEFORE UPDATE row trigger of the application's may change the tenant
+ * column in a statement that does not set it, which UPDATE OF misses:
+ * the tenant-change trigger is made again without it.
+ */
+extern void capture_recheck_tenant_trigger(Oid relid);
+
 /* is some tenant's move captured from the WAL? */
 extern bool capture_wal_tenants_exist(void);
 

@@ -51,6 +51,7 @@
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
+#include "catalog/pg_trigger.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -2236,6 +2237,9 @@ follow_trigger(CreateTrigStmt *stmt, const char *query)
 		strncmp(stmt->trigname, "clinic_migrate_", 15) == 0)
 		return;
 	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (OidIsValid(relid) && stmt->row && stmt->timing == TRIGGER_TYPE_BEFORE &&
+		(stmt->events & TRIGGER_TYPE_UPDATE))
+		capture_recheck_tenant_trigger(relid);
 	copies = copies_of(relid);
 	foreach(lc, copies)
 	{

@@ -126,6 +126,22 @@ like( $node->safe_psql('postgres',
           AND tgrelid = 'public.patients'::regclass}),
 	qr/AFTER UPDATE ON public\.patients FOR EACH ROW WHEN \(\(\(old\.tenant_id IS DISTINCT FROM new\.tenant_id\) AND /,
 	'patients has a BEFORE UPDATE trigger of its own: the tenant-change trigger is not UPDATE OF tenant_id');
+like( $node->safe_psql('postgres',
+		q{SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'clinic_migrate_capture_tenant'
+          AND tgrelid = 'public.appointments'::regclass}),
+	qr/AFTER UPDATE OF tenant_id ON public\.appointments /,
+	'appointments has no BEFORE UPDATE trigger: its tenant-change trigger is UPDATE OF tenant_id');
+# one made during the move: the tenant-change trigger is made again without OF
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER appointments_touch BEFORE UPDATE ON public.appointments FOR EACH ROW EXECUTE FUNCTION public.touch();
+});
+like( $node->safe_psql('postgres',
+		q{SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = 'clinic_migrate_capture_tenant'
+          AND tgrelid = 'public.appointments'::regclass}),
+	qr/AFTER UPDATE ON public\.appointments /,
+	'a BEFORE UPDATE trigger made during the move: the tenant-change trigger is no longer UPDATE OF');
 app_write('one');
 $node->safe_psql(
 	'postgres', q{
