@@ -468,6 +468,7 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 		pq_sendbyte(ctx->out, 'X');
 		pq_sendint32(ctx->out, RelationGetRelid(rel));
 		pq_sendint64(ctx->out, txn->xact_time.commit_time);
+		pq_sendint64(ctx->out, txn->end_lsn);
 		OutputPluginWrite(ctx, true);
 		return;
 	}
@@ -489,6 +490,7 @@ decode_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 		pq_sendbyte(ctx->out, action);
 		pq_sendint32(ctx->out, RelationGetRelid(rel));
 		pq_sendint64(ctx->out, txn->xact_time.commit_time);
+		pq_sendint64(ctx->out, txn->end_lsn);
 		pq_sendbyte(ctx->out, oldtup ? 1 : 0);
 		if (oldtup)
 			decode_write_tuple(ctx->out, rel, r, oldtup);
@@ -686,7 +688,8 @@ capture_wal_choose(TenantPlan *plan)
 	return true;
 }
 
-static int64 decode_apply_message(const char *data, int len, const char *tenant_column);
+static int64 decode_apply_message(const char *data, int len, const char *tenant_column,
+								  XLogRecPtr skip_upto);
 static void drop_slot(void);
 
 /* is a tenant captured from the WAL now?  (SPI connected) */
@@ -795,7 +798,7 @@ capture_wal_ensure_slot(void)
 
 
 XLogRecPtr
-capture_wal_read(int64 *changes)
+capture_wal_read(int64 *changes, XLogRecPtr skip_upto)
 {
 	CmRoleSave	save;
 	XLogRecPtr	upto;
@@ -903,7 +906,7 @@ capture_wal_read(int64 *changes)
 				MemoryContext old = MemoryContextSwitchTo(msgcxt);
 
 				/* each change's tuples and lookups freed after it */
-				n += decode_apply_message(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), tenant_column);
+				n += decode_apply_message(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), tenant_column, skip_upto);
 				MemoryContextSwitchTo(old);
 				MemoryContextReset(msgcxt);
 			}
@@ -1009,8 +1012,9 @@ decode_read_tuple(StringInfo in, Relation rel, const bool *needed)
 }
 
 static int64
-decode_apply_message(const char *data, int len, const char *tenant_column)
+decode_apply_message(const char *data, int len, const char *tenant_column, XLogRecPtr skip_upto)
 {
+	XLogRecPtr	end_lsn;
 	StringInfoData in;
 	char		action;
 	Oid			relid;
@@ -1028,6 +1032,10 @@ decode_apply_message(const char *data, int len, const char *tenant_column)
 	action = pq_getmsgbyte(&in);
 	relid = pq_getmsgint(&in, 4);
 	committed = pq_getmsgint64(&in);
+	end_lsn = pq_getmsgint64(&in);
+	/* read already by this session's earlier call, in this transaction (sync_now) */
+	if (end_lsn <= skip_upto)
+		return 0;
 	if (action == 'X')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -48,9 +48,11 @@ extern void capture_wal_ensure_slot(void);
  * capture's triggers would have), in the current transaction, which the
  * caller commits; returns the position to confirm after that commit with
  * capture_wal_confirm, or InvalidXLogRecPtr when there is no slot.  One
- * drain at a time in the database (the others wait).
+ * drain at a time in the database (the others wait).  Transactions that
+ * committed at or before skip_upto are passed over (read already by the
+ * same transaction: sync_now).
  */
-extern XLogRecPtr capture_wal_read(int64 *changes);
+extern XLogRecPtr capture_wal_read(int64 *changes, XLogRecPtr skip_upto);
 extern void capture_wal_confirm(XLogRecPtr upto);
 
 /* bytes of WAL the slot keeps (-1: no slot) */

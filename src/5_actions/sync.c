@@ -105,7 +105,7 @@ cm_wal_drain(void)
 	int64		n = 0;
 
 	cm_begin_txn_read_committed();
-	upto = capture_wal_read(&n);
+	upto = capture_wal_read(&n, InvalidXLogRecPtr);
 	cm_end_txn();
 	/*
 	 * The keys must be on disk before the slot forgets them: this worker

@@ -12,6 +12,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+#include "access/transam.h"
+#include "access/xlog.h"
 #include "utils/snapmgr.h"
 
 #include <math.h>
@@ -513,6 +515,10 @@ cm_rollback_tenant(PG_FUNCTION_ARGS)
  * in whichever direction the tenant's state calls for.  Returns the keys
  * applied.
  */
+/* what this session's last sync_now read from the slot, and in which transaction */
+static TransactionId sync_now_xid = InvalidTransactionId;
+static XLogRecPtr sync_now_upto = InvalidXLogRecPtr;
+
 PG_FUNCTION_INFO_V1(cm_sync_now);
 Datum
 cm_sync_now(PG_FUNCTION_ARGS)
@@ -522,14 +528,39 @@ cm_sync_now(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	/*
-	 * What the WAL has, logged in this transaction; the slot is moved past
-	 * it by the next drain that commits on its own (the sync worker's), and
-	 * reads it again meanwhile: replay takes a key twice without harm.
+	 * What the WAL has, logged in this transaction.  The slot cannot be
+	 * moved past it before this transaction commits: the next call does
+	 * that once it has (or the sync worker's next drain).  Until then a
+	 * call reads it again, and one in the same transaction passes over
+	 * what an earlier one logged.
 	 */
 	{
 		int64		n;
+		TransactionId me = GetTopTransactionIdIfAny();
 
-		(void) capture_wal_read(&n);
+		if (TransactionIdIsValid(sync_now_xid) && sync_now_xid != me &&
+			TransactionIdDidCommit(sync_now_xid))
+		{
+			/* the keys an earlier call logged are committed: on disk, then the slot moves */
+			XLogFlush(XactLastCommitEnd);
+			capture_wal_confirm(sync_now_upto);
+		}
+		if (!TransactionIdIsValid(sync_now_xid) || sync_now_xid != me)
+		{
+			sync_now_xid = InvalidTransactionId;
+			sync_now_upto = InvalidXLogRecPtr;
+		}
+		{
+			XLogRecPtr	upto = capture_wal_read(&n, sync_now_xid == me ? sync_now_upto : InvalidXLogRecPtr);
+
+			if (!XLogRecPtrIsInvalid(upto) && n == 0 && !TransactionIdIsValid(sync_now_xid))
+				capture_wal_confirm(upto);	/* nothing logged: nothing to wait for */
+			else if (!XLogRecPtrIsInvalid(upto))
+			{
+				sync_now_xid = GetTopTransactionId();
+				sync_now_upto = upto;
+			}
+		}
 		CommandCounterIncrement();
 	}
 	/* a snapshot that sees what was just logged (the statement's is older) */
