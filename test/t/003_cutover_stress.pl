@@ -271,8 +271,7 @@ sub step_under_load
 sub check_quiet
 {
 	my ($name, $compare_t1) = @_;
-	ok(ClinicTest::poll(q{SELECT coalesce(sum(capture_lag), 0) = 0 FROM clinic_migrate.status}),
-		"$name: nothing pending replay");
+	ok(ClinicTest::wait_replayed(), "$name: nothing pending replay");
 	if ($compare_t1)
 	{
 		my $q = ClinicTest::comparison_query('t1', 'shared', 'tenant_t1');

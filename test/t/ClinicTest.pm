@@ -105,6 +105,18 @@ sub check_capture_method
 	return;
 }
 
+# True once every change made so far is replayed: captured from the WAL, the slot read
+# past the WAL written by now (capture_lag counts what has been read from the slot
+# only; no slot: nothing to wait for); then, in a later query (whose snapshot sees what
+# that read logged), nothing logged and not replayed.
+sub wait_replayed
+{
+	my $lsn = $node->safe_psql('postgres', 'SELECT pg_current_wal_flush_lsn()');
+	return poll(qq{SELECT coalesce((SELECT bool_and(confirmed_flush_lsn >= '$lsn') FROM pg_replication_slots
+                                WHERE slot_name LIKE 'clinic\\_migrate\\_%'), true)})
+	  && poll(q{SELECT coalesce(sum(capture_lag), 0) = 0 FROM clinic_migrate.status});
+}
+
 # A string as an SQL literal (standard_conforming_strings is on).
 sub lit
 {
