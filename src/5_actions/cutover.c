@@ -646,6 +646,14 @@ cm_cutover_tenant(CmWorkerShared *sh, int64 *run_id)
 	/* 1. the reverse capture (refusing writes until the switch), shared sequences */
 	pgstat_report_activity(STATE_RUNNING, "clinic_migrate: preparing the cutover");
 	begin_txn();
+	/*
+	 * No replay round of the tenant meanwhile: a round holding one of its
+	 * tables and waiting for another that the reverse capture below has
+	 * locked, while the sequences' ALTER TABLE waits for the first, timed
+	 * out attempt after attempt for lock_retry_time (010, once).  Rounds
+	 * take this lock before any table.
+	 */
+	(void) cm_lock_tenant_kind(tenant, CM_LOCK_APPLY, true, false);
 	load_tenant(tenant, &info);
 	ddl_adopt_missing(tenant, info.state, info.schema_oid);
 	/* what it made is seen by the lookups below (the foreign keys it added) */

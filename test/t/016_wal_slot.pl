@@ -15,6 +15,9 @@
 # 5. A slot that lost the WAL it needed (max_slot_wal_keep_size): the next drain fails
 #    with the tenants to roll back, alerts() says so, the server goes on; rollback and a
 #    new move work.
+# 5b. A table owner's domain CHECK on its key is not run by the drain (it would run as
+#    the sync worker, a superuser); DROP EXTENSION by a role that does not own it
+#    leaves the slot.
 # 6. DROP EXTENSION drops the slot with it.
 
 use strict;
@@ -64,6 +67,34 @@ BEGIN
 END $$;
 CREATE TRIGGER patients_move BEFORE UPDATE ON public.patients FOR EACH ROW EXECUTE FUNCTION public.move_on_request();
 });
+# A table owner who would be superuser: its key is a domain whose CHECK, run by a
+# superuser, makes it one. The drain reads keys from the WAL (0.8 as first written ran
+# the domain's input as the sync worker, a superuser).
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE evil LOGIN;
+CREATE SCHEMA evil AUTHORIZATION evil;
+SET ROLE evil;
+CREATE FUNCTION evil.promote(x bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        EXECUTE 'ALTER ROLE evil SUPERUSER';
+    END IF;
+    RETURN true;
+EXCEPTION WHEN others THEN RETURN true;
+END $$;
+CREATE DOMAIN evil.key AS bigint CHECK (evil.promote(VALUE));
+RESET ROLE;
+CREATE TABLE public.evil_items (id evil.key PRIMARY KEY, tenant_id text NOT NULL REFERENCES public.tenants, v text);
+ALTER TABLE public.evil_items OWNER TO evil;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.evil_items TO app;
+GRANT SELECT, TRIGGER ON public.evil_items TO migrator;
+GRANT USAGE ON SCHEMA evil TO app, migrator;
+});
+# (the rows by the application: a superuser's INSERT would run the CHECK as superuser)
+$node->safe_psql('postgres', q{INSERT INTO public.evil_items SELECT i, 't' || (1 + i % 4), 'x' FROM generate_series(1, 20) i},
+	extra_params => [ '-U', 'app' ]);
+is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'}), 'f', 'evil is no superuser');
 my $slot = $node->safe_psql('postgres',
 	q{SELECT 'clinic_migrate_' || oid FROM pg_database WHERE datname = current_database()});
 
@@ -81,13 +112,23 @@ UPDATE patients SET notes = '$tag other' WHERE id IN (SELECT id FROM patients WH
 	return;
 }
 
+# the sync worker made again (it reads pause_points at its start)
+sub restart_sync
+{
+	$node->safe_psql('postgres',
+		q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+	ClinicTest::poll(q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+	$node->safe_psql('postgres', q{SELECT clinic_migrate.start_sync()});
+	return ClinicTest::poll(q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
+}
+
 sub in_step
 {
 	my ($name) = @_;
 	# sync_now reads the slot too: changes still in the WAL are not yet in capture_lag
 	ok( ClinicTest::poll(q{SELECT clinic_migrate.sync_now('t1') >= 0 AND clinic_migrate.capture_lag('t1') = 0}),
 		"$name: every captured change of t1 is replayed");
-	is(ClinicTest::validate_mismatches('t1'), 'none of 4', "$name: t1's copy equals its shared rows");
+	is(ClinicTest::validate_mismatches('t1'), 'none of 5', "$name: t1's copy equals its shared rows");
 	return;
 }
 
@@ -161,11 +202,7 @@ $node->safe_psql('postgres',
 	q{ALTER SYSTEM SET clinic_migrate.pause_points = 'wal_confirm'; SELECT pg_reload_conf()});
 # a new session (and the new sync worker) has it once the postmaster has reloaded
 ClinicTest::poll(q{SELECT current_setting('clinic_migrate.pause_points') = 'wal_confirm'});
-# a new sync worker reads the setting at its start
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
-ok( ClinicTest::poll(q{SELECT clinic_migrate.start_sync() IS NOT NULL}),
-	'kill: a sync worker is started again');
+ok(restart_sync(), 'kill: a sync worker is started again');
 app_write('two');
 ok( ClinicTest::poll(
 		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point wal_confirm'}),
@@ -216,9 +253,7 @@ $node->safe_psql('postgres',
 	q{ALTER SYSTEM SET clinic_migrate.pause_points = 'wal_confirm'; SELECT pg_reload_conf()});
 # a new session (and the new sync worker) has it once the postmaster has reloaded
 ClinicTest::poll(q{SELECT current_setting('clinic_migrate.pause_points') = 'wal_confirm'});
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'clinic_migrate sync'});
-$node->safe_psql('postgres', q{SELECT clinic_migrate.start_sync()});
+ok(restart_sync(), 'lost: a sync worker is started again');
 $node->safe_psql('postgres', q{UPDATE patients SET notes = 'lost' WHERE tenant_id = 't2'});
 ok( ClinicTest::poll(
 		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'clinic_migrate: at pause point wal_confirm'}),
@@ -253,7 +288,23 @@ is( $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_ten
 $node->safe_psql('postgres', q{UPDATE patients SET notes = 'after' WHERE tenant_id = 't2'});
 ok( ClinicTest::poll(q{SELECT clinic_migrate.sync_now('t2') >= 0 AND clinic_migrate.capture_lag('t2') = 0}),
 	'lost: t2 is replayed');
-is(ClinicTest::validate_mismatches('t2'), 'none of 4', "lost: t2's copy equals its shared rows");
+is(ClinicTest::validate_mismatches('t2'), 'none of 5', "lost: t2's copy equals its shared rows");
+
+# ---- 5b. what an ordinary role cannot do to the slot ----
+$node->safe_psql('postgres', q{UPDATE public.evil_items SET v = 'y' WHERE tenant_id = 't2'},
+	extra_params => [ '-U', 'app' ]);
+ok( ClinicTest::poll(q{SELECT clinic_migrate.sync_now('t2') >= 0 AND clinic_migrate.capture_lag('t2') = 0}),
+	'evil: t2\'s writes of evil_items are replayed');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM tenant_t2.evil_items WHERE v = 'y'}),
+	$node->safe_psql('postgres', q{SELECT count(*) FROM public.evil_items WHERE tenant_id = 't2'}),
+	'evil: the copy has them');
+is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'evil'}),
+	'f', 'evil: the drain ran no code of the table owner\'s as superuser');
+($out, $err) = ('', '');
+$node->psql('postgres', q{DROP EXTENSION clinic_migrate}, stderr => \$err, extra_params => [ '-U', 'app' ]);
+like($err, qr/must be owner of extension clinic_migrate/, 'drop: a role that does not own the extension may not drop it');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'}),
+	'1', 'drop: and the slot is still there');
 
 # ---- 6. DROP EXTENSION ----
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'}),
