@@ -76,6 +76,14 @@ cm_pin_search_path(void)
 
 	(void) set_config_option("search_path", CM_SAFE_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * Our statements read catalogs and state tables, whose row estimates
+	 * (a set-returning function's 1,000, a join of catalogs) often pass
+	 * jit_above_cost: compiling took 60 ms of a small tenant's 150.
+	 */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	return nest;
 }
 
@@ -316,6 +324,8 @@ cm_bgworker_session(const char *appname)
 	SetConfigOption("statement_timeout", "0", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("lock_timeout", "0", PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_USERSET, PGC_S_SESSION);
+	/* see cm_pin_search_path: compiling costs more than it saves here */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname(appname);
 }
 

@@ -56,7 +56,7 @@ extern void cm_role_end(CmRoleSave *save);
 extern Oid	cm_extension_owner(void);
 extern Oid	cm_rel_owner(Oid relid);
 
-/* pin search_path at a new GUC nest level; returns the level to pass to AtEOXact_GUC */
+/* pin search_path (and jit off) at a new GUC nest level; returns the level to pass to AtEOXact_GUC */
 extern int	cm_pin_search_path(void);
 
 /*
