@@ -17,7 +17,7 @@ OBJS = src/1_base/settings.o src/1_base/util.o src/1_base/runstate.o src/1_base/
        src/7_api/moves.o src/7_api/queue.o src/7_api/routing.o src/7_api/shared.o src/7_api/clinic_migrate.o
 PG_CPPFLAGS = $(addprefix -I$(srcdir)/,$(FLOORS))
 DATA = sql/clinic_migrate--0.1.sql sql/clinic_migrate--0.1--0.2.sql sql/clinic_migrate--0.2--0.3.sql sql/clinic_migrate--0.3--0.4.sql \
-       sql/clinic_migrate--0.4--0.5.sql sql/clinic_migrate--0.5--0.6.sql sql/clinic_migrate--0.6--0.7.sql sql/clinic_migrate--0.7--0.8.sql
+       sql/clinic_migrate--0.4--0.5.sql sql/clinic_migrate--0.5--0.6.sql sql/clinic_migrate--0.6--0.7.sql sql/clinic_migrate--0.7--0.8.sql sql/clinic_migrate--0.8--0.9.sql
 PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 
 # -Wno-unused-parameter: fmgr's PG_FUNCTION_ARGS and PostgreSQL's own headers
@@ -25,7 +25,7 @@ PGFILEDESC = "clinic_migrate - move tenants into their own schemas online"
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers \
             -Wno-sign-compare -Wno-cast-function-type
 
-REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security rls ddl ddl_tables partitions upgrade upgrade_0_2 upgrade_0_3 upgrade_0_4 upgrade_0_5 upgrade_0_6 upgrade_0_7
+REGRESS = setup plan clone migrate validate errors rollback edge cutover queue security rls ddl ddl_tables partitions upgrade upgrade_0_2 upgrade_0_3 upgrade_0_4 upgrade_0_5 upgrade_0_6 upgrade_0_7 upgrade_0_8
 REGRESS_OPTS = --inputdir=. --temp-config=test/clinic_migrate.conf \
                --temp-instance=./tmp_check_regress
 

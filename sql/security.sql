@@ -528,6 +528,24 @@ SELECT clinic_migrate.disable_tenant_rls() AS tables;
 :check
 
 --
+-- 4c. The registry guard (0.9) runs in the attacker's own DELETE and UPDATE
+-- of the registry, and reads the state as the extension's owner: tenant d,
+-- only in the registry, has an empty schema, so no shared row holds its
+-- registry row and the guard alone refuses
+--
+INSERT INTO sec.tenants VALUES ('d', 'Clinic D');
+SELECT schema_name, tables, rows_copied FROM clinic_migrate.migrate_tenant('d');
+:attack
+DELETE FROM sec.tenants WHERE tenant_id = 'd';
+UPDATE sec.tenants SET tenant_id = 'e' WHERE tenant_id = 'd';
+SELECT clinic_migrate.registry_guard();
+CREATE TABLE atk.registry_copy (tenant_id text);
+CREATE TRIGGER g AFTER DELETE ON atk.registry_copy FOR EACH ROW EXECUTE FUNCTION clinic_migrate.registry_guard('tenant_id');
+:check
+SELECT clinic_migrate.rollback_tenant('d');
+DELETE FROM sec.tenants WHERE tenant_id = 'd';
+
+--
 -- 5. As the superuser: nobody became one, what PUBLIC may execute, and
 -- every function of the extension was called above
 --
@@ -557,7 +575,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',
     'clinic_migrate.metrics()', 'clinic_migrate.migrate_tenant(text)', 'clinic_migrate.migration_active(text)',
     'clinic_migrate.pause_queue()', 'clinic_migrate.plan()', 'clinic_migrate.prometheus_label(text)',
-    'clinic_migrate.registry_count()', 'clinic_migrate.resume_queue()', 'clinic_migrate.rollback_tenant(text)',
+    'clinic_migrate.registry_count()', 'clinic_migrate.registry_guard()', 'clinic_migrate.resume_queue()', 'clinic_migrate.rollback_tenant(text)',
     'clinic_migrate.schema_name_for(text)', 'clinic_migrate.set_tenant(text,boolean)',
     'clinic_migrate.start_sync()', 'clinic_migrate.sync_now(text)', 'clinic_migrate.syncing(text)',
     'clinic_migrate.tenant_schema(text)', 'clinic_migrate.tenants_changed()',

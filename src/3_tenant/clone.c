@@ -39,6 +39,8 @@
 #include "catalog/pg_type.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "commands/sequence.h"
 #include "parser/parse_func.h"
 #include "utils/syscache.h"
@@ -1506,6 +1508,210 @@ clone_finish_views(TenantPlan *plan, const char *schema)
 	AtEOXact_GUC(true, nest);
 }
 
+/*
+ * The registry guard.  A tenant table's foreign key to the registry by its
+ * tenant column is, in the tenant's copy, a key to one registry row: its
+ * own tenant's.  Made as a foreign key it would put two triggers on the
+ * registry for every such table of every tenant; with thousands of tenants
+ * every load of the registry's relcache entry reads them all (each new
+ * tenant's keys make every session load it again), and a DELETE of one of
+ * its rows checks and locks every tenant's table.  One pair of triggers on
+ * the registry keeps the promise instead, for every tenant at once: the row
+ * of a tenant whose schema exists can be neither deleted nor have its key
+ * changed, and the registry cannot be truncated while such a tenant exists.
+ */
+#define REGISTRY_GUARD "clinic_migrate_registry_guard"
+#define REGISTRY_GUARD_TRUNCATE "clinic_migrate_registry_guard_truncate"
+
+/* the single column of an int2[] key, or InvalidAttrNumber */
+static AttrNumber
+single_att(Datum arr)
+{
+	Datum	   *elems;
+	int			n;
+
+	deconstruct_array(DatumGetArrayTypeP(arr), INT2OID, 2, true, TYPALIGN_SHORT, &elems, NULL, &n);
+	return n == 1 ? DatumGetInt16(elems[0]) : InvalidAttrNumber;
+}
+
+/* the column the registry guard of relid watches, or NULL if it has none */
+static char *
+registry_guard_column(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TriggerDesc *td = rel->trigdesc;
+	char	   *col = NULL;
+
+	for (int i = 0; td && i < td->numtriggers; i++)
+		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD) == 0 && td->triggers[i].tgnargs == 1)
+			col = pstrdup(td->triggers[i].tgargs[0]);
+	table_close(rel, AccessShareLock);
+	return col;
+}
+
+static void
+registry_guard_depends_on_extension(Oid relid, const char *name)
+{
+	ObjectAddress trig;
+	ObjectAddress ext;
+
+	/* DROP EXTENSION takes the guard with it, without CASCADE */
+	ObjectAddressSet(trig, TriggerRelationId, get_trigger_oid(relid, name, false));
+	ObjectAddressSet(ext, ExtensionRelationId, get_extension_oid(CM_SCHEMA, false));
+	recordDependencyOn(&trig, &ext, DEPENDENCY_AUTO);
+}
+
+/*
+ * Is this foreign key of pt (to ref) the key to the registry by the tenant
+ * column, kept by the registry guard?  Puts the guard on the registry if it
+ * has none yet.
+ */
+static bool
+registry_guarded(TenantPlan *plan, PlanTable *pt, Oid ref, Datum conkey, Datum confkey)
+{
+	AttrNumber	refatt;
+	const char *refcol;
+	char	   *have;
+	CmRoleSave	save;
+	const char *qreg;
+
+	if (!OidIsValid(plan->registry) || ref != plan->registry || pt->kind != PLAN_TENANT ||
+		single_att(conkey) != pt->tenant_att)
+		return false;
+	refatt = single_att(confkey);
+	if (refatt == InvalidAttrNumber)
+		return false;
+	/* the library may be newer than the extension's SQL (before 0.9) */
+	if (!OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("registry_guard")),
+								   0, NULL, true)))
+		return false;
+	refcol = get_attname(ref, refatt, false);
+	have = registry_guard_column(ref);
+	if (have != NULL)
+		return strcmp(have, refcol) == 0;
+
+	/*
+	 * Made as the extension's owner, as PostgreSQL makes the triggers of a
+	 * foreign key on the referenced table: the migrating role holds
+	 * REFERENCES on the registry (clone_check_privileges), which is what a
+	 * key needs, not TRIGGER.
+	 */
+	qreg = cm_qualified_relname(ref);
+	cm_owner_begin(&save);
+	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s AFTER UPDATE OF %s OR DELETE ON %s FOR EACH ROW "
+							   "EXECUTE FUNCTION clinic_migrate.registry_guard(%s)",
+							   REGISTRY_GUARD, quote_identifier(refcol), qreg,
+							   quote_literal_cstr(refcol)));
+	CommandCounterIncrement();
+	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+							   "EXECUTE FUNCTION clinic_migrate.registry_guard()",
+							   REGISTRY_GUARD_TRUNCATE, qreg));
+	CommandCounterIncrement();
+	cm_role_end(&save);
+	registry_guard_depends_on_extension(ref, REGISTRY_GUARD);
+	registry_guard_depends_on_extension(ref, REGISTRY_GUARD_TRUNCATE);
+	CommandCounterIncrement();
+	return true;
+}
+
+/* the schema of a tenant of this database whose copy exists, or NULL */
+static char *
+tenant_with_schema(const char *tenant)
+{
+	Oid			t = TEXTOID;
+	Datum		v = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
+	char		null = tenant ? ' ' : 'n';
+	char	   *result = NULL;
+
+	SPI_connect();
+	cm_state_exec("SELECT t.tenant_id, t.schema_name FROM clinic_migrate.tenants t "
+				  "WHERE ($1 IS NULL OR t.tenant_id OPERATOR(pg_catalog.=) $1) "
+				  "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n "
+				  "              WHERE n.nspname OPERATOR(pg_catalog.=) t.schema_name) "
+				  "ORDER BY t.tenant_id LIMIT 1",
+				  1, &t, &v, &null, 1);
+	if (SPI_processed > 0)
+		result = psprintf("%s\t%s", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+						  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	SPI_finish();
+	return result;
+}
+
+/*
+ * clinic_migrate.registry_guard([column]): the trigger of the registry
+ * guard (above).  Row level, AFTER UPDATE OF column OR DELETE; statement
+ * level, BEFORE TRUNCATE.
+ */
+PG_FUNCTION_INFO_V1(cm_registry_guard);
+Datum
+cm_registry_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	int			att;
+	char	   *old;
+	char	   *found;
+	char	   *schema;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.registry_guard() may only be called as a trigger")));
+	rel = td->tg_relation;
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+	{
+		found = tenant_with_schema(NULL);
+		if (found == NULL)
+			return PointerGetDatum(NULL);
+		schema = strchr(found, '\t');
+		*schema++ = '\0';
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot truncate %s: it is the registry of tenants that live in schemas of their own",
+						cm_qualified_relname(RelationGetRelid(rel))),
+				 errdetail("Tenant \"%s\" (schema %s) is one; clinic_migrate keeps their registry rows in place of the foreign keys of their tables.",
+						   found, quote_identifier(schema)),
+				 errhint("Roll back or drop those tenants first.")));
+	}
+	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
+		td->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("clinic_migrate.registry_guard(column) must be an AFTER row trigger")));
+	desc = RelationGetDescr(rel);
+	att = SPI_fnumber(desc, td->tg_trigger->tgargs[0]);
+	if (att <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("the registry %s has no column \"%s\" for clinic_migrate.registry_guard",
+						cm_qualified_relname(RelationGetRelid(rel)), td->tg_trigger->tgargs[0])));
+	old = SPI_getvalue(td->tg_trigtuple, desc, att);
+	if (old == NULL)
+		return PointerGetDatum(NULL);
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		char	   *new = SPI_getvalue(td->tg_newtuple, desc, att);
+
+		if (new != NULL && strcmp(old, new) == 0)
+			return PointerGetDatum(NULL);
+	}
+	found = tenant_with_schema(old);
+	if (found == NULL)
+		return PointerGetDatum(NULL);
+	schema = strchr(found, '\t') + 1;
+	ereport(ERROR,
+			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+			 errmsg("%s on table %s violates the foreign keys of tenant \"%s\"'s tables",
+					TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "update" : "delete",
+					cm_qualified_relname(RelationGetRelid(rel)), old),
+			 errdetail("Key (%s)=(%s) is still referenced from schema %s, where clinic_migrate keeps this row in place of the tables' foreign keys to %s.",
+					   quote_identifier(td->tg_trigger->tgargs[0]), old, quote_identifier(schema),
+					   RelationGetRelationName(rel)),
+			 errhint("Roll the tenant back, or drop its schema, first.")));
+	return PointerGetDatum(NULL);
+}
+
 /* the foreign keys of one tenant table that its copy still lacks */
 void
 clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
@@ -1554,6 +1760,10 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 			 * rows checks every tenant's table (locking each).  Kept unless
 			 * clinic_migrate.shared_foreign_keys is off.
 			 */
+			if (newref == ref &&
+				registry_guarded(plan, pt, ref, SPI_getbinval(tup, desc, 3, &isnull),
+								 SPI_getbinval(tup, desc, 4, &isnull)))
+				continue;
 			if (newref == ref && !cm_shared_foreign_keys)
 				continue;
 

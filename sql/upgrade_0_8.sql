@@ -1,0 +1,34 @@
+--
+-- upgrade_0_8: a tenant moved half-way under version 0.8 finishes its move after
+-- ALTER EXTENSION clinic_migrate UPDATE (0.8 -> 0.9), in a database of its own.
+--
+\set from '0.8'
+\ir sql/upgrade_start.psql
+-- what 0.9 added: the registry guard's function; plan()'s estimate and
+-- uncarried() without JIT
+SELECT p.proname, p.prorows, p.proconfig FROM pg_proc p
+WHERE p.pronamespace = 'clinic_migrate'::regnamespace AND p.proname IN ('plan', 'uncarried', 'registry_guard')
+ORDER BY 1;
+-- u1's copy, made under 0.8, keeps its foreign keys to the registry
+SELECT conrelid::regclass, conname FROM pg_constraint
+WHERE confrelid = 'public.tenants'::regclass AND connamespace = 'tenant_u1'::regnamespace ORDER BY 1, 2;
+-- a tenant moved under 0.9: the registry guard in place of its copy's keys to the registry
+INSERT INTO tenants VALUES ('u3');
+INSERT INTO patients (tenant_id, email, name) VALUES ('u3', 'p1@u3.example.org', 'Patient of u3');
+INSERT INTO rooms VALUES (4, 'u3', '[2025-02-01 09:00+00, 2025-02-01 10:00+00)');
+SELECT schema_name, tables, rows_copied FROM clinic_migrate.migrate_tenant('u3');
+SELECT conrelid::regclass, conname FROM pg_constraint
+WHERE confrelid = 'public.tenants'::regclass AND connamespace = 'tenant_u3'::regnamespace ORDER BY 1, 2;
+SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = 'public.tenants'::regclass AND NOT tgisinternal ORDER BY 1;
+SELECT schema_name, attempts FROM clinic_migrate.cutover('u3');
+SELECT schema_name FROM clinic_migrate.finalize_tenant('u3', archive => false);
+-- its shared rows are gone: the guard alone keeps its registry row
+DELETE FROM tenants WHERE tenant_id = 'u3';
+UPDATE tenants SET tenant_id = 'u9' WHERE tenant_id = 'u3';
+UPDATE tenants SET tenant_id = 'u3' WHERE tenant_id = 'u3';
+TRUNCATE tenants CASCADE;
+INSERT INTO tenant_u3.patients (tenant_id, email, name) VALUES ('u3', 'p2@u3.example.org', 'Second patient of u3');
+-- once its schema is dropped, its registry row may go
+DROP SCHEMA tenant_u3 CASCADE;
+DELETE FROM tenants WHERE tenant_id = 'u3';
+\ir sql/upgrade_finish.psql
