@@ -54,6 +54,7 @@
 #include "runstate.h"
 #include "clone.h"
 #include "copy.h"
+#include "ddl.h"
 #include "policies.h"
 #include "plan.h"
 #include "state.h"
@@ -1067,6 +1068,7 @@ cm_copy_tenant(CmWorkerShared *sh, int64 *run_id)
 	TimestampTz mark[7];			/* phase boundaries, for the DEBUG1 line at the end */
 
 	mark[0] = GetCurrentTimestamp();
+	ddl_ignore_this_process();
 	plan = copy_install_and_start(sh, tenant, &s, cxt, run_id, &tables, &ntables, &resumed,
 								  &already_copied, &rows_before, &mark[1]);
 

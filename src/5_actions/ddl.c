@@ -94,6 +94,19 @@ typedef struct TenantCopy
 /* set while a statement runs again on a copy: its own event is not ours */
 static bool following = false;
 
+/*
+ * Set in a migration's worker: every statement it runs makes the tenant's
+ * copy or clinic_migrate's own objects, none is the application's to follow
+ * (following them took 11 ms of a small tenant's 105).
+ */
+static bool own_statements_only = false;
+
+void
+ddl_ignore_this_process(void)
+{
+	own_statements_only = true;
+}
+
 static void adopt_table(Oid relid);
 static void follow_new_partition(Oid part, bool attached);
 static void refuse_detach(Oid relid, Oid part);
@@ -1448,7 +1461,7 @@ cm_follow_drop(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("clinic_migrate.follow_drop() must be an event trigger")));
 	trig = (EventTriggerData *) fcinfo->context;
-	if (following || creating_extension || !cm_follow_ddl_on || restoring())
+	if (following || own_statements_only || creating_extension || !cm_follow_ddl_on || restoring())
 		PG_RETURN_NULL();
 	nsp = get_namespace_oid(CM_SCHEMA, true);
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenant_tables", nsp)))
@@ -2356,7 +2369,7 @@ cm_follow_ddl(PG_FUNCTION_ARGS)
 				 errmsg("clinic_migrate.follow_ddl() must be an event trigger")));
 	trig = (EventTriggerData *) fcinfo->context;
 	parsetree = trig->parsetree;
-	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on)
+	if (following || own_statements_only || creating_extension || parsetree == NULL || !cm_follow_ddl_on)
 		PG_RETURN_NULL();
 
 	if (restoring())
@@ -2796,7 +2809,7 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 		}
 		PG_RETURN_NULL();
 	}
-	if (following || creating_extension || parsetree == NULL || !cm_follow_ddl_on || restoring())
+	if (following || own_statements_only || creating_extension || parsetree == NULL || !cm_follow_ddl_on || restoring())
 		PG_RETURN_NULL();
 	/* nothing to look at: no SPI, no catalog read */
 	if (!IsA(parsetree, DropStmt) && !IsA(parsetree, AlterTableStmt) &&

@@ -46,4 +46,10 @@ extern char *ddl_pending_indexes(const char *tenant);
  */
 extern void ddl_check_pending_indexes(const char *tenant);
 
+/*
+ * A migration's worker: its statements (the copy, clinic_migrate's own
+ * triggers) are not the application's schema changes, to be followed.
+ */
+extern void ddl_ignore_this_process(void);
+
 #endif
