@@ -17,7 +17,15 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_type.h"
@@ -191,38 +199,53 @@ find_key(PlanTable *pt)
 	}
 }
 
-/* does a valid, non-partial btree index start with exactly these columns? */
+/*
+ * does a valid, non-partial btree index start with exactly these columns?
+ * The one with the fewest columns (then the lowest OID).  Read from the
+ * catalog directly: as a query, planning it took 8 ms of a small tenant's
+ * migration (the plan is built for each table, three times per call).
+ */
 static Oid
 find_leading_index(Oid relid, AttrNumber *atts, int natts)
 {
-	Oid			types[2] = {OIDOID, INT2ARRAYOID};
-	Datum		values[2];
-	Datum	   *elems = palloc(sizeof(Datum) * Max(natts, 1));
-	int			ret;
+	Relation	indrel = table_open(IndexRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
 	Oid			result = InvalidOid;
+	int			result_natts = 0;
 
-	for (int i = 0; i < natts; i++)
-		elems[i] = Int16GetDatum(atts[i]);
-	values[0] = ObjectIdGetDatum(relid);
-	values[1] = PointerGetDatum(construct_array(elems, natts, INT2OID, 2, true,
-												TYPALIGN_SHORT));
-	ret = SPI_execute_with_args(
-								"SELECT i.indexrelid FROM pg_index i "
-								"JOIN pg_class c ON c.oid = i.indexrelid "
-								"JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree' "
-								"WHERE i.indrelid = $1 AND i.indisvalid AND i.indpred IS NULL "
-								"  AND (i.indkey::int2[])[0:cardinality($2) - 1] = $2 "
-								"ORDER BY i.indnatts, i.indexrelid LIMIT 1",
-								2, types, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "clinic_migrate: index lookup failed");
-	if (SPI_processed > 0)
+	ScanKeyInit(&key, Anum_pg_index_indrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(indrel, IndexIndrelidIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		bool		isnull;
+		Form_pg_index idx = (Form_pg_index) GETSTRUCT(tup);
+		HeapTuple	ctup;
+		bool		btree;
+		bool		match = idx->indisvalid && idx->indnatts >= natts &&
+			heap_attisnull(tup, Anum_pg_index_indpred, RelationGetDescr(indrel));
 
-		result = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
+		for (int i = 0; match && i < natts; i++)
+			match = idx->indkey.values[i] == atts[i];
+		if (!match)
+			continue;
+		ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(idx->indexrelid));
+		if (!HeapTupleIsValid(ctup))
+			continue;
+		btree = ((Form_pg_class) GETSTRUCT(ctup))->relam == BTREE_AM_OID;
+		ReleaseSysCache(ctup);
+		if (!btree)
+			continue;
+		if (!OidIsValid(result) || idx->indnatts < result_natts ||
+			(idx->indnatts == result_natts && idx->indexrelid < result))
+		{
+			result = idx->indexrelid;
+			result_natts = idx->indnatts;
+		}
 	}
+	systable_endscan(scan);
+	table_close(indrel, AccessShareLock);
 	return result;
 }
 
