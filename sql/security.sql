@@ -570,7 +570,7 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
     'clinic_migrate.enqueue_pending(integer,text)', 'clinic_migrate.exclude_table(regclass,text)',
     'clinic_migrate.fan_out(text,text)', 'clinic_migrate.follow_ddl()', 'clinic_migrate.follow_drop()',
     'clinic_migrate.guard_ddl()',
-    'clinic_migrate.uncarried()',
+    'clinic_migrate.uncarried()', 'clinic_migrate.uncarried_in(regclass[])', 'clinic_migrate.uncarried_ours(oid)',
     'clinic_migrate.finalize_tenant(text,boolean)', 'clinic_migrate.guard_truncate()',
     'clinic_migrate.identity_nextval(regclass,name)', 'clinic_migrate.include_table(regclass)',
     'clinic_migrate.metrics()', 'clinic_migrate.migrate_tenant(text)', 'clinic_migrate.migration_active(text)',

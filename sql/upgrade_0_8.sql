@@ -4,11 +4,14 @@
 --
 \set from '0.8'
 \ir sql/upgrade_start.psql
--- what 0.9 added: the registry guard's function; plan()'s estimate and
--- uncarried() without JIT
-SELECT p.proname, p.prorows, p.proconfig FROM pg_proc p
-WHERE p.pronamespace = 'clinic_migrate'::regnamespace AND p.proname IN ('plan', 'uncarried', 'registry_guard')
-ORDER BY 1;
+-- what 0.9 added: the registry guard's function; plan()'s estimate;
+-- uncarried() for given tables, without JIT, not open to PUBLIC
+SELECT p.oid::regprocedure, p.prorows, p.proconfig, has_function_privilege('public', p.oid, 'EXECUTE') AS public
+FROM pg_proc p
+WHERE p.pronamespace = 'clinic_migrate'::regnamespace
+  AND p.proname IN ('plan', 'uncarried', 'uncarried_in', 'uncarried_ours', 'registry_guard')
+ORDER BY 1::text;
+SELECT object, kind, shared_table FROM clinic_migrate.uncarried();
 -- u1's copy, made under 0.8, keeps its foreign keys to the registry
 SELECT conrelid::regclass, conname FROM pg_constraint
 WHERE confrelid = 'public.tenants'::regclass AND connamespace = 'tenant_u1'::regnamespace ORDER BY 1, 2;

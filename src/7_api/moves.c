@@ -212,16 +212,36 @@ check_migration(char *tenant)
 		 * What the copy does not carry (0.5: uncarried()), said before
 		 * anything moves.
 		 */
-		if (OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("uncarried")),
-									  0, NULL, true)))
 		{
-			int			nun;
+			Oid			argtype = REGCLASSARRAYOID;
+			bool		with_tables = OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA),
+																			makeString("uncarried_in")),
+																 1, &argtype, true));
+			bool		without = !with_tables &&
+				OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("uncarried")),
+										  0, NULL, true));
+			Datum	   *relids = palloc(sizeof(Datum) * Max(plan->ntables, 1));
+			int			nrel = 0;
+			Datum		arg;
+			int			nun = 0;
 
-			cm_state_exec("SELECT count(*), string_agg(object, '; ' ORDER BY object) FILTER (WHERE n <= 5) "
+			/* the plan's tables (0.9): the plan is not built again for it */
+			for (int i = 0; i < plan->ntables; i++)
+				if (plan->tables[i].position > 0)
+					relids[nrel++] = ObjectIdGetDatum(plan->tables[i].relid);
+			arg = PointerGetDatum(construct_array(relids, nrel, REGCLASSOID, sizeof(Oid), true,
+												  TYPALIGN_INT));
+			if (with_tables || without)
+				cm_state_exec(with_tables ?
+						  "SELECT count(*), string_agg(object, '; ' ORDER BY object) FILTER (WHERE n <= 5) "
+						  "FROM (SELECT object, row_number() OVER (ORDER BY object) AS n "
+						  "      FROM (SELECT DISTINCT object FROM clinic_migrate.uncarried_in($1)) d) u" :
+						  "SELECT count(*), string_agg(object, '; ' ORDER BY object) FILTER (WHERE n <= 5) "
 						  "FROM (SELECT object, row_number() OVER (ORDER BY object) AS n "
 						  "      FROM (SELECT DISTINCT object FROM clinic_migrate.uncarried()) d) u",
-						  0, NULL, NULL, NULL, 0);
-			nun = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+							  with_tables ? 1 : 0, &argtype, &arg, NULL, 0);
+			if (with_tables || without)
+				nun = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 			if (nun > 0)
 				ereport(WARNING,
 						(errmsg_plural("%d object of the shared tables is not carried to the tenant's schema",
