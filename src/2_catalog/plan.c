@@ -144,58 +144,70 @@ plan_attname(Oid relid, AttrNumber att)
 
 /*
  * Row identity: the primary key, else the narrowest unique index whose
- * columns are all NOT NULL (no expressions, no predicate).
+ * columns are all NOT NULL (no expressions, no predicate); the lowest OID
+ * among equals.  Read from pg_index directly (planning the query that did
+ * this cost more than the rest of the plan).
  */
+static bool
+att_not_null(Oid relid, AttrNumber att)
+{
+	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
+	bool		notnull = false;
+
+	if (HeapTupleIsValid(tup))
+	{
+		notnull = ((Form_pg_attribute) GETSTRUCT(tup))->attnotnull;
+		ReleaseSysCache(tup);
+	}
+	return notnull;
+}
+
 static void
 find_key(PlanTable *pt)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(pt->relid)};
-	int			ret;
+	Relation	indrel = table_open(IndexRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			best = InvalidOid;
+	bool		best_primary = false;
+	int			best_nkey = 0;
 
-	ret = SPI_execute_with_args(
-								"SELECT i.indexrelid, i.indkey::int2[], "
-								"  bool_and(a.attnotnull) AS notnull "
-								"FROM pg_index i "
-								"JOIN pg_attribute a ON a.attrelid = i.indrelid "
-								"  AND a.attnum = ANY (i.indkey::int2[]) "
-								"WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid "
-								"  AND i.indpred IS NULL AND i.indexprs IS NULL "
-								"  AND NOT (0 = ANY (i.indkey::int2[])) "
-								"GROUP BY i.indexrelid, i.indisprimary, i.indnkeyatts, i.indkey "
-								"HAVING bool_and(a.attnotnull) "
-								"ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid "
-								"LIMIT 1",
-								1, types, values, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "clinic_migrate: key lookup failed");
-	if (SPI_processed == 0)
+	pt->nkey = 0;
+	ScanKeyInit(&key, Anum_pg_index_indrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(pt->relid));
+	scan = systable_beginscan(indrel, IndexIndrelidIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
-		pt->nkey = 0;
-		return;
+		Form_pg_index idx = (Form_pg_index) GETSTRUCT(tup);
+		bool		ok = idx->indisunique && idx->indisvalid &&
+			heap_attisnull(tup, Anum_pg_index_indpred, RelationGetDescr(indrel)) &&
+			heap_attisnull(tup, Anum_pg_index_indexprs, RelationGetDescr(indrel));
+
+		/* every column NOT NULL, INCLUDE columns too */
+		for (int i = 0; ok && i < idx->indnatts; i++)
+			ok = idx->indkey.values[i] != 0 && att_not_null(pt->relid, idx->indkey.values[i]);
+		if (!ok)
+			continue;
+		if (OidIsValid(best) &&
+			((best_primary && !idx->indisprimary) ||
+			 (best_primary == idx->indisprimary &&
+			  (best_nkey < idx->indnkeyatts ||
+			   (best_nkey == idx->indnkeyatts && best < idx->indexrelid)))))
+			continue;
+		best = idx->indexrelid;
+		best_primary = idx->indisprimary;
+		best_nkey = idx->indnkeyatts;
+		/* the index may have INCLUDE columns: only its key columns */
+		for (int k = 0; k < idx->indnkeyatts && k < INDEX_MAX_KEYS; k++)
+			pt->key_att[k] = idx->indkey.values[k];
 	}
+	systable_endscan(scan);
+	table_close(indrel, AccessShareLock);
+	if (OidIsValid(best))
 	{
-		bool		isnull;
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		int			n;
-		Oid			idx = DatumGetObjectId(SPI_getbinval(tup, desc, 1, &isnull));
-
-		n = int2array_to_atts(SPI_getbinval(tup, desc, 2, &isnull), pt->key_att);
-		/* the index may have INCLUDE columns: keep only its key columns */
-		{
-			HeapTuple	itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
-
-			if (HeapTupleIsValid(itup))
-			{
-				int			nkeyatts = ((Form_pg_index) GETSTRUCT(itup))->indnkeyatts;
-
-				n = Min(n, nkeyatts);
-				ReleaseSysCache(itup);
-			}
-		}
-		pt->nkey = n;
-		pt->key_index = idx;
+		pt->nkey = Min(best_nkey, INDEX_MAX_KEYS);
+		pt->key_index = best;
 	}
 }
 
