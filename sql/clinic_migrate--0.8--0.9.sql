@@ -126,3 +126,9 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Lookups that ran for every move (and for every schema change in the
+-- database) read every tenant's row: with thousands of tenants, by index.
+CREATE INDEX tenants_source_schema ON clinic_migrate.tenants (source_schema);
+CREATE INDEX tenants_capture_wal ON clinic_migrate.tenants (state) WHERE capture_method = 'wal';
+CREATE INDEX tenant_tables_source_table ON clinic_migrate.tenant_tables (source_table);

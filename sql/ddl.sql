@@ -74,7 +74,8 @@ ALTER TABLE patients DROP COLUMN registered;
 SELECT n.nspname, format_type(a.atttypid, a.atttypmod) AS type,
        (SELECT attnotnull FROM pg_attribute WHERE attrelid = c.oid AND attname = 'name') AS name_not_null,
        pg_get_expr(d.adbin, d.adrelid) AS plan_default,
-       (SELECT conname FROM pg_constraint WHERE conrelid = c.oid AND contype = 'c') AS "check",
+       (SELECT conname FROM pg_constraint WHERE conrelid = c.oid AND contype = 'c'
+          AND conname <> 'clinic_migrate_tenant_check') AS "check",
        (SELECT count(*) FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
         WHERE i.indrelid = c.oid AND ic.relname = 'patients_insurance') AS index
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -12,6 +12,11 @@ WHERE p.pronamespace = 'clinic_migrate'::regnamespace
   AND p.proname IN ('plan', 'uncarried', 'uncarried_in', 'uncarried_ours', 'registry_guard')
 ORDER BY 1::text;
 SELECT object, kind, shared_table FROM clinic_migrate.uncarried();
+-- and indexes for the lookups that read every tenant's row
+SELECT indexrelid::regclass, pg_get_indexdef(indexrelid) FROM pg_index
+WHERE indexrelid::regclass::text IN ('clinic_migrate.tenants_source_schema', 'clinic_migrate.tenants_capture_wal',
+                                     'clinic_migrate.tenant_tables_source_table')
+ORDER BY 1::text;
 -- u1's copy, made under 0.8, keeps its foreign keys to the registry
 SELECT conrelid::regclass, conname FROM pg_constraint
 WHERE confrelid = 'public.tenants'::regclass AND connamespace = 'tenant_u1'::regnamespace ORDER BY 1, 2;
@@ -35,3 +40,38 @@ INSERT INTO tenant_u3.patients (tenant_id, email, name) VALUES ('u3', 'p2@u3.exa
 DROP SCHEMA tenant_u3 CASCADE;
 DELETE FROM tenants WHERE tenant_id = 'u3';
 \ir sql/upgrade_finish.psql
+
+-- the registry guard goes with DROP EXTENSION, without CASCADE
+SET client_min_messages = warning;
+CREATE DATABASE regress_clinic_guard;
+\c regress_clinic_guard
+SET client_min_messages = warning;
+CREATE EXTENSION clinic_migrate;
+RESET client_min_messages;
+SET clinic_migrate.progress_interval = 0;
+CREATE TABLE tenants (tenant_id text PRIMARY KEY);
+INSERT INTO tenants VALUES ('g1'), ('g2');
+CREATE TABLE patients (id bigserial PRIMARY KEY, tenant_id text NOT NULL REFERENCES tenants, name text NOT NULL);
+CREATE INDEX ON patients (tenant_id, id);
+INSERT INTO patients (tenant_id, name) VALUES ('g1', 'one'), ('g2', 'two');
+SELECT schema_name, tables, rows_copied FROM clinic_migrate.migrate_tenant('g1');
+-- the copy holds its own tenant's rows only (a CHECK, in place of its key)
+SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conrelid = 'tenant_g1.patients'::regclass AND contype IN ('c', 'f') ORDER BY 1;
+INSERT INTO tenant_g1.patients (tenant_id, name) VALUES ('g2', 'not g1''s');
+-- deploys that name the key the copy does not have are followed (skipped there)
+ALTER TABLE patients RENAME CONSTRAINT patients_tenant_id_fkey TO patients_tenant_fkey;
+ALTER TABLE patients VALIDATE CONSTRAINT patients_tenant_fkey;
+SELECT schema_name, attempts FROM clinic_migrate.cutover('g1');
+SELECT schema_name FROM clinic_migrate.finalize_tenant('g1', archive => false);
+-- the guard follows its column through a rename
+ALTER TABLE tenants RENAME COLUMN tenant_id TO id;
+DELETE FROM tenants WHERE id = 'g1';
+UPDATE tenants SET id = 'g2' WHERE id = 'g2';
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'tenants'::regclass AND NOT tgisinternal ORDER BY 1;
+DROP EXTENSION clinic_migrate;
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'tenants'::regclass AND NOT tgisinternal ORDER BY 1;
+SELECT count(*) AS rows_of_g1 FROM tenant_g1.patients;
+\c :regress_db
+SET client_min_messages = warning;
+DROP DATABASE regress_clinic_guard WITH (FORCE);

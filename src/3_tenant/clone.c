@@ -39,10 +39,16 @@
 #include "catalog/pg_type.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/dependency.h"
+#include "catalog/pg_depend.h"
 #include "catalog/pg_extension.h"
+#include "catalog/indexing.h"
 #include "commands/extension.h"
 #include "commands/sequence.h"
 #include "parser/parse_func.h"
+#include "utils/datum.h"
+#include "executor/executor.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
 #include "utils/syscache.h"
 #include "commands/comment.h"
 #include "executor/spi.h"
@@ -1392,8 +1398,9 @@ clone_views(TenantPlan *plan, const char *schema, Oid only)
 
 	for (int i = 0; i < plan->ncopied; i++)
 		taken = lappend_oid(taken, plan->tables[i].relid);
+	/* through pg_depend's index: pg_class has none on relnamespace, and grows with every tenant */
 	if (SPI_execute_with_args("SELECT c.oid, c.relname, c.relkind, c.relowner FROM pg_catalog.pg_class c "
-							  "WHERE c.relnamespace OPERATOR(pg_catalog.=) $1 AND c.relkind IN ('v', 'm') "
+							  "WHERE c.oid IN " CM_RELS_OF_NAMESPACE("$1") " AND c.relkind IN ('v', 'm') "
 							  "ORDER BY c.oid",
 							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "clinic_migrate: view lookup failed");
@@ -1522,6 +1529,7 @@ clone_finish_views(TenantPlan *plan, const char *schema)
  */
 #define REGISTRY_GUARD "clinic_migrate_registry_guard"
 #define REGISTRY_GUARD_TRUNCATE "clinic_migrate_registry_guard_truncate"
+#define TENANT_CHECK "clinic_migrate_tenant_check"
 
 /* the single column of an int2[] key, or InvalidAttrNumber */
 static AttrNumber
@@ -1534,44 +1542,93 @@ single_att(Datum arr)
 	return n == 1 ? DatumGetInt16(elems[0]) : InvalidAttrNumber;
 }
 
-/* the column the registry guard of relid watches, or NULL if it has none */
-static char *
-registry_guard_column(Oid relid)
+/* the column the registry guard of relid watches (0 if none), and whether its truncate half is there */
+static AttrNumber
+registry_guard_column(Oid relid, bool *truncate_half)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
 	TriggerDesc *td = rel->trigdesc;
-	char	   *col = NULL;
+	AttrNumber	col = InvalidAttrNumber;
 
+	*truncate_half = false;
 	for (int i = 0; td && i < td->numtriggers; i++)
-		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD) == 0 && td->triggers[i].tgnargs == 1)
-			col = pstrdup(td->triggers[i].tgargs[0]);
+	{
+		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD) == 0 && td->triggers[i].tgnattr == 1)
+			col = td->triggers[i].tgattr[0];
+		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD_TRUNCATE) == 0)
+			*truncate_half = true;
+	}
 	table_close(rel, AccessShareLock);
 	return col;
 }
 
+/* DROP EXTENSION takes the guard with it, without CASCADE (guard_ddl too: a dump loses this tie) */
 static void
 registry_guard_depends_on_extension(Oid relid, const char *name)
 {
 	ObjectAddress trig;
 	ObjectAddress ext;
 
-	/* DROP EXTENSION takes the guard with it, without CASCADE */
 	ObjectAddressSet(trig, TriggerRelationId, get_trigger_oid(relid, name, false));
 	ObjectAddressSet(ext, ExtensionRelationId, get_extension_oid(CM_SCHEMA, false));
 	recordDependencyOn(&trig, &ext, DEPENDENCY_AUTO);
+	CommandCounterIncrement();
+}
+
+/* the tenant whose copy lives in schema, or NULL */
+static char *
+tenant_of_schema(const char *schema)
+{
+	Oid			t = NAMEOID;
+	Datum		v = DirectFunctionCall1(namein, CStringGetDatum(schema));
+	char	   *tenant = NULL;
+
+	cm_state_exec("SELECT tenant_id FROM clinic_migrate.tenants "
+				  "WHERE schema_name OPERATOR(pg_catalog.=) $1", 1, &t, &v, NULL, 1);
+	if (SPI_processed > 0)
+		tenant = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	return tenant;
+}
+
+/*
+ * The copy's half of the key it no longer has: its rows are its tenant's
+ * (whose registry row the guard keeps).  A CHECK of the tenant column.
+ */
+static void
+tenant_check(PlanTable *pt, const char *schema, Oid target)
+{
+	char	   *tenant;
+	Oid			typid;
+	int32		typmod;
+	Oid			collid;
+
+	if (OidIsValid(get_relation_constraint_oid(target, TENANT_CHECK, true)))
+		return;
+	tenant = tenant_of_schema(schema);
+	if (tenant == NULL)
+		return;
+	get_atttypetypmodcoll(target, pt->tenant_att, &typid, &typmod, &collid);
+	exec_ddl(psprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s OPERATOR(pg_catalog.=) CAST(%s AS %s))",
+					  quote_qualified_identifier(schema, pt->relname), TENANT_CHECK,
+					  quote_identifier(get_attname(target, pt->tenant_att, false)),
+					  quote_literal_cstr(tenant),
+					  format_type_extended(typid, typmod,
+										   FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY)));
+	CommandCounterIncrement();
 }
 
 /*
  * Is this foreign key of pt (to ref) the key to the registry by the tenant
  * column, kept by the registry guard?  Puts the guard on the registry if it
- * has none yet.
+ * has none yet, and the tenant CHECK on the copy.
  */
 static bool
-registry_guarded(TenantPlan *plan, PlanTable *pt, Oid ref, Datum conkey, Datum confkey)
+registry_guarded(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target,
+				 Oid ref, Datum conkey, Datum confkey)
 {
 	AttrNumber	refatt;
-	const char *refcol;
-	char	   *have;
+	AttrNumber	have;
+	bool		have_truncate;
 	CmRoleSave	save;
 	const char *qreg;
 
@@ -1585,36 +1642,84 @@ registry_guarded(TenantPlan *plan, PlanTable *pt, Oid ref, Datum conkey, Datum c
 	if (!OidIsValid(LookupFuncName(list_make2(makeString(CM_SCHEMA), makeString("registry_guard")),
 								   0, NULL, true)))
 		return false;
-	refcol = get_attname(ref, refatt, false);
-	have = registry_guard_column(ref);
-	if (have != NULL)
-		return strcmp(have, refcol) == 0;
-
-	/*
-	 * Made as the extension's owner, as PostgreSQL makes the triggers of a
-	 * foreign key on the referenced table: the migrating role holds
-	 * REFERENCES on the registry (clone_check_privileges), which is what a
-	 * key needs, not TRIGGER.
-	 */
-	qreg = cm_qualified_relname(ref);
-	cm_owner_begin(&save);
-	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s AFTER UPDATE OF %s OR DELETE ON %s FOR EACH ROW "
-							   "EXECUTE FUNCTION clinic_migrate.registry_guard(%s)",
-							   REGISTRY_GUARD, quote_identifier(refcol), qreg,
-							   quote_literal_cstr(refcol)));
-	CommandCounterIncrement();
-	cm_ddl_with_retry(psprintf("CREATE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
-							   "EXECUTE FUNCTION clinic_migrate.registry_guard()",
-							   REGISTRY_GUARD_TRUNCATE, qreg));
-	CommandCounterIncrement();
-	cm_role_end(&save);
-	registry_guard_depends_on_extension(ref, REGISTRY_GUARD);
-	registry_guard_depends_on_extension(ref, REGISTRY_GUARD_TRUNCATE);
-	CommandCounterIncrement();
+	have = registry_guard_column(ref, &have_truncate);
+	if (have == InvalidAttrNumber || !have_truncate)
+	{
+		/*
+		 * Made once, under the registry's lock (two first migrations must
+		 * not both make it), as the extension's owner, as PostgreSQL makes
+		 * the triggers of a foreign key on the referenced table: the
+		 * migrating role holds REFERENCES on the registry
+		 * (clone_check_privileges), which is what a key needs, not TRIGGER.
+		 */
+		cm_lock_relations(list_make1_oid(ref), ShareRowExclusiveLock, false);
+		have = registry_guard_column(ref, &have_truncate);
+		qreg = cm_qualified_relname(ref);
+		cm_owner_begin(&save);
+		if (have == InvalidAttrNumber &&
+			!OidIsValid(get_trigger_oid(ref, REGISTRY_GUARD, true)))
+		{
+			exec_ddl(psprintf("CREATE TRIGGER %s AFTER UPDATE OF %s OR DELETE ON %s FOR EACH ROW "
+							  "EXECUTE FUNCTION clinic_migrate.registry_guard()",
+							  REGISTRY_GUARD, quote_identifier(get_attname(ref, refatt, false)), qreg));
+			CommandCounterIncrement();
+			registry_guard_depends_on_extension(ref, REGISTRY_GUARD);
+			have = refatt;
+		}
+		if (!have_truncate)
+		{
+			exec_ddl(psprintf("CREATE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT "
+							  "EXECUTE FUNCTION clinic_migrate.registry_guard()",
+							  REGISTRY_GUARD_TRUNCATE, qreg));
+			CommandCounterIncrement();
+			registry_guard_depends_on_extension(ref, REGISTRY_GUARD_TRUNCATE);
+		}
+		cm_role_end(&save);
+	}
+	/* a guard of another column (or someone else's trigger of that name): the key is made */
+	if (have != refatt)
+		return false;
+	tenant_check(pt, schema, target);
 	return true;
 }
 
-/* the schema of a tenant of this database whose copy exists, or NULL */
+/*
+ * The text of a registry key, as a tenant id: its cast to text, as the
+ * capture triggers take it (char(n)'s padding goes), evaluated as the
+ * session's role.
+ */
+static char *
+key_as_tenant_id(Datum value, Oid typid, int32 typmod, Oid collid)
+{
+	int16		typlen;
+	bool		typbyval;
+	Node	   *expr;
+	ExprState  *es;
+	ExprContext *ec;
+	Datum		d;
+	bool		isnull;
+	char	   *result;
+
+	get_typlenbyval(typid, &typlen, &typbyval);
+	expr = coerce_to_target_type(NULL, (Node *) makeConst(typid, typmod, collid, typlen, value, false, typbyval),
+								 typid, TEXTOID, -1, COERCION_EXPLICIT, COERCE_EXPLICIT_CAST, -1);
+	if (expr == NULL)
+	{
+		Oid			out;
+		bool		varlena;
+
+		getTypeOutputInfo(typid, &out, &varlena);
+		return OidOutputFunctionCall(out, value);
+	}
+	ec = CreateStandaloneExprContext();
+	es = ExecInitExpr(expression_planner((Expr *) expr), NULL);
+	d = ExecEvalExpr(es, ec, &isnull);
+	result = isnull ? NULL : TextDatumGetCString(d);
+	FreeExprContext(ec, true);
+	return result;
+}
+
+/* the schema of a tenant of this database whose copy exists (any tenant if NULL): "tenant\tschema", or NULL */
 static char *
 tenant_with_schema(const char *tenant)
 {
@@ -1622,6 +1727,7 @@ tenant_with_schema(const char *tenant)
 	Datum		v = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
 	char		null = tenant ? ' ' : 'n';
 	char	   *result = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
 
 	SPI_connect();
 	cm_state_exec("SELECT t.tenant_id, t.schema_name FROM clinic_migrate.tenants t "
@@ -1631,16 +1737,22 @@ tenant_with_schema(const char *tenant)
 				  "ORDER BY t.tenant_id LIMIT 1",
 				  1, &t, &v, &null, 1);
 	if (SPI_processed > 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
 		result = psprintf("%s\t%s", SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
 						  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+		MemoryContextSwitchTo(old);
+	}
 	SPI_finish();
 	return result;
 }
 
 /*
- * clinic_migrate.registry_guard([column]): the trigger of the registry
- * guard (above).  Row level, AFTER UPDATE OF column OR DELETE; statement
- * level, BEFORE TRUNCATE.
+ * clinic_migrate.registry_guard(): the trigger of the registry guard
+ * (above).  Row level, AFTER UPDATE OF column OR DELETE (the column is the
+ * trigger's own, followed through renames); statement level, BEFORE
+ * TRUNCATE.
  */
 PG_FUNCTION_INFO_V1(cm_registry_guard);
 Datum
@@ -1649,8 +1761,11 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	Relation	rel;
 	TupleDesc	desc;
-	int			att;
-	char	   *old;
+	AttrNumber	att;
+	Form_pg_attribute attr;
+	Datum		old;
+	bool		isnull;
+	char	   *tenant;
 	char	   *found;
 	char	   *schema;
 
@@ -1667,7 +1782,7 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 		schema = strchr(found, '\t');
 		*schema++ = '\0';
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("cannot truncate %s: it is the registry of tenants that live in schemas of their own",
 						cm_qualified_relname(RelationGetRelid(rel))),
 				 errdetail("Tenant \"%s\" (schema %s) is one; clinic_migrate keeps their registry rows in place of the foreign keys of their tables.",
@@ -1675,28 +1790,30 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 				 errhint("Roll back or drop those tenants first.")));
 	}
 	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		td->tg_trigger->tgnargs != 1)
+		TRIGGER_FIRED_BY_INSERT(td->tg_event) || td->tg_trigger->tgnattr != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("clinic_migrate.registry_guard(column) must be an AFTER row trigger")));
+				 errmsg("clinic_migrate.registry_guard() must be an AFTER UPDATE OF column OR DELETE row trigger")));
 	desc = RelationGetDescr(rel);
-	att = SPI_fnumber(desc, td->tg_trigger->tgargs[0]);
-	if (att <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("the registry %s has no column \"%s\" for clinic_migrate.registry_guard",
-						cm_qualified_relname(RelationGetRelid(rel)), td->tg_trigger->tgargs[0])));
-	old = SPI_getvalue(td->tg_trigtuple, desc, att);
-	if (old == NULL)
+	att = td->tg_trigger->tgattr[0];
+	if (att <= 0 || att > desc->natts || TupleDescAttr(desc, att - 1)->attisdropped)
+		return PointerGetDatum(NULL);
+	attr = TupleDescAttr(desc, att - 1);
+	old = heap_getattr(td->tg_trigtuple, att, desc, &isnull);
+	if (isnull)
 		return PointerGetDatum(NULL);
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
-		char	   *new = SPI_getvalue(td->tg_newtuple, desc, att);
+		bool		newnull;
+		Datum		new = heap_getattr(td->tg_newtuple, att, desc, &newnull);
 
-		if (new != NULL && strcmp(old, new) == 0)
+		if (!newnull && datumIsEqual(old, new, attr->attbyval, attr->attlen))
 			return PointerGetDatum(NULL);
 	}
-	found = tenant_with_schema(old);
+	tenant = key_as_tenant_id(old, attr->atttypid, attr->atttypmod, attr->attcollation);
+	if (tenant == NULL)
+		return PointerGetDatum(NULL);
+	found = tenant_with_schema(tenant);
 	if (found == NULL)
 		return PointerGetDatum(NULL);
 	schema = strchr(found, '\t') + 1;
@@ -1704,9 +1821,9 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 			 errmsg("%s on table %s violates the foreign keys of tenant \"%s\"'s tables",
 					TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "update" : "delete",
-					cm_qualified_relname(RelationGetRelid(rel)), old),
+					cm_qualified_relname(RelationGetRelid(rel)), tenant),
 			 errdetail("Key (%s)=(%s) is still referenced from schema %s, where clinic_migrate keeps this row in place of the tables' foreign keys to %s.",
-					   quote_identifier(td->tg_trigger->tgargs[0]), old, quote_identifier(schema),
+					   quote_identifier(NameStr(attr->attname)), tenant, quote_identifier(schema),
 					   RelationGetRelationName(rel)),
 			 errhint("Roll the tenant back, or drop its schema, first.")));
 	return PointerGetDatum(NULL);
@@ -1761,7 +1878,7 @@ clone_table_foreign_keys(TenantPlan *plan, const char *schema, PlanTable *pt)
 			 * clinic_migrate.shared_foreign_keys is off.
 			 */
 			if (newref == ref &&
-				registry_guarded(plan, pt, ref, SPI_getbinval(tup, desc, 3, &isnull),
+				registry_guarded(plan, pt, schema, target, ref, SPI_getbinval(tup, desc, 3, &isnull),
 								 SPI_getbinval(tup, desc, 4, &isnull)))
 				continue;
 			if (newref == ref && !cm_shared_foreign_keys)

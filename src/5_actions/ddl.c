@@ -34,6 +34,8 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_constraint.h"
+
 #include "access/xact.h"
 #include "parser/parser.h"
 #include "access/genam.h"
@@ -608,6 +610,10 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 			if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
 				cmd->subtype == AT_DropConstraint)
 				cmd->missing_ok = true;
+			/* a key the copy does not have (see follow_rename) */
+			if (cmd->subtype == AT_ValidateConstraint &&
+				!OidIsValid(get_relation_constraint_oid(c->target, cmd->name, true)))
+				continue;
 			if (cmd->subtype == AT_AddConstraint)
 				retarget_reference((Constraint *) cmd->def, c);
 			else if (cmd->subtype == AT_AddColumn)
@@ -619,6 +625,8 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 			}
 			s->cmds = lappend(s->cmds, cmd);
 		}
+		if (s->cmds == NIL)
+			continue;
 		run_on_copy((Node *) s, query, c);
 		foreach(cl, added)
 			copy_volatile_default(relid, (char *) lfirst(cl), c);
@@ -1748,6 +1756,15 @@ follow_rename(RenameStmt *stmt, const char *query)
 		s->missing_ok = false;
 		if (s->renameType == OBJECT_COLUMN)
 			s->relationType = OBJECT_TABLE;
+
+		/*
+		 * A constraint the copy does not have: a key to the registry (kept
+		 * by the registry guard, 0.9) or to a shared table with
+		 * shared_foreign_keys off.
+		 */
+		if (s->renameType == OBJECT_TABCONSTRAINT &&
+			!OidIsValid(get_relation_constraint_oid(c->target, s->subname, true)))
+			continue;
 		run_on_copy((Node *) s, query, c);
 	}
 }
@@ -2797,6 +2814,25 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 								  "WHERE n.nspname = 'clinic_migrate' AND c.relname LIKE 'log\\_%' AND c.relkind = 'r' "
 								  "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
 								  "AND d.objid = c.oid AND d.deptype = 'e')", 0, NULL, NULL, NULL, 0);
+					{
+						SPITupleTable *tt = SPI_tuptable;
+						uint64		n = SPI_processed;
+
+						for (uint64 i = 0; i < n; i++)
+							cm_state_exec(SPI_getvalue(tt->vals[i], tt->tupdesc, 1), 0, NULL, NULL, NULL, 0);
+					}
+
+					/*
+					 * The registry guard (0.9) depends on the extension, but
+					 * a restored database lost that tie (pg_dump does not
+					 * carry it): without this, DROP EXTENSION would ask for
+					 * CASCADE.
+					 */
+					cm_state_exec("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.tgrelid::pg_catalog.regclass) "
+								  "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid "
+								  "WHERE p.proname = 'registry_guard' "
+								  "AND p.pronamespace = 'clinic_migrate'::pg_catalog.regnamespace",
+								  0, NULL, NULL, NULL, 0);
 					{
 						SPITupleTable *tt = SPI_tuptable;
 						uint64		n = SPI_processed;
