@@ -35,6 +35,8 @@
 #include "postgres.h"
 
 #include "catalog/pg_constraint.h"
+#include "utils/relcache.h"
+#include "access/sysattr.h"
 
 #include "access/xact.h"
 #include "parser/parser.h"
@@ -243,6 +245,58 @@ refuse(TenantCopy *c, const char *what)
 			 errdetail("The tenant's state is %s; its copy is kept in step by the table's key and tenant column.",
 					   c->state),
 			 errhint("Finish the tenant's move (finalize_tenant) or roll it back (rollback_tenant) first, then run the statement again.")));
+}
+
+/*
+ * ALTER TABLE ... REPLICA IDENTITY of a table whose copies are kept in step
+ * from the WAL (0.8): a DELETE's old row holds only the replica identity's
+ * columns, which must hold the key the capture logs.  Refused at the
+ * command's end (the change is undone with it) while such a tenant is
+ * copying or copied.
+ */
+static void
+check_replica_identity(Oid relid, List *copies)
+{
+	ListCell   *lc;
+
+	foreach(lc, copies)
+	{
+		TenantCopy *c = lfirst(lc);
+		Oid			t = TEXTOID;
+		Datum		v = CStringGetTextDatum(c->tenant);
+		Relation	rel;
+		Bitmapset  *ident;
+		bool		full;
+		TupleDesc	desc;
+
+		cm_state_exec("SELECT 1 FROM clinic_migrate.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+					  "AND capture_method OPERATOR(pg_catalog.=) 'wal' "
+					  "AND state IN ('copying', 'copied', 'failed')", 1, &t, &v, NULL, 1);
+		if (SPI_processed == 0)
+			continue;
+		rel = table_open(relid, AccessShareLock);
+		ident = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+		full = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
+		desc = RelationGetDescr(rel);
+		for (int a = 0; !full && a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+
+			if (att->attisdropped || !logged_column(relid, NameStr(att->attname)) ||
+				bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, ident))
+				continue;
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("cannot change the replica identity of %s while tenant \"%s\" is captured from the WAL",
+							cm_qualified_relname(relid), c->tenant),
+					 errdetail("The WAL's old row of a DELETE would not hold key column %s, which the capture needs.",
+							   quote_identifier(NameStr(att->attname))),
+					 errhint("Keep a replica identity that holds the key (the primary key, USING INDEX of a unique index on it, or FULL), "
+							 "or finish or roll back the tenant's move first.")));
+		}
+		table_close(rel, AccessShareLock);
+		return;
+	}
 }
 
 /* a key or tenant column changes: refused while a copy exists */
@@ -556,6 +610,9 @@ follow_alter_table(AlterTableStmt *stmt, const char *query)
 			case AT_AlterColumnType:
 				check_column(relid, copies, cmd->name, "change the type of");
 				carried = lappend(carried, cmd);
+				break;
+			case AT_ReplicaIdentity:
+				check_replica_identity(relid, copies);
 				break;
 			case AT_ColumnDefault:
 			case AT_DropNotNull:

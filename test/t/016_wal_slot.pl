@@ -6,6 +6,7 @@
 #    tables get no INSERT, UPDATE or DELETE trigger, only the tenant-change trigger and
 #    the TRUNCATE guard. The migration runs as the README's migration role (no
 #    REPLICATION attribute), the writes as an application role.
+# 1b. ALTER TABLE ... REPLICA IDENTITY that would drop the key is refused.
 # 2. kill -9 of the sync worker after it committed the keys it read and before it moved
 #    the slot (held at its pause point): every backend restarts, the same changes are
 #    read again, and the copy equals the shared rows.
@@ -194,6 +195,17 @@ WHERE id = (SELECT p.id FROM patients p WHERE p.tenant_id = 't1' AND p.email IS 
 in_step('captured from the WAL');
 is( $node->safe_psql('postgres', q{SELECT count(*) FROM tenant_t1.patients WHERE notes = 'move to t2'}),
 	'0', 'the patient the application\'s trigger moved to t2 left t1\'s copy');
+
+# ---- 1b. a replica identity that would drop the key is refused ----
+my $ri_err = '';
+$node->psql('postgres', q{ALTER TABLE patients REPLICA IDENTITY NOTHING}, stderr => \$ri_err);
+like($ri_err, qr/cannot change the replica identity of public\.patients while tenant "t1" is captured from the WAL/,
+	'REPLICA IDENTITY NOTHING is refused while t1 is captured from the WAL');
+is($node->safe_psql('postgres', q{SELECT relreplident FROM pg_class WHERE oid = 'public.patients'::regclass}),
+	'd', '... and undone');
+$node->safe_psql('postgres', q{ALTER TABLE patients REPLICA IDENTITY FULL});
+$node->safe_psql('postgres', q{ALTER TABLE patients REPLICA IDENTITY DEFAULT});
+pass('FULL and DEFAULT (both hold the key) are taken');
 
 # ---- 2. kill -9 of the sync worker between its commit and the slot's move ----
 my $holder = $node->background_psql('postgres');
