@@ -21,6 +21,7 @@ int			cm_batch_size = 50000;
 int			cm_progress_interval = 10;
 int			cm_batch_delay = 0;
 int			cm_sync_interval = 1000;
+int			cm_drain_max_changes = 100000;
 int			cm_cutover_max_lag = 1000;
 int			cm_cutover_max_pause = 200;
 bool		cm_follow_ddl_on = true;
@@ -170,6 +171,11 @@ cm_settings_init(void)
 							 "trigger: capture triggers; auto: wal when it can. Read when a move starts.",
 							 &cm_capture_method, 0, capture_method_options,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("clinic_migrate.drain_max_changes",
+							"Most changes the sync worker reads from the replication slot of capture from the WAL in one transaction (0: no limit).",
+							"The worker reads the rest at once, in the next transaction; cutover, sync_now and a copy read all.",
+							&cm_drain_max_changes, 100000, 0, INT_MAX,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("clinic_migrate.alert_slot_wal",
 							"alerts(): the replication slot of capture from the WAL keeping more WAL than this.",
 							NULL, &cm_alert_slot_wal, 1024 * 1024, 1, INT_MAX,

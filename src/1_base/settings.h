@@ -18,6 +18,7 @@ extern int	cm_batch_size;
 extern int	cm_progress_interval;
 extern int	cm_batch_delay;
 extern int	cm_sync_interval;
+extern int	cm_drain_max_changes;
 extern int	cm_cutover_max_lag;
 extern int	cm_cutover_max_pause;
 extern bool cm_shared_foreign_keys;

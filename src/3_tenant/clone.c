@@ -26,6 +26,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
@@ -45,6 +46,7 @@
 #include "commands/extension.h"
 #include "commands/sequence.h"
 #include "parser/parse_func.h"
+#include "parser/parse_oper.h"
 #include "utils/datum.h"
 #include "executor/executor.h"
 #include "optimizer/optimizer.h"
@@ -1602,17 +1604,41 @@ tenant_check(PlanTable *pt, const char *schema, Oid target)
 	int32		typmod;
 	Oid			collid;
 
+	Oid			base;
+	int32		basemod;
+
 	if (OidIsValid(get_relation_constraint_oid(target, TENANT_CHECK, true)))
 		return;
 	tenant = tenant_of_schema(schema);
 	if (tenant == NULL)
 		return;
 	get_atttypetypmodcoll(target, pt->tenant_att, &typid, &typmod, &collid);
+
+	/*
+	 * Only PostgreSQL's own code in it: the constraint is checked now as the
+	 * migrating role (a superuser, maybe), and later by replay.  So the
+	 * literal is of the column's base type (a cast to a domain would run
+	 * its CHECK, the table owner's code), a built-in type compared with a
+	 * built-in equality; for other types the copy goes without this half.
+	 */
+	basemod = typmod;
+	base = getBaseTypeAndTypmod(typid, &basemod);
+	if (base >= FirstNormalObjectId)
+		return;
+	{
+		Operator	op = oper(NULL, list_make2(makeString("pg_catalog"), makeString("=")), base, base, true, -1);
+		Oid			eq = op ? oprid(op) : InvalidOid;
+
+		if (op)
+			ReleaseSysCache(op);
+		if (!OidIsValid(eq) || eq >= FirstNormalObjectId)
+			return;
+	}
 	exec_ddl(psprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s OPERATOR(pg_catalog.=) CAST(%s AS %s))",
 					  quote_qualified_identifier(schema, pt->relname), TENANT_CHECK,
 					  quote_identifier(get_attname(target, pt->tenant_att, false)),
 					  quote_literal_cstr(tenant),
-					  format_type_extended(typid, typmod,
+					  format_type_extended(base, basemod,
 										   FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY)));
 	CommandCounterIncrement();
 }
@@ -1719,23 +1745,49 @@ key_as_tenant_id(Datum value, Oid typid, int32 typmod, Oid collid)
 	return result;
 }
 
-/* the schema of a tenant of this database whose copy exists (any tenant if NULL): "tenant\tschema", or NULL */
+/*
+ * A tenant of this database whose copy exists (any tenant if tenant is
+ * NULL): "tenant\tschema", or NULL.  With a key of a built-in type, the
+ * tenants of the registry's schema are also compared in that type (1.0 is
+ * tenant 1, 't2 ' is tenant t2 for char(n)); only PostgreSQL's own input
+ * and equality functions run there, as the extension's owner.
+ */
 static char *
-tenant_with_schema(const char *tenant)
+tenant_with_schema(const char *tenant, Datum key, Oid keytype, const char *source_schema)
 {
-	Oid			t = TEXTOID;
-	Datum		v = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
-	char		null = tenant ? ' ' : 'n';
+	Oid			types[4] = {TEXTOID, TEXTOID, NAMEOID, InvalidOid};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	char	   *result = NULL;
+	bool		typed = tenant != NULL && OidIsValid(keytype) && keytype < FirstNormalObjectId;
 	MemoryContext cxt = CurrentMemoryContext;
+	StringInfoData sql;
 
+	values[0] = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
+	nulls[0] = tenant ? ' ' : 'n';
+	values[1] = (Datum) 0;
+	nulls[1] = 'n';
+	values[2] = DirectFunctionCall1(namein, CStringGetDatum(source_schema ? source_schema : ""));
+	types[3] = typed ? keytype : TEXTOID;
+	values[3] = typed ? key : (Datum) 0;
+	nulls[3] = typed ? ' ' : 'n';
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "SELECT t.tenant_id, t.schema_name FROM clinic_migrate.tenants t "
+						   "WHERE ($1 IS NULL OR t.tenant_id OPERATOR(pg_catalog.=) $1");
+	if (typed)
+		appendStringInfo(&sql,
+						 " OR CASE WHEN t.source_schema OPERATOR(pg_catalog.=) $3 "
+						 "THEN CAST(t.tenant_id AS %s) OPERATOR(pg_catalog.=) $4 END",
+						 /* typmod -1 given: bpchar, not character (that is char(1)) */
+						 format_type_extended(keytype, -1,
+											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+	appendStringInfoString(&sql,
+						   ") AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n "
+						   "              WHERE n.nspname OPERATOR(pg_catalog.=) t.schema_name) "
+						   "ORDER BY t.tenant_id LIMIT 1");
 	SPI_connect();
-	cm_state_exec("SELECT t.tenant_id, t.schema_name FROM clinic_migrate.tenants t "
-				  "WHERE ($1 IS NULL OR t.tenant_id OPERATOR(pg_catalog.=) $1) "
-				  "  AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n "
-				  "              WHERE n.nspname OPERATOR(pg_catalog.=) t.schema_name) "
-				  "ORDER BY t.tenant_id LIMIT 1",
-				  1, &t, &v, &null, 1);
+	cm_state_exec(sql.data, 4, types, values, nulls, 1);
 	if (SPI_processed > 0)
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1776,7 +1828,7 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 	rel = td->tg_relation;
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
-		found = tenant_with_schema(NULL);
+		found = tenant_with_schema(NULL, (Datum) 0, InvalidOid, NULL);
 		if (found == NULL)
 			return PointerGetDatum(NULL);
 		schema = strchr(found, '\t');
@@ -1813,15 +1865,17 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 	tenant = key_as_tenant_id(old, attr->atttypid, attr->atttypmod, attr->attcollation);
 	if (tenant == NULL)
 		return PointerGetDatum(NULL);
-	found = tenant_with_schema(tenant);
+	found = tenant_with_schema(tenant, old, getBaseType(attr->atttypid),
+							   get_namespace_name(RelationGetNamespace(rel)));
 	if (found == NULL)
 		return PointerGetDatum(NULL);
-	schema = strchr(found, '\t') + 1;
+	schema = strchr(found, '\t');
+	*schema++ = '\0';
 	ereport(ERROR,
 			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 			 errmsg("%s on table %s violates the foreign keys of tenant \"%s\"'s tables",
 					TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "update" : "delete",
-					cm_qualified_relname(RelationGetRelid(rel)), tenant),
+					cm_qualified_relname(RelationGetRelid(rel)), found),
 			 errdetail("Key (%s)=(%s) is still referenced from schema %s, where clinic_migrate keeps this row in place of the tables' foreign keys to %s.",
 					   quote_identifier(NameStr(attr->attname)), tenant, quote_identifier(schema),
 					   RelationGetRelationName(rel)),

@@ -800,18 +800,32 @@ capture_wal_ensure_slot(void)
 XLogRecPtr
 capture_wal_read(int64 *changes, XLogRecPtr skip_upto)
 {
+	return capture_wal_read_some(changes, skip_upto, 0, NULL);
+}
+
+/* the position read up to: the end of the last transaction read when max_changes cut it short */
+static XLogRecPtr drain_last_end;
+
+XLogRecPtr
+capture_wal_read_some(int64 *changes, XLogRecPtr skip_upto, int64 max_changes, bool *more)
+{
 	CmRoleSave	save;
 	XLogRecPtr	upto;
 	LOCKTAG		tag;
 	bool		lost;
 	Portal		portal;
-	Oid			types[3] = {TEXTOID, PG_LSNOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, PG_LSNOID, TEXTOID, INT4OID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', 'n'};
 	volatile int64 n = 0;
+	volatile int64 rows = 0;
 	const char *tenant_column;
 	MemoryContext msgcxt;
 
 	*changes = 0;
+	if (more)
+		*more = false;
+	drain_last_end = InvalidXLogRecPtr;
 	if (!capture_wal_supported())
 		return InvalidXLogRecPtr;
 	if (!capture_wal_slot_exists(&lost))
@@ -881,12 +895,22 @@ capture_wal_read(int64 *changes, XLogRecPtr skip_upto)
 	values[0] = CStringGetTextDatum(capture_wal_slot_name());
 	values[1] = LSNGetDatum(upto);
 	values[2] = CStringGetTextDatum(tenant_column);
+
+	/*
+	 * At most max_changes rows: the decoding stops after the transaction
+	 * that reaches them, whole transactions only.
+	 */
+	if (max_changes > 0)
+	{
+		values[3] = Int32GetDatum((int32) Min(max_changes, PG_INT32_MAX));
+		nulls[3] = ' ';
+	}
 	cm_owner_begin(&save);
 	(void) allow_our_plugin();
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes("
-									   "$1, $2, NULL, 'tenant_column', $3)",
-									   3, types, values, NULL, true, 0);
+									   "$1, $2, $4, 'tenant_column', $3)",
+									   4, types, values, nulls, true, 0);
 	cm_role_end(&save);
 	msgcxt = AllocSetContextCreate(CurrentMemoryContext, "clinic_migrate drain", ALLOCSET_DEFAULT_SIZES);
 	PG_TRY();
@@ -907,6 +931,7 @@ capture_wal_read(int64 *changes, XLogRecPtr skip_upto)
 
 				/* each change's tuples and lookups freed after it */
 				n += decode_apply_message(VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b), tenant_column, skip_upto);
+				rows++;
 				MemoryContextSwitchTo(old);
 				MemoryContextReset(msgcxt);
 			}
@@ -929,6 +954,19 @@ capture_wal_read(int64 *changes, XLogRecPtr skip_upto)
 	MemoryContextDelete(msgcxt);
 	SPI_cursor_close(portal);
 	*changes = n;
+
+	/*
+	 * Cut short: read up to the end of the last transaction read (the
+	 * transactions before it with nothing to capture were decoded too).
+	 * The rest is read by the next call.
+	 */
+	if (max_changes > 0 && rows >= max_changes && !XLogRecPtrIsInvalid(drain_last_end) &&
+		drain_last_end < upto)
+	{
+		if (more)
+			*more = true;
+		return drain_last_end;
+	}
 	return upto;
 }
 
@@ -1033,6 +1071,8 @@ decode_apply_message(const char *data, int len, const char *tenant_column, XLogR
 	relid = pq_getmsgint(&in, 4);
 	committed = pq_getmsgint64(&in);
 	end_lsn = pq_getmsgint64(&in);
+	if (end_lsn > drain_last_end)
+		drain_last_end = end_lsn;
 	/* read already by this session's earlier call, in this transaction (sync_now) */
 	if (end_lsn <= skip_upto)
 		return 0;

@@ -53,6 +53,14 @@ extern void capture_wal_ensure_slot(void);
  * same transaction: sync_now).
  */
 extern XLogRecPtr capture_wal_read(int64 *changes, XLogRecPtr skip_upto);
+
+/*
+ * The same, reading at most max_changes rows (0: all), whole transactions:
+ * returns where it read up to (what the slot may be moved to), *more set
+ * when it stopped short of the WAL flushed at its start.
+ */
+extern XLogRecPtr capture_wal_read_some(int64 *changes, XLogRecPtr skip_upto,
+										int64 max_changes, bool *more);
 extern void capture_wal_confirm(XLogRecPtr upto);
 
 /* bytes of WAL the slot keeps (-1: no slot) */

@@ -2885,10 +2885,14 @@ cm_guard_ddl(PG_FUNCTION_ARGS)
 					 * carry it): without this, DROP EXTENSION would ask for
 					 * CASCADE.
 					 */
-					cm_state_exec("SELECT pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.tgrelid::pg_catalog.regclass) "
+					cm_state_exec("SELECT pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', t.tgname, "
+								  "t.tgrelid::pg_catalog.regclass) "
 								  "FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid "
 								  "WHERE p.proname = 'registry_guard' "
-								  "AND p.pronamespace = 'clinic_migrate'::pg_catalog.regnamespace",
+								  "AND p.pronamespace = 'clinic_migrate'::pg_catalog.regnamespace "
+								  "AND t.tgname IN ('" "clinic_migrate_registry_guard" "', "
+								  "'" "clinic_migrate_registry_guard_truncate" "') "
+								  "AND t.tgparentid = 0",
 								  0, NULL, NULL, NULL, 0);
 					{
 						SPITupleTable *tt = SPI_tuptable;

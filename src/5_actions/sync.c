@@ -101,11 +101,17 @@ cm_sync_tenant_round(const char *tenant)
 int64
 cm_wal_drain(void)
 {
+	return cm_wal_drain_some(0, NULL);
+}
+
+int64
+cm_wal_drain_some(int64 max_changes, bool *more)
+{
 	XLogRecPtr	upto;
 	int64		n = 0;
 
 	cm_begin_txn_read_committed();
-	upto = capture_wal_read(&n, InvalidXLogRecPtr);
+	upto = capture_wal_read_some(&n, InvalidXLogRecPtr, max_changes, more);
 	cm_end_txn();
 	/*
 	 * The keys must be on disk before the slot forgets them: this worker

@@ -41,6 +41,12 @@ extern int	cm_capture_cleanup(void);
  */
 extern int64 cm_wal_drain(void);
 
+/*
+ * The sync worker's drain: at most max_changes rows in its transaction
+ * (0: all); *more when there is more to read now.
+ */
+extern int64 cm_wal_drain_some(int64 max_changes, bool *more);
+
 /* drop the slot if no tenant captures from the WAL any more; true if none is left */
 extern bool cm_wal_cleanup(void);
 

@@ -670,9 +670,16 @@ cm_sync_worker_main(Datum main_arg)
 			PG_TRY();
 			{
 				/* dropped first if nobody needs it (a lost slot cannot be read) */
+				bool		more = true;
+
 				if (!cm_wal_cleanup())
 					any = true;	/* kept while a tenant needs it: keep reading it */
-				(void) cm_wal_drain();
+				/* a transaction per clinic_migrate.drain_max_changes rows, until read up */
+				while (more && !cm_got_sigterm)
+				{
+					CHECK_FOR_INTERRUPTS();
+					(void) cm_wal_drain_some(cm_drain_max_changes, &more);
+				}
 			}
 			PG_CATCH();
 			{

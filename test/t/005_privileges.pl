@@ -398,7 +398,8 @@ attacker('migrator', q{
 GRANT USAGE ON SCHEMA clinic_migrate TO migrator;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA clinic_migrate TO migrator;
 GRANT SELECT ON ALL TABLES IN SCHEMA clinic_migrate TO migrator;
-GRANT SELECT, TRIGGER ON ALL TABLES IN SCHEMA public TO migrator;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO migrator;
+GRANT TRIGGER ON public.patients, public.staff, public.appointments, public.appointment_notes, public.rooms TO migrator;
 GRANT REFERENCES ON public.tenants, public.specialties TO migrator;
 GRANT CREATE ON DATABASE postgres TO migrator;
 GRANT DELETE ON ALL TABLES IN SCHEMA public TO migrator;

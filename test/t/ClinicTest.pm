@@ -17,6 +17,7 @@ use strict;
 use warnings;
 
 use Test::More;
+use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
@@ -89,7 +90,23 @@ sub capture_method
 sub capture_conf
 {
 	return "clinic_migrate.capture_method = trigger\n" if capture_method() eq 'trigger';
-	return "wal_level = logical\nmax_replication_slots = 10\nclinic_migrate.capture_method = wal\n";
+	# the sync worker's drains cut into transactions of a few changes: the
+	# exactness checks of every WAL test run through that path too
+	return "wal_level = logical\nmax_replication_slots = 10\nclinic_migrate.capture_method = wal\n"
+	  . "clinic_migrate.drain_max_changes = 25\n";
+}
+
+# After a kill -9 of a backend: true once the server takes queries again.  Until the
+# postmaster has restarted every backend, a psql fed its query on stdin may exit
+# before reading it and IPC::Run dies of the broken pipe: each try is in an eval.
+sub back_after_crash
+{
+	for (my $i = 0; $i < 1200; $i++)
+	{
+		return 1 if eval { $node->safe_psql('postgres', 'SELECT 1') eq '1' };
+		usleep(100_000);
+	}
+	return 0;
 }
 
 # The tenants in a state captured the way the test runs (ok when all are).
