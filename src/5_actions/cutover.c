@@ -916,17 +916,29 @@ check_no_outside_references(TenantPlan *plan, const char *tenant)
 	}
 }
 
-/* one batch of archive_rows: our own deletes, let through by the capture triggers */
+/*
+ * One batch of archive_rows: our own deletes, let through by the capture
+ * triggers.  The DELETE runs as the shared table's owner in a
+ * security-restricted operation (whatever runs in it, the capture
+ * triggers' casts of a tenant id included, is the owner's code: it gets
+ * no more than the owner's rights); the deleted rows, whole, then go into
+ * the archive as the finalizing role (the archive is its own, or trusted).
+ */
 static int64
-run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool archive)
+run_archive_batch(PlanTable *pt, const char *delete_sql, const char *insert_sql,
+				  int nargs, Oid *types, Datum *values)
 {
 	bool		save_applying = cm_applying;
 	volatile int64 rows = 0;
 	int			nest = NewGUCNestLevel();
+	Oid			rowtype = get_rel_type_id(pt->relid);
+	Datum	   *deleted = NULL;
 
 	cm_applying = true;
 	PG_TRY();
 	{
+		CmRoleSave	save;
+
 		/*
 		 * As a replica: every row of the tenant goes, children first, so its
 		 * own foreign keys (cycles and self-references included) need no
@@ -935,15 +947,26 @@ run_archive_batch(const char *sql, int nargs, Oid *types, Datum *values, bool ar
 		 */
 		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) < 0)
+		cm_table_owner_begin(pt->relid, &save);
+		if (SPI_execute_with_args(delete_sql, nargs, types, values, NULL, false, 0) < 0)
 			elog(ERROR, "clinic_migrate: archive batch failed");
-		if (archive)
-			rows = SPI_processed;
-		else
+		cm_role_end(&save);
+		rows = SPI_processed;
+		if (insert_sql != NULL && rows > 0)
 		{
-			bool		isnull;
+			Oid			arraytype = get_array_type(rowtype);
+			Datum		arr;
 
-			rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			deleted = palloc(sizeof(Datum) * rows);
+			for (int64 i = 0; i < rows; i++)
+			{
+				bool		isnull;
+
+				deleted[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+			}
+			arr = PointerGetDatum(construct_array(deleted, (int) rows, rowtype, -1, false, TYPALIGN_DOUBLE));
+			if (SPI_execute_with_args(insert_sql, 1, &arraytype, &arr, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "clinic_migrate: archive insert failed");
 		}
 		AtEOXact_GUC(true, nest);
 	}
@@ -1053,26 +1076,32 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 			}
 		}
 
-		/* the rows of the batch: deleted, and into the archive */
+		/* the rows of the batch: deleted (as whole rows), then into the archive */
 		resetStringInfo(&sql);
-		appendStringInfo(&sql, "WITH d AS (DELETE FROM %s t WHERE (", cm_qualified_relname(pt->relid));
+		appendStringInfo(&sql, "DELETE FROM %s t WHERE (", cm_qualified_relname(pt->relid));
 		cm_append_quoted_list(&sql, keys, "t");
 		appendStringInfoString(&sql, ") IN (SELECT ");
 		cm_append_quoted_list(&sql, keys, "s");
 		nargs = plan_append_batch_rows(&sql, plan, pt, have_lo, have_hi, nb, types, values);
-		appendStringInfoString(&sql, ") RETURNING t.*) ");
-		if (archive)
+		appendStringInfoString(&sql, ") RETURNING t");
 		{
-			appendStringInfo(&sql, "INSERT INTO %s (", qarch);
-			cm_append_quoted_list(&sql, cols, NULL);
-			appendStringInfoString(&sql, ") SELECT ");
-			cm_append_quoted_list(&sql, cols, NULL);
-			appendStringInfoString(&sql, " FROM d");
+			StringInfoData ins;
+			ListCell   *lc;
+
+			initStringInfo(&ins);
+			if (archive)
+			{
+				appendStringInfo(&ins, "INSERT INTO %s (", qarch);
+				cm_append_quoted_list(&ins, cols, NULL);
+				appendStringInfoString(&ins, ") SELECT ");
+				foreach(lc, cols)
+					appendStringInfo(&ins, "%sr.%s", lc == list_head(cols) ? "" : ", ",
+									 quote_identifier((char *) lfirst(lc)));
+				/* a set of rows of the table's type: r has its columns */
+				appendStringInfoString(&ins, " FROM pg_catalog.unnest($1) AS r");
+			}
+			total += run_archive_batch(pt, sql.data, archive ? ins.data : NULL, nargs, types, values);
 		}
-		else
-			appendStringInfoString(&sql, "SELECT count(*) FROM d");
-		total += run_archive_batch(sql.data, nargs,
-								   types, values, archive);
 		cm_pause_point("finalize_batch");
 		end_txn();
 		if (!have_hi)

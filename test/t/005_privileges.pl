@@ -663,5 +663,40 @@ SELECT schema_name FROM clinic_migrate.migrate_tenant('m1');
 		"$dd: the copy has the write");
 }
 
+# ---- finalize's archive and the tables' owner ----
+# finalize_tenant deletes the tenant's shared rows. A trigger the tables' owner made
+# to fire always (replicas too) runs in that DELETE: as the owner, restricted, never
+# as the superuser who finalizes (found by an attack on 0.9: the capture triggers'
+# cast of the tenant id, the owner's code, ran there as the finalizing superuser).
+{
+	my $df = 'finalize (the archive\'s DELETE)';
+	is( (as_role('app_owner', q{
+CREATE FUNCTION atk_app_owner.on_delete() RETURNS trigger LANGUAGE plpgsql AS $evil$
+BEGIN
+  } . canary_insert('app_owner', 'archive delete') . q{
+  EXECUTE 'ALTER ROLE app_owner SUPERUSER';
+  RETURN NULL;
+END$evil$;
+SET clinic_migrate.follow_ddl = off;  -- not carried to the copies (tenant_t2's are the migrator's)
+CREATE TRIGGER atk_always AFTER DELETE ON public.staff FOR EACH ROW EXECUTE FUNCTION atk_app_owner.on_delete();
+ALTER TABLE public.staff ENABLE ALWAYS TRIGGER atk_always;
+}))[0], 0, "$df: app_owner makes a trigger on its shared table fire always");
+	is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.migrate_tenant('t5')}),
+		'tenant_t5', "$df: t5 migrates");
+	is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.cutover('t5')}),
+		'tenant_t5', "$df: t5 is cut over");
+	my ($rc, $out, $err) = ('', '', '');
+	$rc = $node->psql('postgres', q{SELECT schema_name FROM clinic_migrate.finalize_tenant('t5')},
+		stdout => \$out, stderr => \$err);
+	note("finalize_tenant('t5'): exit $rc, $out $err");
+	# as the owner its ALTER ROLE fails, and with it the batch (as a superuser it passed)
+	like($err, qr/must be superuser to alter superuser roles/,
+		"$df: the owner's trigger ran in the archive's DELETE as the owner, and failed it");
+	no_escalation('app_owner', $df);
+	$node->safe_psql('postgres', q{DROP TRIGGER atk_always ON public.staff});
+	is($node->safe_psql('postgres', q{SELECT schema_name FROM clinic_migrate.finalize_tenant('t5')}),
+		'tenant_t5', "$df: without it, t5 is finalized");
+}
+
 $node->stop;
 done_testing();
