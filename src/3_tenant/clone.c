@@ -1753,20 +1753,21 @@ key_as_tenant_id(Datum value, Oid typid, int32 typmod, Oid collid)
  * and equality functions run there, as the extension's owner.
  */
 static char *
-tenant_with_schema(const char *tenant, Datum key, Oid keytype, const char *source_schema)
+tenant_with_schema(const char *tenant, Datum key, Oid keytype, const char *source_schema, Oid registry)
 {
-	Oid			types[4] = {TEXTOID, TEXTOID, NAMEOID, InvalidOid};
+	Oid			types[4] = {TEXTOID, OIDOID, NAMEOID, InvalidOid};
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	char	   *result = NULL;
-	bool		typed = tenant != NULL && OidIsValid(keytype) && keytype < FirstNormalObjectId;
+	bool		typed = tenant != NULL && OidIsValid(keytype) && keytype < FirstNormalObjectId &&
+		OidIsValid(registry);
 	MemoryContext cxt = CurrentMemoryContext;
 	StringInfoData sql;
 
 	values[0] = tenant ? CStringGetTextDatum(tenant) : (Datum) 0;
 	nulls[0] = tenant ? ' ' : 'n';
-	values[1] = (Datum) 0;
-	nulls[1] = 'n';
+	values[1] = ObjectIdGetDatum(registry);
+	nulls[1] = OidIsValid(registry) ? ' ' : 'n';
 	values[2] = DirectFunctionCall1(namein, CStringGetDatum(source_schema ? source_schema : ""));
 	types[3] = typed ? keytype : TEXTOID;
 	values[3] = typed ? key : (Datum) 0;
@@ -1775,9 +1776,20 @@ tenant_with_schema(const char *tenant, Datum key, Oid keytype, const char *sourc
 	appendStringInfoString(&sql,
 						   "SELECT t.tenant_id, t.schema_name FROM clinic_migrate.tenants t "
 						   "WHERE ($1 IS NULL OR t.tenant_id OPERATOR(pg_catalog.=) $1");
+	/*
+	 * Only the tenants of this registry: of its schema, with a tenant
+	 * column that a key to it starts from (their ids were read in that
+	 * column's type, which the key's matches).  The CASE casts no other.
+	 */
 	if (typed)
 		appendStringInfo(&sql,
 						 " OR CASE WHEN t.source_schema OPERATOR(pg_catalog.=) $3 "
+						 "AND t.tenant_column IN (SELECT a.attname FROM pg_catalog.pg_constraint c "
+						 "  JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.conrelid "
+						 "   AND a.attnum OPERATOR(pg_catalog.=) c.conkey[1] "
+						 "  WHERE c.confrelid OPERATOR(pg_catalog.=) $2 "
+						 "   AND c.contype OPERATOR(pg_catalog.=) 'f' "
+						 "   AND pg_catalog.cardinality(c.conkey) OPERATOR(pg_catalog.=) 1) "
 						 "THEN CAST(t.tenant_id AS %s) OPERATOR(pg_catalog.=) $4 END",
 						 /* typmod -1 given: bpchar, not character (that is char(1)) */
 						 format_type_extended(keytype, -1,
@@ -1828,7 +1840,7 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 	rel = td->tg_relation;
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
-		found = tenant_with_schema(NULL, (Datum) 0, InvalidOid, NULL);
+		found = tenant_with_schema(NULL, (Datum) 0, InvalidOid, NULL, InvalidOid);
 		if (found == NULL)
 			return PointerGetDatum(NULL);
 		schema = strchr(found, '\t');
@@ -1866,7 +1878,7 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 	if (tenant == NULL)
 		return PointerGetDatum(NULL);
 	found = tenant_with_schema(tenant, old, getBaseType(attr->atttypid),
-							   get_namespace_name(RelationGetNamespace(rel)));
+							   get_namespace_name(RelationGetNamespace(rel)), RelationGetRelid(rel));
 	if (found == NULL)
 		return PointerGetDatum(NULL);
 	schema = strchr(found, '\t');

@@ -932,12 +932,13 @@ run_archive_batch(PlanTable *pt, const char *delete_sql, const char *insert_sql,
 	volatile int64 rows = 0;
 	int			nest = NewGUCNestLevel();
 	Oid			rowtype = get_rel_type_id(pt->relid);
-	Datum	   *deleted = NULL;
+	Oid			arraytype = get_array_type(rowtype);
 
 	cm_applying = true;
 	PG_TRY();
 	{
 		CmRoleSave	save;
+		Portal		portal;
 
 		/*
 		 * As a replica: every row of the tenant goes, children first, so its
@@ -947,26 +948,48 @@ run_archive_batch(PlanTable *pt, const char *delete_sql, const char *insert_sql,
 		 */
 		(void) set_config_option("session_replication_role", "replica", PGC_SUSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		cm_table_owner_begin(pt->relid, &save);
-		if (SPI_execute_with_args(delete_sql, nargs, types, values, NULL, false, 0) < 0)
-			elog(ERROR, "clinic_migrate: archive batch failed");
-		cm_role_end(&save);
-		rows = SPI_processed;
-		if (insert_sql != NULL && rows > 0)
+		if (insert_sql == NULL)
 		{
-			Oid			arraytype = get_array_type(rowtype);
-			Datum		arr;
-
-			deleted = palloc(sizeof(Datum) * rows);
-			for (int64 i = 0; i < rows; i++)
+			cm_table_owner_begin(pt->relid, &save);
+			if (SPI_execute_with_args(delete_sql, nargs, types, values, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "clinic_migrate: archive batch failed");
+			cm_role_end(&save);
+			rows = SPI_processed;
+		}
+		else
+		{
+			/*
+			 * The DELETE ... RETURNING runs whole at the first fetch (as the
+			 * owner), its rows kept in the portal's store (on disk past
+			 * work_mem); they go into the archive a hundred at a time.
+			 */
+			cm_table_owner_begin(pt->relid, &save);
+			portal = SPI_cursor_open_with_args(NULL, delete_sql, nargs, types, values, NULL, false, 0);
+			SPI_cursor_fetch(portal, true, 100);
+			cm_role_end(&save);
+			while (SPI_processed > 0)
 			{
-				bool		isnull;
+				uint64		n = SPI_processed;
+				Datum	   *deleted = palloc(sizeof(Datum) * n);
+				Datum		arr;
+				SPITupleTable *tt = SPI_tuptable;
 
-				deleted[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+				for (uint64 i = 0; i < n; i++)
+				{
+					bool		isnull;
+
+					deleted[i] = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull);
+				}
+				arr = PointerGetDatum(construct_array(deleted, (int) n, rowtype, -1, false, TYPALIGN_DOUBLE));
+				if (SPI_execute_with_args(insert_sql, 1, &arraytype, &arr, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "clinic_migrate: archive insert failed");
+				rows += n;
+				pfree(deleted);
+				pfree(DatumGetPointer(arr));
+				SPI_freetuptable(tt);
+				SPI_cursor_fetch(portal, true, 100);
 			}
-			arr = PointerGetDatum(construct_array(deleted, (int) rows, rowtype, -1, false, TYPALIGN_DOUBLE));
-			if (SPI_execute_with_args(insert_sql, 1, &arraytype, &arr, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "clinic_migrate: archive insert failed");
+			SPI_cursor_close(portal);
 		}
 		AtEOXact_GUC(true, nest);
 	}
@@ -1083,7 +1106,9 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 		appendStringInfoString(&sql, ") IN (SELECT ");
 		cm_append_quoted_list(&sql, keys, "s");
 		nargs = plan_append_batch_rows(&sql, plan, pt, have_lo, have_hi, nb, types, values);
-		appendStringInfoString(&sql, ") RETURNING t");
+		appendStringInfoChar(&sql, ')');
+		if (archive)
+			appendStringInfoString(&sql, " RETURNING t");
 		{
 			StringInfoData ins;
 			ListCell   *lc;

@@ -282,7 +282,10 @@ check_replica_identity(Oid relid, List *copies)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, a);
 
-			if (att->attisdropped || !logged_column(relid, NameStr(att->attname)) ||
+			/* (logged_column would skip a key column named _x: only _cm_ columns are the log's own) */
+			if (att->attisdropped || strncmp(NameStr(att->attname), "_cm_", 4) == 0 ||
+				!OidIsValid(capture_log_relid(relid)) ||
+				get_attnum(capture_log_relid(relid), NameStr(att->attname)) == InvalidAttrNumber ||
 				bms_is_member(att->attnum - FirstLowInvalidHeapAttributeNumber, ident))
 				continue;
 			ereport(ERROR,

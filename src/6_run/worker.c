@@ -674,12 +674,18 @@ cm_sync_worker_main(Datum main_arg)
 
 				if (!cm_wal_cleanup())
 					any = true;	/* kept while a tenant needs it: keep reading it */
-				/* a transaction per clinic_migrate.drain_max_changes rows, until read up */
-				while (more && !cm_got_sigterm)
+				/*
+				 * A transaction per clinic_migrate.drain_max_changes rows; at
+				 * most ten per round, so that writes as fast as the drain
+				 * do not keep the round from replaying.
+				 */
+				for (int k = 0; more && k < 10 && !cm_got_sigterm; k++)
 				{
 					CHECK_FOR_INTERRUPTS();
 					(void) cm_wal_drain_some(cm_drain_max_changes, &more);
 				}
+				if (more)
+					any = true;
 			}
 			PG_CATCH();
 			{
