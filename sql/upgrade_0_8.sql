@@ -68,6 +68,17 @@ SELECT schema_name FROM clinic_migrate.finalize_tenant('g1', archive => false);
 ALTER TABLE tenants RENAME COLUMN tenant_id TO id;
 DELETE FROM tenants WHERE id = 'g1';
 UPDATE tenants SET id = 'g2' WHERE id = 'g2';
+-- an application's BEFORE UPDATE trigger that re-keys in an UPDATE not naming the key
+ALTER TABLE tenants ADD COLUMN label text;
+CREATE FUNCTION rekey() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.label = 'rename' THEN NEW.id := NEW.id || '_renamed'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER rekey BEFORE UPDATE ON tenants FOR EACH ROW EXECUTE FUNCTION rekey();
+UPDATE tenants SET label = 'rename' WHERE id = 'g1';
+UPDATE tenants SET label = 'kept' WHERE id = 'g1';
+DROP TRIGGER rekey ON tenants;
 SELECT tgname FROM pg_trigger WHERE tgrelid = 'tenants'::regclass AND NOT tgisinternal ORDER BY 1;
 -- keys compared in their type: char(n) ('t2 ' is the row 't2'), numeric (1 is 1.0)
 CREATE SCHEMA c;

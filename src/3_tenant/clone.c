@@ -34,6 +34,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/partition.h"
 #include "catalog/pg_constraint.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "utils/fmgroids.h"
@@ -1555,8 +1556,8 @@ registry_guard_column(Oid relid, bool *truncate_half)
 	*truncate_half = false;
 	for (int i = 0; td && i < td->numtriggers; i++)
 	{
-		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD) == 0 && td->triggers[i].tgnattr == 1)
-			col = td->triggers[i].tgattr[0];
+		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD) == 0 && td->triggers[i].tgnargs == 1)
+			col = get_attnum(relid, td->triggers[i].tgargs[0]);
 		if (strcmp(td->triggers[i].tgname, REGISTRY_GUARD_TRUNCATE) == 0)
 			*truncate_half = true;
 	}
@@ -1685,9 +1686,14 @@ registry_guarded(TenantPlan *plan, PlanTable *pt, const char *schema, Oid target
 		if (have == InvalidAttrNumber &&
 			!OidIsValid(get_trigger_oid(ref, REGISTRY_GUARD, true)))
 		{
-			exec_ddl(psprintf("CREATE TRIGGER %s AFTER UPDATE OF %s OR DELETE ON %s FOR EACH ROW "
-							  "EXECUTE FUNCTION clinic_migrate.registry_guard()",
-							  REGISTRY_GUARD, quote_identifier(get_attname(ref, refatt, false)), qreg));
+			/*
+			 * Not UPDATE OF the key: an application's BEFORE UPDATE trigger
+			 * may change it in an UPDATE that does not name it.  The column
+			 * by name (a rename of it makes the guard again, follow_ddl).
+			 */
+			exec_ddl(psprintf("CREATE TRIGGER %s AFTER UPDATE OR DELETE ON %s FOR EACH ROW "
+							  "EXECUTE FUNCTION clinic_migrate.registry_guard(%s)",
+							  REGISTRY_GUARD, qreg, quote_literal_cstr(get_attname(ref, refatt, false))));
 			CommandCounterIncrement();
 			registry_guard_depends_on_extension(ref, REGISTRY_GUARD);
 			have = refatt;
@@ -1854,14 +1860,34 @@ cm_registry_guard(PG_FUNCTION_ARGS)
 				 errhint("Roll back or drop those tenants first.")));
 	}
 	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
-		TRIGGER_FIRED_BY_INSERT(td->tg_event) || td->tg_trigger->tgnattr != 1)
+		TRIGGER_FIRED_BY_INSERT(td->tg_event) || td->tg_trigger->tgnargs != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("clinic_migrate.registry_guard() must be an AFTER UPDATE OF column OR DELETE row trigger")));
+				 errmsg("clinic_migrate.registry_guard(column) must be an AFTER UPDATE OR DELETE row trigger")));
 	desc = RelationGetDescr(rel);
-	att = td->tg_trigger->tgattr[0];
-	if (att <= 0 || att > desc->natts || TupleDescAttr(desc, att - 1)->attisdropped)
-		return PointerGetDatum(NULL);
+	att = SPI_fnumber(desc, td->tg_trigger->tgargs[0]);
+	if (att <= 0)
+	{
+		/* renamed since: the key is the primary key's column, as a foreign key to it would be */
+		Oid			pk = RelationGetPrimaryKeyIndex(rel);
+		HeapTuple	itup = OidIsValid(pk) ? SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pk)) : NULL;
+
+		if (itup && HeapTupleIsValid(itup))
+		{
+			Form_pg_index idx = (Form_pg_index) GETSTRUCT(itup);
+
+			if (idx->indnkeyatts == 1)
+				att = idx->indkey.values[0];
+			ReleaseSysCache(itup);
+		}
+	}
+	if (att <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("the registry guard of %s names column \"%s\", which it does not have",
+						cm_qualified_relname(RelationGetRelid(rel)), td->tg_trigger->tgargs[0]),
+				 errhint("The column was renamed: drop trigger clinic_migrate_registry_guard on it; "
+						 "the next migration makes it again.")));
 	attr = TupleDescAttr(desc, att - 1);
 	old = heap_getattr(td->tg_trigtuple, att, desc, &isnull);
 	if (isnull)
