@@ -1066,11 +1066,18 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 		begin_txn();
 		types[0] = root->tenant_type;
 		values[0] = plan_tenant_datum(root, tenant);
-		for (int i = 0; i < nb; i++)
 		{
-			types[1 + i] = types[1 + nb + i] = btypes[i];
-			if (have_lo)
-				values[1 + i] = OidInputFunctionCall(typinput[i], lo[i], typioparam[i], -1);
+			CmRoleSave	save;
+
+			/* a key type's input function is the owner's code: with the owner's rights */
+			cm_table_owner_begin(root->relid, &save);
+			for (int i = 0; i < nb; i++)
+			{
+				types[1 + i] = types[1 + nb + i] = btypes[i];
+				if (have_lo)
+					values[1 + i] = OidInputFunctionCall(typinput[i], lo[i], typioparam[i], -1);
+			}
+			cm_role_end(&save);
 		}
 
 		/* the batch's upper bound on the root's keys */
@@ -1089,13 +1096,25 @@ archive_rows(TenantPlan *plan, PlanTable *pt, const char *tenant, bool archive, 
 			}
 			appendStringInfo(&sql, " ORDER BY %s OFFSET %d LIMIT 1", rootcols,
 							 cm_archive_batch_size - 1);
-			if (SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL,
-									  true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "clinic_migrate: archive bound query failed");
+			{
+				CmRoleSave	save;
+				int			ret;
+
+				/* as the owner, like the DELETE: the key's operators are its code */
+				cm_table_owner_begin(root->relid, &save);
+				ret = SPI_execute_with_args(sql.data, have_lo ? 1 + nb : 1, types, values, NULL, true, 0);
+				cm_role_end(&save);
+				if (ret != SPI_OK_SELECT)
+					elog(ERROR, "clinic_migrate: archive bound query failed");
+			}
 			if (SPI_processed > 0)
 			{
+				CmRoleSave	save;
+
 				have_hi = true;
+				cm_table_owner_begin(root->relid, &save);	/* output functions: as above */
 				cm_bound_from_spi(nb, btypes, &values[1 + nb], hi, keep);
+				cm_role_end(&save);
 			}
 		}
 
