@@ -1819,10 +1819,10 @@ tenant_with_schema(const char *tenant, Datum key, Oid keytype, const char *sourc
 }
 
 /*
- * clinic_migrate.registry_guard(): the trigger of the registry guard
- * (above).  Row level, AFTER UPDATE OF column OR DELETE (the column is the
- * trigger's own, followed through renames); statement level, BEFORE
- * TRUNCATE.
+ * clinic_migrate.registry_guard(column): the trigger of the registry guard
+ * (above).  Row level, AFTER UPDATE OR DELETE, the key column named in its
+ * argument (after a rename of it, the primary key's single column);
+ * statement level, BEFORE TRUNCATE, no argument.
  */
 PG_FUNCTION_INFO_V1(cm_registry_guard);
 Datum
